@@ -1,0 +1,123 @@
+"""comm: message-oriented communication for Python distributed systems.
+
+Connect to an address and exchange Python objects::
+
+    import comm_core
+
+    async def echo(comm):
+        async for msg in comm:
+            await comm.write(msg)
+
+    async with comm_core.listen("tcp://127.0.0.1:0", echo) as listener:
+        async with await comm_core.connect(listener.contact_address) as comm:
+            await comm.write({"op": "ping"})
+            print(await comm.read())
+
+Transports are separate distributions (comm-tcp, comm-tls, comm-inproc, or a
+third party's comm-<name>) found through the ``comm_core.backends`` entry
+point group. Importing comm_core imports no transport and scans nothing; the
+registry is built on first use.
+"""
+
+from comm_core import exceptions
+from comm_core._addressing import (
+    normalize_address,
+    parse_address,
+    parse_host_port,
+    unparse_address,
+    unparse_host_port,
+)
+from comm_core._api import (
+    connect,
+    get_address_host,
+    get_address_host_port,
+    get_local_address_for,
+    listen,
+    resolve_address,
+)
+from comm_core._config import SETTINGS, Setting, configure, get_setting
+from comm_core._registry import (
+    ENTRY_POINT_GROUP,
+    BackendInfo,
+    Registry,
+    backends,
+    get_backend,
+    get_registry,
+    register_backend,
+    register_plugin,
+)
+from comm_core._version import PROTOCOL_VERSION, __version__
+from comm_core.abc import Backend, Capability, Comm, CommHandler, Connector, Listener
+from comm_core.exceptions import (
+    AddressError,
+    BackendConflictError,
+    BackendError,
+    CommClosedError,
+    CommError,
+    ConnectError,
+    ConnectTimeoutError,
+    EncryptionRequiredError,
+    FatalCommClosedError,
+    HandshakeError,
+    HandshakeTimeoutError,
+    IncompatibleProtocolError,
+    MessageTooLargeError,
+    PluginError,
+    ProtocolError,
+    SerializationError,
+    UnknownSchemeError,
+)
+from comm_core.hookspecs import hookimpl
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROTOCOL_VERSION",
+    "SETTINGS",
+    "AddressError",
+    "Backend",
+    "BackendConflictError",
+    "BackendError",
+    "BackendInfo",
+    "Capability",
+    "Comm",
+    "CommClosedError",
+    "CommError",
+    "CommHandler",
+    "ConnectError",
+    "ConnectTimeoutError",
+    "Connector",
+    "EncryptionRequiredError",
+    "FatalCommClosedError",
+    "HandshakeError",
+    "HandshakeTimeoutError",
+    "IncompatibleProtocolError",
+    "Listener",
+    "MessageTooLargeError",
+    "PluginError",
+    "ProtocolError",
+    "Registry",
+    "SerializationError",
+    "Setting",
+    "UnknownSchemeError",
+    "__version__",
+    "backends",
+    "configure",
+    "connect",
+    "exceptions",
+    "get_address_host",
+    "get_address_host_port",
+    "get_backend",
+    "get_local_address_for",
+    "get_registry",
+    "get_setting",
+    "hookimpl",
+    "listen",
+    "normalize_address",
+    "parse_address",
+    "parse_host_port",
+    "register_backend",
+    "register_plugin",
+    "resolve_address",
+    "unparse_address",
+    "unparse_host_port",
+]

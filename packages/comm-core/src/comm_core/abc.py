@@ -1,0 +1,398 @@
+"""The contracts a transport implements: :class:`Comm`, :class:`Listener`,
+:class:`Connector` and :class:`Backend`.
+
+A transport (a *backend*) provides one :class:`Backend` subclass per URI
+scheme. comm-core finds it through the ``comm_core.backends`` entry point
+group (see :mod:`comm_core.hookspecs`), asks it for a :class:`Connector` to
+dial and a :class:`Listener` to accept, and runs the comm handshake itself, so
+a backend only moves messages.
+
+What every implementation must raise is written in each method's docstring;
+the conformance kit (:mod:`comm_core.testing`) checks it.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Mapping
+from types import MappingProxyType, TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+
+from comm_core._addressing import parse_address, parse_host_port
+from comm_core.exceptions import AddressError, CommClosedError, FatalCommClosedError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+__all__ = [
+    "Backend",
+    "Capability",
+    "Comm",
+    "CommHandler",
+    "Connector",
+    "Listener",
+    "OnError",
+]
+
+#: What :meth:`Comm.write` does with a value it cannot serialize.
+OnError = Literal["raise", "message"]
+
+#: The callable a :class:`Listener` calls once for every new comm it accepts.
+CommHandler = Callable[["Comm"], Awaitable[None]]
+
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+
+# Every comm and listener alive, so that the conformance kit can find leaks.
+_live_comms: weakref.WeakSet[Comm] = weakref.WeakSet()
+
+
+class Capability:
+    """Names of the capabilities a :class:`Backend` may declare in ``capabilities``.
+
+    Backends may declare names of their own; these are the ones comm-core reads.
+    """
+
+    #: Bytes on the wire are encrypted and the peer can be authenticated.
+    ENCRYPTED: Final = "encrypted"
+    #: Messages never leave the process (counts as safe where encryption is required).
+    IN_PROCESS: Final = "in-process"
+
+
+class Comm(ABC):
+    """One end of an established, message-oriented connection.
+
+    A comm carries whole messages in order. It allows one reader and one writer
+    at a time: concurrent ``read()`` calls (or concurrent ``write()`` calls) are
+    a programming error. Use it as an async context manager to close it on
+    exit, and iterate it to read until the peer closes::
+
+        async with await comm_core.connect("tcp://127.0.0.1:8786") as comm:
+            await comm.write({"op": "ping"})
+            async for msg in comm:
+                ...
+
+    Implementations call ``super().__init__()`` and implement :meth:`read`,
+    :meth:`write`, :meth:`close`, :meth:`abort`, :meth:`closed`,
+    :attr:`local_address` and :attr:`peer_address`. A read or write that is
+    cancelled or fails midway must :meth:`abort` the comm, since its position
+    in the stream is then unknown.
+    """
+
+    def __init__(self, *, deserialize: bool = True) -> None:
+        #: Whether custom payloads are deserialized on read (see the wire protocol).
+        self.deserialize = deserialize
+        #: A free-form label shown in ``repr()``, for logs.
+        self.name: str | None = None
+        self._local_info: Mapping[str, Any] = _EMPTY
+        self._peer_info: Mapping[str, Any] = _EMPTY
+        _live_comms.add(self)
+
+    # -- the transport's part -------------------------------------------------------
+
+    @abstractmethod
+    async def read(self, deserializers: Collection[str] | None = None) -> Any:
+        """Return the next message.
+
+        Args:
+            deserializers: the serializer families this read accepts for custom
+                payloads; ``None`` accepts the comm's defaults (never pickle).
+
+        Raises:
+            CommClosedError: the comm is closed, or the peer closed it and every
+                message it sent before closing has been read.
+            ProtocolError: the peer sent something that breaks the protocol; the
+                comm is aborted.
+        """
+
+    @abstractmethod
+    async def write(
+        self,
+        msg: Any,
+        serializers: Collection[str] | None = None,
+        on_error: OnError = "raise",
+    ) -> int:
+        """Send *msg* and return the number of bytes handed to the transport.
+
+        Transports that do not serialize (inproc) return 0. ``write`` may wait
+        while too much data is queued for the peer (backpressure).
+
+        Args:
+            msg: the message.
+            serializers: the serializer families allowed for custom types.
+            on_error: ``"raise"`` raises :class:`SerializationError` for a value
+                that cannot be serialized, before anything is sent, and leaves
+                the comm usable; ``"message"`` sends a description of the failure
+                in that value's place.
+
+        Raises:
+            CommClosedError: the comm is closed, or closed during the write.
+            SerializationError: with ``on_error="raise"``, a value could not be
+                serialized; nothing was sent.
+            MessageTooLargeError: the message exceeds the size limit; nothing
+                was sent.
+        """
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Flush what was written, then close. Idempotent; never raises."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Close at once without flushing. Idempotent; never raises."""
+
+    @abstractmethod
+    def closed(self) -> bool:
+        """Whether the comm is closed, by this side or (as far as known) by the peer."""
+
+    @property
+    @abstractmethod
+    def local_address(self) -> str:
+        """This end's address, as a URI."""
+
+    @property
+    @abstractmethod
+    def peer_address(self) -> str:
+        """The other end's address, as a URI."""
+
+    @property
+    def extra_info(self) -> Mapping[str, Any]:
+        """Transport-specific facts, such as socket names or the TLS cipher."""
+        return _EMPTY
+
+    @property
+    def same_host(self) -> bool:
+        """Whether both ends are on the same machine (best effort)."""
+        try:
+            local = parse_host_port(parse_address(self.local_address)[1], default_port=0)[0]
+            peer = parse_host_port(parse_address(self.peer_address)[1], default_port=0)[0]
+        except AddressError:
+            return False
+        return local == peer
+
+    def handshake_options(self) -> Mapping[str, Any]:
+        """Entries this transport adds to the handshake it sends; override to add some."""
+        return _EMPTY
+
+    # -- what comm-core provides ----------------------------------------------------
+
+    @property
+    def handshake_info(self) -> Mapping[str, Any]:
+        """What the peer announced in the comm handshake (empty before it)."""
+        return self._peer_info
+
+    @property
+    def local_handshake_info(self) -> Mapping[str, Any]:
+        """What this side announced in the comm handshake (empty before it)."""
+        return self._local_info
+
+    def _set_handshake(self, local: Mapping[str, Any], peer: Mapping[str, Any]) -> None:
+        self._local_info = MappingProxyType(dict(local))
+        self._peer_info = MappingProxyType(dict(peer))
+
+    def __repr__(self) -> str:
+        try:
+            where = f"local={self.local_address} peer={self.peer_address}"
+            state = "closed" if self.closed() else "open"
+        except Exception:  # a half-built comm must still have a repr
+            where, state = "", "unknown"
+        name = f" {self.name!r}" if self.name else ""
+        return f"<{type(self).__name__}{name} {where} {state}>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.read()
+        except FatalCommClosedError:
+            raise
+        except CommClosedError:
+            raise StopAsyncIteration from None
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        try:
+            if self.closed():
+                return
+            description = repr(self)
+        except Exception:
+            return
+        _warn(
+            f"{description} was garbage-collected while open and has been aborted; "
+            "close comms with 'await comm.close()' or 'async with comm'",
+            ResourceWarning,
+            source=self,
+        )
+        self.abort()
+
+
+class Listener(ABC):
+    """Accepts connections on an address and hands each new comm to a handler.
+
+    Create one with :func:`comm_core.listen`, which returns it unstarted. Start
+    it with ``await listener.start()``, ``await listener`` or ``async with``.
+
+    Implementations receive the handler from :meth:`Backend.get_listener` and
+    call it once per accepted comm, in a task of its own: the handler runs the
+    comm handshake, then the user's code. Implementations call
+    ``super().stop()`` from :meth:`stop`.
+    """
+
+    _comm_handler: Any = None  # set by comm_core.listen(); aborts pending handshakes
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Start accepting. Idempotent: a started listener ignores another call.
+
+        Raises:
+            ConnectError: the address cannot be bound (in use, not local, ...),
+                with the address and the OS's reason.
+            AddressError: the listen address is malformed.
+        """
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Stop accepting and abort comms still in their handshake.
+
+        Comms already handed to the user's handler stay open. Idempotent; never
+        raises. Implementations stop accepting, then call ``super().stop()``.
+        """
+        handler = self._comm_handler
+        if handler is not None:
+            handler.abort_pending()
+
+    @property
+    @abstractmethod
+    def listen_address(self) -> str:
+        """The address listened on, as a URI; may name a wildcard host (``tcp://0.0.0.0:8786``)."""
+
+    @property
+    @abstractmethod
+    def contact_address(self) -> str:
+        """A concrete address a peer can dial to reach this listener, as a URI."""
+
+    @property
+    def extra_info(self) -> Mapping[str, Any]:
+        """Transport-specific facts, such as the bound sockets."""
+        return _EMPTY
+
+    def __repr__(self) -> str:
+        try:
+            where = self.contact_address
+        except Exception:  # not started yet
+            where = "(not started)"
+        return f"<{type(self).__name__} {where}>"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __await__(self) -> Generator[Any, None, Self]:
+        async def start() -> Self:
+            await self.start()
+            return self
+
+        return start().__await__()
+
+
+class Connector(ABC):
+    """Dials a backend's locations. Stateless; one per backend is enough."""
+
+    @abstractmethod
+    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+        """Open a comm to *address*, a location of this backend's scheme (without ``scheme://``).
+
+        No handshake: :func:`comm_core.connect` runs it. Implementations ignore
+        ``connection_args`` they do not use, and clean up if cancelled.
+
+        Raises:
+            ConnectError: the attempt failed in a way a retry may fix (refused,
+                reset, unreachable, nobody listening); retried by ``connect()``.
+            FatalCommClosedError: the attempt failed in a way no retry fixes
+                (a rejected certificate, ...).
+            AddressError: the location is malformed or cannot be dialled (a
+                wildcard host, a missing port).
+        """
+
+
+class Backend(ABC):
+    """A transport for one URI scheme; the unit that plugins register.
+
+    Subclasses set :attr:`scheme` and may declare :attr:`capabilities`. The
+    registry creates one instance per scheme, with no arguments, on first use.
+    """
+
+    #: The URI scheme this backend serves, such as ``"tcp"``.
+    scheme: ClassVar[str]
+    #: What the backend guarantees, from :class:`Capability` or names of its own.
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether this backend declares :attr:`Capability.ENCRYPTED`."""
+        return Capability.ENCRYPTED in self.capabilities
+
+    @abstractmethod
+    def get_connector(self) -> Connector:
+        """Return the :class:`Connector` that dials this scheme's locations."""
+
+    @abstractmethod
+    def get_listener(
+        self,
+        loc: str,
+        handle_comm: CommHandler,
+        deserialize: bool,
+        **connection_args: Any,
+    ) -> Listener:
+        """Return an unstarted :class:`Listener` on location *loc*.
+
+        *handle_comm* must be awaited once for each accepted comm, in a task of
+        its own. Unused ``connection_args`` are ignored.
+
+        Raises:
+            AddressError: *loc* is malformed for this scheme.
+        """
+
+    @abstractmethod
+    def get_address_host(self, loc: str) -> str:
+        """Return the host part of *loc*, for grouping comms by machine.
+
+        Raises:
+            AddressError: *loc* is malformed.
+        """
+
+    def get_address_host_port(self, loc: str) -> tuple[str, int]:
+        """Return ``(host, port)`` of *loc*.
+
+        Raises:
+            AddressError: *loc* is malformed, or the scheme has no ports (the default).
+        """
+        raise AddressError(f"{self.scheme!r} addresses have no port: {self.scheme}://{loc}")
+
+    @abstractmethod
+    def resolve_address(self, loc: str) -> str:
+        """Return *loc* with host names resolved to addresses (may block on DNS)."""
+
+    @abstractmethod
+    def get_local_address_for(self, loc: str) -> str:
+        """Return the local location from which *loc* would be reached."""

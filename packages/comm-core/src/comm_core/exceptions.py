@@ -1,0 +1,170 @@
+"""The one error hierarchy of comm.
+
+Every error that comm raises on purpose is a :class:`CommError`. Errors that
+callers traditionally catch as :class:`OSError`, :class:`ValueError` or
+:class:`TimeoutError` are also instances of those, so existing ``except``
+clauses keep working::
+
+    CommError
+    ├── CommClosedError (+ OSError)          the comm is closed, or closed while in use
+    │   └── FatalCommClosedError              closed for a reason a retry cannot fix
+    ├── ConnectError (+ OSError)              could not establish a connection
+    │   └── ConnectTimeoutError (+ TimeoutError)
+    ├── ProtocolError                         the peer sent something that breaks the protocol
+    │   ├── MessageTooLargeError              a message above ``max_message_size``
+    │   ├── SerializationError                a value could not be (de)serialized
+    │   └── HandshakeError                    the comm handshake failed
+    │       ├── HandshakeTimeoutError (+ TimeoutError)
+    │       └── IncompatibleProtocolError     the peer speaks another protocol version
+    ├── AddressError (+ ValueError)           a malformed address
+    │   └── UnknownSchemeError                no installed backend serves the scheme
+    ├── BackendError                          a backend or plugin is broken or misused
+    │   ├── BackendConflictError              two distributions claim one scheme
+    │   └── PluginError                       a plugin failed to load or to validate
+    └── EncryptionRequiredError (+ ValueError) an unencrypted backend was refused
+
+Foreign exceptions (``ConnectionResetError``, ``ssl.SSLError``,
+``msgpack.ExtraData``, ...) are translated where they arise, with ``raise ...
+from exc``, so the original stays available as ``__cause__``.
+
+Retries: :func:`comm_core.connect` retries :class:`ConnectError` and plain
+:class:`CommClosedError` until its time budget is spent. It never retries
+:class:`FatalCommClosedError`, :class:`AddressError`, :class:`BackendError`
+or :class:`HandshakeError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AddressError",
+    "BackendConflictError",
+    "BackendError",
+    "CommClosedError",
+    "CommError",
+    "ConnectError",
+    "ConnectTimeoutError",
+    "EncryptionRequiredError",
+    "FatalCommClosedError",
+    "HandshakeError",
+    "HandshakeTimeoutError",
+    "IncompatibleProtocolError",
+    "MessageTooLargeError",
+    "PluginError",
+    "ProtocolError",
+    "SerializationError",
+    "UnknownSchemeError",
+]
+
+
+class CommError(Exception):
+    """Base class of every error comm raises on purpose."""
+
+
+class CommClosedError(CommError, OSError):
+    """The comm is closed: by us, by the peer, or because the connection broke.
+
+    Raised by :meth:`Comm.read <comm_core.Comm.read>` and :meth:`Comm.write
+    <comm_core.Comm.write>` once the comm is closed, and by a pending read when
+    the peer goes away.
+    """
+
+
+class FatalCommClosedError(CommClosedError):
+    """The comm closed for a reason that retrying cannot fix (never retried)."""
+
+
+class ConnectError(CommError, OSError):
+    """A connection could not be established (refused, reset, unreachable, ...).
+
+    :func:`comm_core.connect` retries these until its time budget is spent.
+    """
+
+
+class ConnectTimeoutError(ConnectError, TimeoutError):
+    """:func:`comm_core.connect` spent its whole time budget without success.
+
+    Attributes:
+        address: the address that was dialled.
+        elapsed: seconds spent.
+        attempts: how many connection attempts were made.
+    """
+
+    def __init__(
+        self, message: str, *, address: str = "", elapsed: float = 0.0, attempts: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.address = address
+        self.elapsed = elapsed
+        self.attempts = attempts
+
+
+class ProtocolError(CommError):
+    """The peer sent bytes or values that break comm's protocol.
+
+    The comm on which this is raised is closed, since its stream position is
+    no longer known.
+    """
+
+
+class MessageTooLargeError(ProtocolError):
+    """A message is larger than the ``max_message_size`` in force.
+
+    Attributes:
+        size: the size of the offending message in bytes.
+        limit: the limit in force.
+    """
+
+    def __init__(self, message: str, *, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class SerializationError(ProtocolError):
+    """A value could not be serialized for writing, or deserialized after reading."""
+
+
+class HandshakeError(ProtocolError):
+    """The comm handshake that follows every new connection failed."""
+
+
+class HandshakeTimeoutError(HandshakeError, TimeoutError):
+    """The peer did not complete the comm handshake in time."""
+
+
+class IncompatibleProtocolError(HandshakeError):
+    """The peer speaks a version of the comm protocol that this side cannot."""
+
+
+class AddressError(CommError, ValueError):
+    """An address is malformed; the message quotes it and says what is wrong."""
+
+
+class UnknownSchemeError(AddressError):
+    """No installed backend serves an address's scheme.
+
+    Attributes:
+        scheme: the scheme that was asked for.
+        known: the schemes that are installed.
+    """
+
+    def __init__(self, message: str, *, scheme: str = "", known: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.scheme = scheme
+        self.known = known
+
+
+class BackendError(CommError):
+    """A backend or a backend plugin is broken or misused."""
+
+
+class BackendConflictError(BackendError):
+    """Two distributions (or plugins) register a backend for the same scheme."""
+
+
+class PluginError(BackendError):
+    """A backend plugin failed to import, or declares hooks that do not exist."""
+
+
+class EncryptionRequiredError(CommError, ValueError):
+    """Encryption is required, but the address's backend does not encrypt."""
