@@ -14,9 +14,9 @@ from comm_core._config import get_setting
 from comm_core.exceptions import AddressError
 
 __all__ = [
+    "normalize_address",
     "parse_address",
     "parse_host_port",
-    "normalize_address",
     "unparse_address",
     "unparse_host_port",
 ]
@@ -128,7 +128,7 @@ def parse_host_port(address: str, default_port: int | None = None) -> tuple[str,
         AddressError: *address* is not a str; the port is missing and there is
             no *default_port*; the port is empty, not a number, or outside
             0-65535; an IPv6 host with a port is not in brackets; a bracket is
-            unbalanced.
+            unbalanced or misplaced.
     """
     _check_str(address, "a host:port location")
     if address.startswith("["):
@@ -138,11 +138,18 @@ def parse_host_port(address: str, default_port: int | None = None) -> tuple[str,
         host, rest = address[1:end], address[end + 1 :]
         if not host:
             raise AddressError(f"address {address!r} has empty brackets '[]'")
+        if "[" in host:
+            raise AddressError(f"address {address!r} has '[' inside its brackets")
         if rest and not rest.startswith(":"):
             raise AddressError(
                 f"address {address!r} has {rest!r} after ']'; expected ':port' or nothing"
             )
         port_text: str | None = rest[1:] if rest else None
+    elif "[" in address:
+        raise AddressError(
+            f"address {address!r} has '[' inside the host; only a whole IPv6 host is "
+            "bracketed, as in '[::1]:8786'"
+        )
     elif "]" in address:
         raise AddressError(f"address {address!r} closes ']' that it never opened")
     elif address.count(":") > 1:

@@ -201,7 +201,9 @@ async def connect(
         except FatalCommClosedError:
             raise
         except (ConnectError, CommClosedError, TimeoutError, asyncio.TimeoutError) as exc:
-            last_exc = exc
+            # An attempt cut short by the budget says less than the failure before it.
+            if last_exc is None or loop.time() < deadline:
+                last_exc = exc
         except OSError as exc:  # a backend that let an OS error through: still transient
             last_exc = exc
         else:
@@ -224,9 +226,13 @@ async def connect(
             break
         delay = random.uniform(0, min(delay_max, delay_min * 2 ** (attempts - 1)))
         await asyncio.sleep(min(delay, remaining))
+        if loop.time() >= deadline:  # no time left for another attempt
+            break
 
     elapsed = loop.time() - start
-    cause = f"{type(last_exc).__name__}: {last_exc}" if last_exc else "no attempt finished"
+    cause = type(last_exc).__name__ if last_exc else "no attempt finished"
+    if last_exc and str(last_exc):
+        cause += f": {last_exc}"
     raise ConnectTimeoutError(
         f"timed out connecting to {addr!r} after {elapsed:.2f}s and {attempts} "
         f"attempt{'s' if attempts != 1 else ''}; last error: {cause}",
@@ -261,6 +267,14 @@ class _ServerHandshake:
         self.listener: Listener | None = None
         self._pending: set[Comm] = set()
 
+    @property
+    def where(self) -> str:
+        """The listener's contact address, for messages; the address it was given if unknown."""
+        try:
+            return self.listener.contact_address if self.listener else self.address
+        except Exception:  # not started, or stopped
+            return self.address
+
     def abort_pending(self) -> None:
         pending, self._pending = self._pending, set()
         for comm in pending:
@@ -271,7 +285,7 @@ class _ServerHandshake:
         if timeout is None:
             timeout = float(get_setting("handshake_timeout"))
         self._pending.add(comm)
-        who = f"listener {self.address!r}, comm from {_peer(comm)}"
+        who = f"listener {self.where!r}, comm from {_peer(comm)}"
         try:
             await _handshake(comm, self.overrides, timeout, who)
         except (ProtocolError, CommClosedError) as exc:
@@ -291,7 +305,7 @@ class _ServerHandshake:
             logger.exception(
                 "comm handler %r failed on %s for the comm from %s; closing that comm",
                 getattr(self.handler, "__qualname__", self.handler),
-                self.address,
+                self.where,
                 _peer(comm),
             )
             await comm.close()

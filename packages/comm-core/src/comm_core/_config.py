@@ -1,9 +1,10 @@
-"""Settings: a value set with :func:`configure` wins over the environment, which wins over the default."""
+"""Settings: a value set with :func:`configure` wins over the environment, then the default."""
 
 from __future__ import annotations
 
 import math
 import os
+import string
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -47,9 +48,13 @@ def _parse_size(text: str) -> int:
     return value
 
 
+_SCHEME_CHARS = frozenset(string.ascii_lowercase + string.digits + "+-.")
+
+
 def _parse_scheme(text: str) -> str:
     scheme = text.strip().lower()
-    if not scheme or not scheme.replace("-", "").replace("+", "").replace(".", "").isalnum():
+    # The rule of parse_address(): a letter, then letters, digits, '+', '-' or '.'.
+    if not (scheme[:1].isalpha() and scheme.isascii() and _SCHEME_CHARS.issuperset(scheme)):
         raise ValueError(f"expected a URI scheme such as 'tcp', got {text!r}")
     return scheme
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NoReturn, cast
 
 import pluggy
 
@@ -15,6 +15,7 @@ from comm_core import hookspecs
 from comm_core._config import get_setting
 from comm_core.abc import Backend
 from comm_core.exceptions import BackendConflictError, PluginError, UnknownSchemeError
+from comm_core.protocol import SerializerFamily, pickle_family
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -90,6 +91,7 @@ class Registry:
         self._conflicts: dict[str, list[BackendInfo]] = {}
         self._code_backends: dict[str, BackendInfo] = {}
         self._instances: dict[str, Backend] = {}
+        self._families: Mapping[str, SerializerFamily] | None = None
 
     # -- building -------------------------------------------------------------------
 
@@ -101,6 +103,8 @@ class Registry:
                 autoload = self._autoload
                 if autoload is None:
                     autoload = not get_setting("disable_plugin_autoload")
+                # Forget the plugins of an earlier attempt that failed.
+                self._origins.clear()
                 if autoload:
                     for ep in entry_points(group=self.group):
                         self._load_entry_point(pm, ep)
@@ -157,7 +161,9 @@ class Registry:
             pm = self._plugin_manager()
             claims: dict[str, list[BackendInfo]] = {}
             for impl in pm.hook.comm_register_backends.get_hookimpls():
-                origin = self._origins.get(impl.plugin_name, _PluginOrigin(impl.plugin_name, None, None))
+                origin = self._origins.get(
+                    impl.plugin_name, _PluginOrigin(impl.plugin_name, None, None)
+                )
                 try:
                     classes = impl.function()
                 except Exception as exc:
@@ -165,7 +171,15 @@ class Registry:
                         f"comm plugin {origin.name!r} failed in comm_register_backends(): "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
-                for cls in classes or ():
+                if classes is None:
+                    classes = ()
+                if isinstance(classes, (str, type)) or not isinstance(classes, Iterable):
+                    raise PluginError(
+                        f"comm plugin {origin.name!r} returned {classes!r} from "
+                        "comm_register_backends(); expected a sequence of comm_core.Backend "
+                        "subclasses"
+                    )
+                for cls in classes:
                     info = self._make_info(cls, origin)
                     claims.setdefault(info.scheme, []).append(info)
             for scheme, info in self._code_backends.items():
@@ -201,8 +215,14 @@ class Registry:
             pm = self._plugin_manager()
             plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
             self._register(pm, plugin, _PluginOrigin(plugin_name, None, None), "registered in code")
-            self._check(pm)
+            try:
+                self._check(pm)
+            except PluginError:  # leave no rejected plugin behind
+                pm.unregister(name=plugin_name)
+                del self._origins[plugin_name]
+                raise
             self._infos = None
+            self._families = None
             self._instances.clear()
 
     def register_backend(self, backend_class: type[Backend], *, replace: bool = False) -> None:
@@ -213,9 +233,13 @@ class Registry:
             PluginError: *backend_class* is not a valid backend.
         """
         with self._lock:
-            info = self._make_info(backend_class, _PluginOrigin(backend_class.__qualname__, None, None))
+            info = self._make_info(
+                backend_class, _PluginOrigin(backend_class.__qualname__, None, None)
+            )
             known = self._collect()
-            taken = known.get(info.scheme) or (self._conflicts.get(info.scheme) or [None])[0]
+            taken = known.get(info.scheme)
+            if taken is None and info.scheme in self._conflicts:
+                taken = self._conflicts[info.scheme][0]
             if taken is not None and not replace:
                 raise BackendConflictError(
                     f"scheme {info.scheme!r} is already served by {taken.describe()}; "
@@ -231,6 +255,30 @@ class Registry:
             self._code_backends.pop(scheme, None)
             self._infos = None
             self._instances.pop(scheme, None)
+
+    def serializer_families(self) -> Mapping[str, SerializerFamily]:
+        """Every serializer family: comm-core's ``pickle`` plus those plugins register.
+
+        Raises:
+            BackendConflictError: two plugins register families with one name.
+        """
+        families = self._families
+        if families is not None:
+            return families
+        with self._lock:
+            pm = self._plugin_manager()
+            found: dict[str, SerializerFamily] = {pickle_family.name: pickle_family}
+            for impl in pm.hook.comm_register_serializers.get_hookimpls():
+                provided = cast("Sequence[SerializerFamily]", impl.function() or ())
+                for family in provided:
+                    if family.name in found:
+                        raise BackendConflictError(
+                            f"serializer family {family.name!r} of comm plugin "
+                            f"{impl.plugin_name!r} is already registered"
+                        )
+                    found[family.name] = family
+            self._families = MappingProxyType(found)
+            return self._families
 
     def backends(self) -> Mapping[str, BackendInfo]:
         """A read-only view of the usable backends, by scheme (conflicted ones excluded)."""
@@ -262,7 +310,9 @@ class Registry:
                 backend = self._instances[scheme] = info.backend_class()
             return backend
 
-    def _raise_missing(self, scheme: str, address: str | None, infos: Mapping[str, Any]) -> Any:
+    def _raise_missing(
+        self, scheme: str, address: str | None, infos: Mapping[str, Any]
+    ) -> NoReturn:
         if scheme in self._conflicts:
             claimants = " and ".join(info.describe() for info in self._conflicts[scheme])
             raise BackendConflictError(
@@ -314,7 +364,7 @@ def backends() -> Mapping[str, BackendInfo]:
 
 
 def register_backend(backend_class: type[Backend], *, replace: bool = False) -> None:
-    """Register *backend_class* in the process-wide registry; see :meth:`Registry.register_backend`."""
+    """Register *backend_class* process-wide; see :meth:`Registry.register_backend`."""
     get_registry().register_backend(backend_class, replace=replace)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
@@ -40,7 +40,7 @@ __all__ = [
 OnError = Literal["raise", "message"]
 
 #: The callable a :class:`Listener` calls once for every new comm it accepts.
-CommHandler = Callable[["Comm"], Awaitable[None]]
+CommHandler = Callable[["Comm"], Coroutine[Any, Any, None]]
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 

@@ -12,10 +12,10 @@ clauses keep working::
     │   └── ConnectTimeoutError (+ TimeoutError)
     ├── ProtocolError                         the peer sent something that breaks the protocol
     │   ├── MessageTooLargeError              a message above ``max_message_size``
-    │   ├── SerializationError                a value could not be (de)serialized
     │   └── HandshakeError                    the comm handshake failed
     │       ├── HandshakeTimeoutError (+ TimeoutError)
     │       └── IncompatibleProtocolError     the peer speaks another protocol version
+    ├── SerializationError                    a value could not be (de)serialized
     ├── AddressError (+ ValueError)           a malformed address
     │   └── UnknownSchemeError                no installed backend serves the scheme
     ├── BackendError                          a backend or plugin is broken or misused
@@ -120,8 +120,12 @@ class MessageTooLargeError(ProtocolError):
         self.limit = limit
 
 
-class SerializationError(ProtocolError):
-    """A value could not be serialized for writing, or deserialized after reading."""
+class SerializationError(CommError):
+    """A value could not be serialized for writing, or deserialized after reading.
+
+    Unlike a :class:`ProtocolError`, it leaves the comm usable: a failed write
+    sent nothing, and a failed read consumed exactly one whole message.
+    """
 
 
 class HandshakeError(ProtocolError):

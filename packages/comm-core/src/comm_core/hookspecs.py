@@ -35,8 +35,15 @@ import pluggy
 
 if TYPE_CHECKING:
     from comm_core.abc import Backend
+    from comm_core.protocol import SerializerFamily
 
-__all__ = ["PROJECT_NAME", "hookimpl", "hookspec", "comm_register_backends"]
+__all__ = [
+    "PROJECT_NAME",
+    "comm_register_backends",
+    "comm_register_serializers",
+    "hookimpl",
+    "hookspec",
+]
 
 #: The pluggy project name shared by specs and implementations.
 PROJECT_NAME = "comm"
@@ -59,4 +66,18 @@ def comm_register_backends() -> Sequence[type[Backend]]:  # type: ignore[empty-b
     both distributions.
 
     :return: a sequence of ``Backend`` subclasses (may be empty).
+    """
+
+
+@hookspec
+def comm_register_serializers() -> Sequence[SerializerFamily]:  # type: ignore[empty-body]
+    """Return the :class:`~comm_core.protocol.SerializerFamily` objects this plugin provides.
+
+    Stream transports use them for values msgpack cannot carry. A family whose
+    ``trusted_by_default`` is true is used on write and accepted on read
+    unless the caller names other families; one that is false (such as
+    ``pickle``, which comm-core provides) only when named. Two families with
+    one name raise :class:`~comm_core.exceptions.BackendConflictError`.
+
+    :return: a sequence of ``SerializerFamily`` (may be empty).
     """

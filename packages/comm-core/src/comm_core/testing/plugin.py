@@ -16,6 +16,7 @@ pending.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -30,9 +31,9 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if name == "asyncio":
         return asyncio.new_event_loop
     if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
+        uvloop = importlib.import_module("uvloop")
+        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+        return factory
     raise ValueError(f"unknown event loop {name!r}; expected 'asyncio' or 'uvloop'")
 
 
@@ -92,4 +93,3 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     factory = loop_factory(pyfuncitem.config.getoption("--comm-loop"))
     run(func(**kwargs), factory)
     return True
-

@@ -1,0 +1,691 @@
+"""The comm wire protocol, shared by every stream transport (tcp, tls, unix, ...).
+
+Byte-level specification, version 1
+===================================
+
+All integers are unsigned and **little-endian**.
+
+Preamble
+--------
+Each side sends 8 bytes as soon as the connection is up, before anything else::
+
+    offset  size  value
+    0       5     magic  b"\\x8eCOMM"
+    5       1     protocol version (1)
+    6       2     reserved, zero
+
+A receiver checks the peer's preamble before reading anything more, and drops
+the connection if the magic, version or reserved bytes differ. So an HTTP
+request, a TLS ClientHello or random bytes cost at most 8 bytes of memory.
+
+Messages
+--------
+After the preamble the stream is a sequence of messages::
+
+    u32          N, the number of frames (1 <= N <= 65536)
+    N x u64      the length of each frame, in bytes
+    frame 0      the message body, one msgpack object
+    frame 1..N-1 out-of-band buffers, raw bytes
+
+The receiver adds the lengths up and refuses a message above its
+``max_message_size`` before allocating anything for it.
+
+The body is msgpack (``bin`` for bytes, ``str`` for UTF-8 text, maps with any
+key type). These msgpack extension types carry what msgpack lacks:
+
+=====  ===============  ======================================================
+code   name             ext data
+=====  ===============  ======================================================
+1      out-of-band      u32: index (1..N-1) of the frame holding the buffer
+2      tuple            msgpack array of the items
+3      custom           msgpack array ``[family, header, [frame indices]]``
+4      unserializable   msgpack array ``[type name, repr, error]``
+=====  ===============  ======================================================
+
+What :meth:`Comm.read <comm_core.Comm.read>` returns
+-----------------------------------------------------
+* ``bytes``, ``bytearray`` and ``memoryview`` values shorter than
+  ``oob_threshold`` (64 KiB) travel inside the body and are read as ``bytes``.
+  Longer ones travel as their own frame, are sent without copying, received
+  straight into a buffer allocated once at the right size, and are read as a
+  writable ``memoryview`` over that buffer (``bytes(view)`` copies it).
+* Tuples are read as tuples (also as dict keys), lists as lists, dicts as
+  dicts with their keys' types kept; subclasses of builtin containers and
+  scalars (``OrderedDict``, ``IntEnum``, named tuples) are read as the builtin
+  type. ``None``, ``bool``, ``int`` (64-bit), ``float`` and ``str`` round-trip.
+* Other types need a serializer family (see :func:`serializer_families`).
+  A family turns an object into a small msgpack-able header plus frames, and
+  back. ``write(serializers=...)`` picks the families a write may use;
+  ``read(deserializers=...)`` those a read accepts. The ``pickle`` family is
+  never accepted unless the reader names it: an untrusted peer must not make
+  us unpickle. With ``deserialize=False`` custom values arrive as
+  :class:`Serialized` wrappers that can be written on unchanged.
+
+Do not mutate a buffer passed to ``write()`` until that ``write()`` has
+returned and the comm has been flushed (the next ``await``): it is sent
+without a copy.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from comm_core.exceptions import MessageTooLargeError, ProtocolError, SerializationError
+
+__all__ = [
+    "MAGIC",
+    "MAX_FRAMES",
+    "OOB_THRESHOLD",
+    "PREAMBLE",
+    "PREAMBLE_SIZE",
+    "WIRE_VERSION",
+    "FrameDecoder",
+    "SerializationFailure",
+    "Serialized",
+    "SerializerFamily",
+    "check_preamble",
+    "decode_message",
+    "encode_message",
+    "pickle_family",
+    "serializer_families",
+]
+
+MAGIC: Final = b"\x8eCOMM"
+WIRE_VERSION: Final = 1
+PREAMBLE: Final = MAGIC + bytes([WIRE_VERSION, 0, 0])
+PREAMBLE_SIZE: Final = len(PREAMBLE)
+#: Most frames one message may have.
+MAX_FRAMES: Final = 65536
+#: Bytes-like values at least this long travel as their own frame.
+OOB_THRESHOLD: Final = 64 * 1024
+
+EXT_OOB: Final = 1
+EXT_TUPLE: Final = 2
+EXT_CUSTOM: Final = 3
+EXT_UNSERIALIZABLE: Final = 4
+
+_U32 = struct.Struct("<I")
+_ONE_FRAME = struct.Struct("<IQ")
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def check_preamble(data: bytes | bytearray | memoryview, peer: str) -> None:
+    """Raise :class:`ProtocolError` unless *data* is a valid comm preamble.
+
+    The message names *peer* and guesses what the peer speaks instead.
+    """
+    head = bytes(data[:PREAMBLE_SIZE])
+    if head == PREAMBLE:
+        return
+    if head[: len(MAGIC)] == MAGIC:
+        raise ProtocolError(
+            f"peer {peer} speaks comm wire protocol version {head[len(MAGIC)]} "
+            f"(reserved bytes {head[6:8]!r}); this side speaks version {WIRE_VERSION}"
+        )
+    if head[:1] == b"\x16":
+        guess = "a TLS handshake: is the peer using tls:// against a tcp:// endpoint?"
+    elif head[:4] in {b"GET ", b"POST", b"HEAD", b"PUT ", b"HTTP", b"OPTI", b"DELE", b"CONN"}:
+        guess = "HTTP"
+    elif head[:4] == b"SSH-":
+        guess = "SSH"
+    else:
+        guess = "something else"
+    raise ProtocolError(
+        f"peer {peer} is not a comm endpoint: it sent {head!r} instead of the comm "
+        f"preamble {PREAMBLE!r}; it looks like {guess}"
+    )
+
+
+# -- serializer families -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SerializerFamily:
+    """A named way to turn objects of some types into a header and frames, and back.
+
+    Args:
+        name: unique name, sent on the wire.
+        serialize: ``obj -> (header, frames)`` where *header* is msgpack-able and
+            *frames* a list of bytes-like objects; raise :class:`TypeError` for
+            objects the family does not handle.
+        deserialize: ``(header, frames) -> obj``.
+        trusted_by_default: accepted on read when the reader does not name
+            the families it accepts. Must be false for families that can
+            run code (pickle).
+    """
+
+    name: str
+    serialize: Callable[[Any], tuple[Any, list[Any]]]
+    deserialize: Callable[[Any, list[memoryview]], Any]
+    trusted_by_default: bool = True
+
+
+def _pickle_dumps(obj: Any) -> tuple[Any, list[Any]]:
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return None, [data, *(buf.raw() for buf in buffers)]
+
+
+def _pickle_loads(header: Any, frames: list[memoryview]) -> Any:
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+#: Pickle (protocol 5, out-of-band buffers). Never accepted on read unless named.
+pickle_family: Final = SerializerFamily(
+    "pickle", _pickle_dumps, _pickle_loads, trusted_by_default=False
+)
+
+
+def serializer_families() -> Mapping[str, SerializerFamily]:
+    """Every serializer family known: pickle plus those registered by plugins.
+
+    Plugins add families with the ``comm_register_serializers`` hook.
+    """
+    from comm_core._registry import get_registry
+
+    return get_registry().serializer_families()
+
+
+@dataclass(frozen=True)
+class Serialized:
+    """A custom value kept serialized, as read with ``deserialize=False``.
+
+    Writing it to another comm sends the same family, header and frames, so a
+    relay can forward values it cannot (or must not) deserialize.
+    """
+
+    family: str
+    header: Any
+    frames: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class SerializationFailure:
+    """Stands in for a value that could not be serialized, with ``on_error="message"``."""
+
+    type_name: str
+    text: str
+    error: str
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+
+class _Encoder:
+    """Encodes one message; holds the out-of-band frames found on the way."""
+
+    __slots__ = ("families", "frames", "on_error", "threshold")
+
+    def __init__(
+        self,
+        families: Sequence[SerializerFamily],
+        on_error: str,
+        threshold: int,
+    ) -> None:
+        self.families = families
+        self.on_error = on_error
+        self.threshold = threshold
+        self.frames: list[Any] = []
+
+    def oob(self, value: Any) -> msgpack.ExtType:
+        self.frames.append(value)
+        return msgpack.ExtType(EXT_OOB, _U32.pack(len(self.frames)))
+
+    def walk(self, obj: Any) -> Any:
+        """Replace long bytes-like values in containers by out-of-band references.
+
+        Containers are copied only where something inside them was replaced.
+        """
+        kind = type(obj)
+        if kind is dict:
+            out: Any = None
+            for key, value in obj.items():
+                if type(value) in _CONTAINERS:
+                    new = self.walk(value)
+                    if new is not value:
+                        if out is None:
+                            out = dict(obj)
+                        out[key] = new
+            return obj if out is None else out
+        if kind is list or kind is tuple:
+            out = None
+            for index, value in enumerate(obj):
+                if type(value) in _CONTAINERS:
+                    new = self.walk(value)
+                    if new is not value:
+                        if out is None:
+                            out = list(obj)
+                        out[index] = new
+            if out is None:
+                return obj
+            return out if kind is list else tuple(out)
+        if kind in _BYTES_TYPES and _nbytes(obj) >= self.threshold:
+            return self.oob(obj)
+        return obj
+
+    def default(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is tuple:
+            return msgpack.ExtType(EXT_TUPLE, self.pack(list(obj)))
+        if kind is msgpack.ExtType:
+            return obj
+        if kind is Serialized:
+            return self._custom(obj.family, obj.header, obj.frames)
+        if kind is SerializationFailure:
+            return msgpack.ExtType(
+                EXT_UNSERIALIZABLE, self.pack([obj.type_name, obj.text, obj.error])
+            )
+        # Subclasses of builtins travel as the builtin.
+        if isinstance(obj, bool):
+            return bool(obj)
+        if isinstance(obj, int):
+            return int(obj)
+        if isinstance(obj, float):
+            return float(obj)
+        if isinstance(obj, str):
+            return str(obj)
+        if isinstance(obj, dict):
+            return dict(obj)
+        if isinstance(obj, tuple):
+            return tuple(obj)
+        if isinstance(obj, list):
+            return list(obj)
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return self.oob(obj) if _nbytes(obj) >= self.threshold else bytes(obj)
+        errors = []
+        for family in self.families:
+            try:
+                header, frames = family.serialize(obj)
+            except TypeError as exc:
+                errors.append(f"{family.name}: {exc}")
+                continue
+            except Exception as exc:
+                errors.append(f"{family.name}: {type(exc).__name__}: {exc}")
+                continue
+            return self._custom(family.name, header, frames)
+        reason = "; ".join(errors) if errors else "no serializer family was allowed"
+        if self.on_error == "message":
+            return SerializationFailure(type(obj).__qualname__, _safe_repr(obj), reason)
+        raise SerializationError(
+            f"cannot serialize {type(obj).__qualname__} value {_safe_repr(obj)}: {reason}"
+        )
+
+    def _custom(self, family: str, header: Any, frames: Sequence[Any]) -> msgpack.ExtType:
+        first = len(self.frames) + 1
+        self.frames.extend(frames)
+        indices = list(range(first, first + len(frames)))
+        return msgpack.ExtType(EXT_CUSTOM, self.pack([family, header, indices]))
+
+    def pack(self, obj: Any) -> bytes:
+        return msgpack.packb(
+            self.walk(obj), default=self.default, use_bin_type=True, strict_types=True
+        )
+
+
+_CONTAINERS = frozenset({dict, list, tuple, bytes, bytearray, memoryview})
+
+
+def _safe_repr(obj: Any) -> str:
+    try:
+        text = repr(obj)
+    except Exception as exc:
+        text = f"<repr failed: {type(exc).__name__}>"
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _nbytes(buf: Any) -> int:
+    return buf.nbytes if type(buf) is memoryview else len(buf)
+
+
+def encode_message(
+    msg: Any,
+    *,
+    families: Sequence[SerializerFamily] = (),
+    on_error: str = "raise",
+    max_size: int | None = None,
+    threshold: int = OOB_THRESHOLD,
+) -> tuple[list[Any], int]:
+    """Encode *msg* into the buffers of one wire message, and their total size.
+
+    The first buffer holds the frame header and the body; each further buffer
+    is one out-of-band frame, the caller's own object (not copied).
+
+    Raises:
+        SerializationError: a value cannot be serialized (with ``on_error="raise"``).
+        MessageTooLargeError: the message exceeds *max_size*; nothing was sent.
+    """
+    encoder = _Encoder(families, on_error, threshold)
+    try:
+        body = encoder.pack(msg)
+    except SerializationError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(f"cannot serialize message: {exc}") from exc
+    frames = encoder.frames
+    if not frames:
+        size = len(body)
+        if max_size is not None and size > max_size:
+            _too_large(size, max_size)
+        return [_ONE_FRAME.pack(1, size) + body], size + _ONE_FRAME.size
+    if len(frames) >= MAX_FRAMES:
+        raise SerializationError(
+            f"message has {len(frames) + 1} frames, more than the protocol's {MAX_FRAMES}"
+        )
+    lengths = [len(body), *(_nbytes(f) for f in frames)]
+    size = sum(lengths)
+    if max_size is not None and size > max_size:
+        _too_large(size, max_size)
+    header = struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
+    return [header + body, *frames], size + len(header)
+
+
+def _too_large(size: int, limit: int) -> None:
+    raise MessageTooLargeError(
+        f"message of {size} bytes exceeds max_message_size of {limit} bytes",
+        size=size,
+        limit=limit,
+    )
+
+
+# -- decoding ---------------------------------------------------------------------------
+
+
+class _Decoder:
+    __slots__ = ("accept", "deserialize", "families", "frames")
+
+    def __init__(
+        self,
+        frames: Sequence[Any],
+        families: Mapping[str, SerializerFamily] | None,
+        accept: Collection[str] | None,
+        deserialize: bool,
+    ) -> None:
+        self.frames = frames
+        self.families = families
+        self.accept = accept
+        self.deserialize = deserialize
+
+    def frame(self, index: int) -> Any:
+        if not 1 <= index < len(self.frames):
+            raise ProtocolError(
+                f"message refers to out-of-band frame {index}, "
+                f"but has frames 1..{len(self.frames) - 1}"
+            )
+        return self.frames[index]
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_OOB:
+            if len(data) != 4:
+                raise ProtocolError(f"out-of-band reference of {len(data)} bytes, expected 4")
+            return self.frame(_U32.unpack(data)[0])
+        if code == EXT_TUPLE:
+            items = self.unpack(data)
+            if not isinstance(items, list):
+                raise ProtocolError("tuple extension does not hold an array")
+            return tuple(items)
+        if code == EXT_CUSTOM:
+            return self.custom(self.unpack(data))
+        if code == EXT_UNSERIALIZABLE:
+            fields = self.unpack(data)
+            if not (isinstance(fields, list) and len(fields) == 3):
+                raise ProtocolError("unserializable extension does not hold 3 fields")
+            return SerializationFailure(*(str(f) for f in fields))
+        raise ProtocolError(f"unknown msgpack extension type {code}")
+
+    def custom(self, fields: Any) -> Any:
+        if not (
+            isinstance(fields, list)
+            and len(fields) == 3
+            and isinstance(fields[0], str)
+            and isinstance(fields[2], list)
+        ):
+            raise ProtocolError("custom-type extension is malformed")
+        name, header, indices = fields
+        frames = [self.frame(i) for i in indices if isinstance(i, int)]
+        if len(frames) != len(indices):
+            raise ProtocolError("custom-type extension has non-integer frame indices")
+        if not self.deserialize:
+            return Serialized(name, header, tuple(frames))
+        families = self.families
+        if families is None:
+            families = self.families = serializer_families()
+        family = families.get(name)
+        if family is None:
+            raise SerializationError(
+                f"peer sent a value of serializer family {name!r}, which is not installed "
+                f"here (known: {', '.join(sorted(families)) or 'none'})"
+            )
+        allowed = family.trusted_by_default if self.accept is None else name in self.accept
+        if not allowed:
+            raise SerializationError(
+                f"refused to deserialize a {name!r} value from the peer: pass "
+                f"deserializers=[..., {name!r}] to read() to accept it"
+                + (" (only from peers you trust: it can run code)" if name == "pickle" else "")
+            )
+        try:
+            return family.deserialize(header, frames)
+        except Exception as exc:
+            raise SerializationError(
+                f"serializer family {name!r} failed to deserialize a value: {exc}"
+            ) from exc
+
+    def unpack(self, data: Any) -> Any:
+        return msgpack.unpackb(
+            data, ext_hook=self.ext_hook, raw=False, strict_map_key=False, use_list=True
+        )
+
+
+def decode_message(
+    frames: Sequence[Any],
+    *,
+    families: Mapping[str, SerializerFamily] | None = None,
+    accept: Collection[str] | None = None,
+    deserialize: bool = True,
+) -> Any:
+    """Decode a message from its frames (body first, then out-of-band frames).
+
+    *families* defaults to :func:`serializer_families`, looked up only if the
+    message holds a custom value.
+
+    Raises:
+        ProtocolError: the body is not valid msgpack or references are broken.
+        SerializationError: a custom value's family is unknown or not accepted.
+    """
+    decoder = _Decoder(frames, families, accept, deserialize)
+    try:
+        return decoder.unpack(frames[0])
+    except (ProtocolError, SerializationError):
+        raise
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
+        raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("malformed message body: nested too deeply") from exc
+
+
+# -- incremental frame decoding -----------------------------------------------------------
+
+_DIRECT = 64 * 1024  # frames at least this long are received into their own buffer
+_MAX_READ = 1 << 30  # never ask the OS (or OpenSSL) for more than this in one call
+
+
+def _allocate(size: int) -> memoryview:
+    if size >= (1 << 20) and sys.platform != "win32":
+        import mmap
+
+        return memoryview(mmap.mmap(-1, size))  # zero pages, touched once by recv
+    return memoryview(bytearray(size))
+
+
+class FrameDecoder:
+    """Turns a byte stream into messages' frames, receiving large frames in place.
+
+    Drive it like an :class:`asyncio.BufferedProtocol`: write into the buffer
+    :meth:`get_buffer` returns, then call :meth:`buffer_updated`; each complete
+    message is passed, as a list of frames, to *on_message*. :meth:`feed` does
+    both for a chunk of bytes.
+
+    Args:
+        on_message: called with the frames of each complete message.
+        max_message_size: larger messages raise :class:`MessageTooLargeError`
+            from the header, before anything is allocated for them.
+        peer: named in error messages.
+        expect_preamble: check the peer's preamble first.
+
+    Errors raised from :meth:`buffer_updated` leave the decoder unusable: the
+    caller closes the connection.
+    """
+
+    def __init__(
+        self,
+        on_message: Callable[[list[Any]], None],
+        *,
+        max_message_size: int,
+        peer: str = "peer",
+        expect_preamble: bool = True,
+        buffer_size: int = 256 * 1024,
+    ) -> None:
+        self.on_message = on_message
+        self.max_message_size = max_message_size
+        self.peer = peer
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of received bytes
+        self._need_preamble = expect_preamble
+        self._lengths: list[int] | None = None  # of the message being received
+        self._frames: list[Any] = []
+        self._direct: memoryview | None = None  # frame being received in place
+        self._filled = 0
+
+    @property
+    def expecting_preamble(self) -> bool:
+        """Whether the peer's preamble has yet to arrive."""
+        return self._need_preamble
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        direct = self._direct
+        if direct is not None:
+            return direct[self._filled : self._filled + _MAX_READ]
+        if self._end == len(self._buf):
+            self._compact()
+        return self._view[self._end :]
+
+    def _compact(self, need: int = 0) -> None:
+        """Move unparsed bytes to the front; grow the buffer when *need* bytes won't fit."""
+        pending = self._end - self._start
+        size = len(self._buf)
+        if need > size or pending == size:
+            # A new buffer: slices handed out earlier may still pin the old one.
+            new = bytearray(max(need, 2 * size))
+            new[:pending] = self._view[self._start : self._end]
+            self._buf, self._view = new, memoryview(new)
+        elif self._start:
+            self._view[:pending] = self._view[self._start : self._end]
+        self._start, self._end = 0, pending
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._direct is not None:
+            self._filled += nbytes
+            if self._filled == len(self._direct):
+                self._frames.append(self._direct)
+                self._direct = None
+                self._parse()
+            return
+        self._end += nbytes
+        self._parse()
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view.nbytes:
+            buf = self.get_buffer(view.nbytes)
+            n = min(buf.nbytes, view.nbytes)
+            buf[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _parse(self) -> None:
+        buf = self._buf
+        while True:
+            start, avail = self._start, self._end - self._start
+            if self._need_preamble:
+                if avail < PREAMBLE_SIZE:
+                    # Fail early on a wrong first byte; keep at most 8 bytes otherwise.
+                    if avail and buf[start : start + avail] != PREAMBLE[:avail]:
+                        check_preamble(bytes(buf[start : start + avail]).ljust(8, b"\0"), self.peer)
+                    return
+                check_preamble(buf[start : start + PREAMBLE_SIZE], self.peer)
+                self._need_preamble = False
+                self._start += PREAMBLE_SIZE
+                continue
+            lengths = self._lengths
+            if lengths is None:
+                if avail < 4:
+                    return
+                (count,) = _U32.unpack_from(buf, start)
+                if count == 1 and avail >= 12:  # fast path: a small one-frame message
+                    size = _ONE_FRAME.unpack_from(buf, start)[1]
+                    if size < _DIRECT and avail >= 12 + size and size <= self.max_message_size:
+                        self._start = start + 12 + size
+                        self.on_message([self._view[start + 12 : self._start].tobytes()])
+                        buf = self._buf
+                        continue
+                if not 1 <= count <= MAX_FRAMES:
+                    raise ProtocolError(
+                        f"peer {self.peer} sent a message header with {count} frames; "
+                        f"the protocol allows 1 to {MAX_FRAMES}"
+                    )
+                if avail < 4 + 8 * count:
+                    if start + 4 + 8 * count > len(buf):
+                        self._compact(4 + 8 * count)
+                    return
+                lengths = list(struct.unpack_from(f"<{count}Q", buf, start + 4))
+                total = sum(lengths)
+                if total > self.max_message_size:
+                    raise MessageTooLargeError(
+                        f"peer {self.peer} sent a message of {total} bytes, more than "
+                        f"max_message_size of {self.max_message_size} bytes",
+                        size=total,
+                        limit=self.max_message_size,
+                    )
+                self._start += 4 + 8 * count
+                self._lengths = lengths
+                self._frames = []
+                continue
+            index = len(self._frames)
+            if index == len(lengths):
+                frames, self._frames, self._lengths = self._frames, [], None
+                self.on_message(frames)
+                continue
+            size = lengths[index]
+            if avail >= size and size < _DIRECT:
+                self._frames.append(self._view[start : start + size].tobytes())
+                self._start += size
+                continue
+            if size < _DIRECT:
+                if start + size > len(buf):
+                    self._compact(size)
+                return
+            # A large frame: copy what we already hold, receive the rest in place.
+            dest = _allocate(size)
+            have = min(avail, size)
+            dest[:have] = self._view[start : start + have]
+            self._start += have
+            if have == size:
+                self._frames.append(dest)
+                continue
+            self._direct, self._filled = dest, have
+            self._start = self._end = 0
+            return
