@@ -121,7 +121,12 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks in bench/ (python -m bench)."""
+    """Run the benchmarks in bench/ against Dask's comm (see bench/README.md).
+
+    The packages are installed non-editable, so a run measures one snapshot of
+    the work tree. Arguments after `--` go to `python -m bench`, such as
+    `nox -s bench -- --quick`.
+    """
     if not (ROOT / "bench").is_dir():
         session.skip("no benchmarks yet")
     _install_packages(session, *PACKAGES, extras=None)

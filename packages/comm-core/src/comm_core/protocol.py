@@ -86,6 +86,8 @@ __all__ = [
     "PREAMBLE",
     "PREAMBLE_SIZE",
     "WIRE_VERSION",
+    "Decoder",
+    "Encoder",
     "FrameDecoder",
     "SerializationFailure",
     "Serialized",
@@ -218,23 +220,80 @@ class SerializationFailure:
 # -- encoding ---------------------------------------------------------------------------
 
 
-class _Encoder:
-    """Encodes one message; holds the out-of-band frames found on the way."""
+class Encoder:
+    """Encodes messages into wire buffers; reusable, so a comm keeps one.
 
-    __slots__ = ("families", "frames", "on_error", "threshold")
+    Not thread-safe and not reentrant: one message at a time.
+
+    Args:
+        families: the serializer families values of other types may use.
+        on_error: ``"raise"`` or ``"message"`` (see :meth:`Comm.write
+            <comm_core.Comm.write>`).
+        max_size: refuse messages larger than this, before sending anything.
+        threshold: bytes-like values at least this long travel out of band.
+    """
+
+    __slots__ = ("_packer", "families", "frames", "max_size", "on_error", "threshold")
 
     def __init__(
         self,
-        families: Sequence[SerializerFamily],
-        on_error: str,
-        threshold: int,
+        families: Sequence[SerializerFamily] = (),
+        on_error: str = "raise",
+        *,
+        max_size: int | None = None,
+        threshold: int = OOB_THRESHOLD,
     ) -> None:
         self.families = families
         self.on_error = on_error
+        self.max_size = max_size
         self.threshold = threshold
         self.frames: list[Any] = []
+        self._packer = self._new_packer()
+
+    def _new_packer(self) -> msgpack.Packer:
+        return msgpack.Packer(default=self.default, use_bin_type=True, strict_types=True)
+
+    def encode(self, msg: Any) -> tuple[list[Any], int]:
+        """Return the buffers of one wire message holding *msg*, and their total size.
+
+        The first buffer holds the frame header and the body; each further
+        buffer is one out-of-band frame, the caller's own object (not copied).
+
+        Raises:
+            SerializationError: a value cannot be serialized (with ``on_error="raise"``).
+            MessageTooLargeError: the message exceeds ``max_size``.
+        """
+        frames = self.frames = []
+        try:
+            body: bytes = self._packer.pack(self.walk(msg))
+        except BaseException as exc:
+            self._packer = self._new_packer()  # its buffer may hold half a message
+            if isinstance(exc, (TypeError, ValueError, OverflowError)):
+                raise SerializationError(f"cannot serialize message: {exc}") from exc
+            raise
+        max_size = self.max_size
+        if not frames:
+            size = len(body)
+            if max_size is not None and size > max_size:
+                _too_large(size, max_size)
+            return [_ONE_FRAME.pack(1, size) + body], size + _ONE_FRAME.size
+        if len(frames) >= MAX_FRAMES:
+            raise SerializationError(
+                f"message has {len(frames) + 1} frames, more than the protocol's {MAX_FRAMES}"
+            )
+        lengths = [len(body), *(_nbytes(f) for f in frames)]
+        size = sum(lengths)
+        if max_size is not None and size > max_size:
+            _too_large(size, max_size)
+        header = struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
+        return [header + body, *frames], size + len(header)
 
     def oob(self, value: Any) -> msgpack.ExtType:
+        if type(value) is memoryview and (
+            value.ndim != 1 or value.format != "B" or not value.c_contiguous
+        ):
+            # Frames are plain bytes: cast shaped views, copy strided ones.
+            value = value.cast("B") if value.c_contiguous else value.tobytes()
         self.frames.append(value)
         return msgpack.ExtType(EXT_OOB, _U32.pack(len(self.frames)))
 
@@ -244,29 +303,46 @@ class _Encoder:
         Containers are copied only where something inside them was replaced.
         """
         kind = type(obj)
+        threshold = self.threshold
         if kind is dict:
             out: Any = None
             for key, value in obj.items():
-                if type(value) in _CONTAINERS:
+                kind = type(value)
+                if kind is bytes or kind is bytearray or kind is memoryview:
+                    if _nbytes(value) < threshold:
+                        continue
+                    new = self.oob(value)
+                elif kind is dict or kind is list or kind is tuple:
                     new = self.walk(value)
-                    if new is not value:
-                        if out is None:
-                            out = dict(obj)
-                        out[key] = new
+                    if new is value:
+                        continue
+                else:
+                    continue
+                if out is None:
+                    out = dict(obj)
+                out[key] = new
             return obj if out is None else out
         if kind is list or kind is tuple:
             out = None
             for index, value in enumerate(obj):
-                if type(value) in _CONTAINERS:
+                vkind = type(value)
+                if vkind is bytes or vkind is bytearray or vkind is memoryview:
+                    if _nbytes(value) < threshold:
+                        continue
+                    new = self.oob(value)
+                elif vkind is dict or vkind is list or vkind is tuple:
                     new = self.walk(value)
-                    if new is not value:
-                        if out is None:
-                            out = list(obj)
-                        out[index] = new
+                    if new is value:
+                        continue
+                else:
+                    continue
+                if out is None:
+                    out = list(obj)
+                out[index] = new
             if out is None:
                 return obj
             return out if kind is list else tuple(out)
-        if kind in _BYTES_TYPES and _nbytes(obj) >= self.threshold:
+        if (kind is bytes or kind is bytearray or kind is memoryview) and _nbytes(obj) >= threshold:
             return self.oob(obj)
         return obj
 
@@ -294,7 +370,7 @@ class _Encoder:
         if isinstance(obj, dict):
             return dict(obj)
         if isinstance(obj, tuple):
-            return tuple(obj)
+            return msgpack.ExtType(EXT_TUPLE, self.pack(list(obj)))
         if isinstance(obj, list):
             return list(obj)
         if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -312,7 +388,9 @@ class _Encoder:
             return self._custom(family.name, header, frames)
         reason = "; ".join(errors) if errors else "no serializer family was allowed"
         if self.on_error == "message":
-            return SerializationFailure(type(obj).__qualname__, _safe_repr(obj), reason)
+            return self.default(
+                SerializationFailure(type(obj).__qualname__, _safe_repr(obj), reason)
+            )
         raise SerializationError(
             f"cannot serialize {type(obj).__qualname__} value {_safe_repr(obj)}: {reason}"
         )
@@ -324,12 +402,10 @@ class _Encoder:
         return msgpack.ExtType(EXT_CUSTOM, self.pack([family, header, indices]))
 
     def pack(self, obj: Any) -> bytes:
+        """Pack a nested value (a tuple's items, a custom header) with a fresh packer."""
         return msgpack.packb(
             self.walk(obj), default=self.default, use_bin_type=True, strict_types=True
         )
-
-
-_CONTAINERS = frozenset({dict, list, tuple, bytes, bytearray, memoryview})
 
 
 def _safe_repr(obj: Any) -> str:
@@ -354,36 +430,9 @@ def encode_message(
 ) -> tuple[list[Any], int]:
     """Encode *msg* into the buffers of one wire message, and their total size.
 
-    The first buffer holds the frame header and the body; each further buffer
-    is one out-of-band frame, the caller's own object (not copied).
-
-    Raises:
-        SerializationError: a value cannot be serialized (with ``on_error="raise"``).
-        MessageTooLargeError: the message exceeds *max_size*; nothing was sent.
+    A one-off :class:`Encoder`; see :meth:`Encoder.encode`.
     """
-    encoder = _Encoder(families, on_error, threshold)
-    try:
-        body = encoder.pack(msg)
-    except SerializationError:
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(f"cannot serialize message: {exc}") from exc
-    frames = encoder.frames
-    if not frames:
-        size = len(body)
-        if max_size is not None and size > max_size:
-            _too_large(size, max_size)
-        return [_ONE_FRAME.pack(1, size) + body], size + _ONE_FRAME.size
-    if len(frames) >= MAX_FRAMES:
-        raise SerializationError(
-            f"message has {len(frames) + 1} frames, more than the protocol's {MAX_FRAMES}"
-        )
-    lengths = [len(body), *(_nbytes(f) for f in frames)]
-    size = sum(lengths)
-    if max_size is not None and size > max_size:
-        _too_large(size, max_size)
-    header = struct.pack(f"<I{len(lengths)}Q", len(lengths), *lengths)
-    return [header + body, *frames], size + len(header)
+    return Encoder(families, on_error, max_size=max_size, threshold=threshold).encode(msg)
 
 
 def _too_large(size: int, limit: int) -> None:
@@ -397,20 +446,62 @@ def _too_large(size: int, limit: int) -> None:
 # -- decoding ---------------------------------------------------------------------------
 
 
-class _Decoder:
+class Decoder:
+    """Decodes messages from their frames; reusable, so a comm keeps one.
+
+    Not thread-safe and not reentrant: one message at a time.
+
+    Args:
+        families: serializer families by name; default: :func:`serializer_families`,
+            looked up only when a message holds a custom value.
+        deserialize: turn custom values into objects; if false, they are
+            returned as :class:`Serialized` wrappers.
+    """
+
     __slots__ = ("accept", "deserialize", "families", "frames")
 
     def __init__(
         self,
-        frames: Sequence[Any],
-        families: Mapping[str, SerializerFamily] | None,
-        accept: Collection[str] | None,
-        deserialize: bool,
+        families: Mapping[str, SerializerFamily] | None = None,
+        *,
+        deserialize: bool = True,
     ) -> None:
-        self.frames = frames
         self.families = families
-        self.accept = accept
         self.deserialize = deserialize
+        self.frames: Sequence[Any] = ()
+        self.accept: Collection[str] | None = None
+
+    def decode(self, frames: Sequence[Any], accept: Collection[str] | None = None) -> Any:
+        """Decode the message made of *frames* (body first, then out-of-band frames).
+
+        Args:
+            accept: the serializer families accepted for custom values; ``None``
+                accepts those trusted by default (never pickle).
+
+        Raises:
+            ProtocolError: the body is not valid msgpack or references are broken.
+            SerializationError: a custom value's family is unknown or not accepted.
+        """
+        self.frames = frames
+        self.accept = accept
+        try:
+            return msgpack.unpackb(
+                frames[0], ext_hook=self.ext_hook, raw=False, strict_map_key=False
+            )
+        except (ProtocolError, SerializationError):
+            raise
+        except (
+            ValueError,
+            TypeError,
+            msgpack.ExtraData,
+            msgpack.FormatError,
+            msgpack.StackError,
+        ) as exc:
+            raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from exc
+        except RecursionError as exc:
+            raise ProtocolError("malformed message body: nested too deeply") from exc
+        finally:
+            self.frames = ()
 
     def frame(self, index: int) -> Any:
         if not 1 <= index < len(self.frames):
@@ -489,30 +580,8 @@ def decode_message(
     accept: Collection[str] | None = None,
     deserialize: bool = True,
 ) -> Any:
-    """Decode a message from its frames (body first, then out-of-band frames).
-
-    *families* defaults to :func:`serializer_families`, looked up only if the
-    message holds a custom value.
-
-    Raises:
-        ProtocolError: the body is not valid msgpack or references are broken.
-        SerializationError: a custom value's family is unknown or not accepted.
-    """
-    decoder = _Decoder(frames, families, accept, deserialize)
-    try:
-        return decoder.unpack(frames[0])
-    except (ProtocolError, SerializationError):
-        raise
-    except (
-        ValueError,
-        TypeError,
-        msgpack.ExtraData,
-        msgpack.FormatError,
-        msgpack.StackError,
-    ) as exc:
-        raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from exc
-    except RecursionError as exc:
-        raise ProtocolError("malformed message body: nested too deeply") from exc
+    """Decode a message from its frames: a one-off :class:`Decoder`; see :meth:`Decoder.decode`."""
+    return Decoder(families, deserialize=deserialize).decode(frames, accept)
 
 
 # -- incremental frame decoding -----------------------------------------------------------
@@ -525,7 +594,9 @@ def _allocate(size: int) -> memoryview:
     if size >= (1 << 20) and sys.platform != "win32":
         import mmap
 
-        return memoryview(mmap.mmap(-1, size))  # zero pages, touched once by recv
+        # Zero pages, touched once by recv. Private: a shared mapping (mmap's default)
+        # would be shared with forked children, and is slower to fault in (shmem).
+        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE))
     return memoryview(bytearray(size))
 
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, cast
 
 from comm_core._addressing import unparse_address, unparse_host_port
 from comm_core._config import get_setting
@@ -31,14 +30,13 @@ from comm_core.abc import Comm, OnError
 from comm_core.exceptions import CommClosedError, ProtocolError
 from comm_core.protocol import (
     PREAMBLE,
+    Decoder,
+    Encoder,
     FrameDecoder,
-    SerializerFamily,
-    decode_message,
-    encode_message,
     serializer_families,
 )
 
-__all__ = ["StreamComm", "format_sockaddr"]
+__all__ = ["StreamComm", "StreamProtocol", "format_sockaddr"]
 
 logger = logging.getLogger("comm_core.stream")
 
@@ -56,8 +54,241 @@ def format_sockaddr(scheme: str, sockaddr: Any) -> str:
     return unparse_address(scheme, str(sockaddr or ""))
 
 
-class StreamComm(Comm, asyncio.BufferedProtocol):
-    """A comm that is also the buffered protocol of its transport.
+class StreamProtocol(asyncio.BufferedProtocol):
+    """The event loop's side of a :class:`StreamComm`: framing, queues, flow control.
+
+    It holds no reference to its comm once the comm is established, so the
+    transport (which holds the protocol) does not keep the comm alive.
+    """
+
+    def __init__(
+        self,
+        comm: StreamComm,
+        *,
+        max_message_size: int,
+        write_high_water: int,
+        read_high_water: int,
+        on_established: Callable[[StreamComm], None] | None,
+    ) -> None:
+        self.scheme = comm.scheme
+        self.max_message_size = max_message_size
+        self.write_high_water = write_high_water
+        self.read_high_water = read_high_water
+        # Held only until the peer's preamble arrives, for on_established.
+        self._pending_comm: StreamComm | None = comm if on_established is not None else None
+        self._on_established = on_established
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport: asyncio.Transport | None = None
+        self.local = f"{self.scheme}://"
+        self.peer = f"{self.scheme}://"
+        self.decoder = FrameDecoder(self.on_message, max_message_size=max_message_size)
+        self.established = False
+        self.ready: deque[list[Any]] = deque()
+        self.ready_bytes = 0
+        self.reading_paused = False
+        self.waiter: asyncio.Future[list[Any]] | None = None
+        self.out: list[Any] = []
+        self.out_size = 0
+        self.flush_handle: asyncio.Handle | None = None
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.closing = False  # close() or abort() was called on this side
+        self.peer_gone = False  # EOF, connection lost, or a protocol error
+        self.error: BaseException | None = None  # why the comm ended, if not by us
+        self.lost: asyncio.Future[None] | None = None
+
+    # -- asyncio callbacks --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not isinstance(transport, asyncio.Transport): uvloop's transports do not
+        # derive from asyncio's classes, yet have the same methods.
+        self.transport = cast("asyncio.Transport", transport)
+        self.loop = asyncio.get_running_loop()
+        self.lost = self.loop.create_future()
+        self.local = format_sockaddr(self.scheme, transport.get_extra_info("sockname"))
+        self.peer = format_sockaddr(self.scheme, transport.get_extra_info("peername"))
+        self.decoder.peer = self.peer
+        self.transport.set_write_buffer_limits(high=self.write_high_water)
+        self.transport.write(PREAMBLE)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            self.decoder.buffer_updated(nbytes)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        if not self.established and not self.decoder.expecting_preamble:
+            self.established = True
+            comm, self._pending_comm = self._pending_comm, None
+            if self._on_established is not None and comm is not None:
+                self._on_established(comm)
+
+    def on_message(self, frames: list[Any]) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            self.waiter = None
+            waiter.set_result(frames)
+            return
+        self.ready.append(frames)
+        self.ready_bytes += sum(len(f) for f in frames)
+        if self.ready_bytes > self.read_high_water and not self.reading_paused:
+            self.reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.peer_gone = True
+        self.wake_reader()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer_gone = True
+        self._pending_comm = None
+        if exc is not None and self.error is None and not self.closing:
+            self.error = exc
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        self.out.clear()
+        self.wake_reader()
+        self.wake_writer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.wake_writer()
+
+    # -- state changes --------------------------------------------------------------------
+
+    def closed_error(self) -> CommClosedError:
+        """The error for an operation on a closed comm, saying who closed it and why."""
+        if self.closing:
+            return CommClosedError(f"comm {self.local} -> {self.peer} was closed by this side")
+        error = self.error
+        if isinstance(error, ProtocolError):
+            return CommClosedError(f"comm with {self.peer} was closed: {error}")
+        if error is not None:
+            return CommClosedError(
+                f"connection to {self.peer} was lost: {type(error).__name__}: {error}"
+            )
+        return CommClosedError(f"comm with {self.peer} was closed by the peer")
+
+    def read_error(self) -> BaseException:
+        """What a read raises once nothing is left to read."""
+        if isinstance(self.error, ProtocolError) and not self.closing:
+            return self.error
+        exc = self.closed_error()
+        exc.__cause__ = self.error
+        return exc
+
+    def wake_reader(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            self.waiter = None
+            waiter.set_exception(self.read_error())
+
+    def wake_writer(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            self.drain_waiter = None
+            waiter.set_result(None)
+
+    def fail(self, exc: ProtocolError) -> None:
+        """The peer broke the protocol: drop the connection, keep the reason for readers."""
+        if self.error is None:
+            self.error = exc
+        if not self.established:
+            logger.warning("dropped a connection from %s: %s", self.peer, exc)
+        else:
+            logger.info("closing comm with %s: %s", self.peer, exc)
+        if self.transport is not None:
+            self.transport.abort()
+        self.peer_gone = True
+        self.wake_reader()
+
+    def abort(self) -> None:
+        self.closing = True
+        self._pending_comm = None
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush_handle = None
+        # Not once the connection is lost: asyncio's transports may then raise
+        # AttributeError (after a close() that had to flush first).
+        if self.transport is not None and not (self.lost is not None and self.lost.done()):
+            self.transport.abort()
+        self.wake_reader()
+        self.wake_writer()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hand what writes gathered during this loop iteration to the transport."""
+        self.flush_handle = None
+        out = self.out
+        if not out or self.transport is None:
+            return
+        if len(out) == 1:
+            self.transport.write(out[0])
+        elif _WRITELINES_ZERO_COPY:
+            self.transport.writelines(out)
+        else:
+            self.transport.write(b"".join(out))
+        self.out = []
+        self.out_size = 0
+
+    async def drain(self) -> None:
+        """Wait while the transport holds more than its high-water mark."""
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+            self.flush()
+        while self.write_paused:
+            if self.closing or self.peer_gone:
+                raise self.closed_error() from self.error
+            assert self.loop is not None
+            waiter = self.drain_waiter = self.loop.create_future()
+            await waiter
+        if self.peer_gone and not self.closing:
+            raise self.closed_error() from self.error
+
+    async def write_buffers(self, buffers: list[Any]) -> None:
+        """Write a message with out-of-band frames, large ones without copying."""
+        transport = self.transport
+        assert transport is not None
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+        self.out.append(buffers[0])
+        for buf in buffers[1:]:
+            size = memoryview(buf).nbytes
+            if size < _LARGE:
+                self.out.append(buf)
+                continue
+            self.flush()
+            if _WRITELINES_ZERO_COPY:
+                transport.write(buf)
+                if self.write_paused:
+                    await self.drain()
+                continue
+            view = memoryview(buf)
+            for offset in range(0, size, _CHUNK):
+                transport.write(view[offset : offset + _CHUNK])
+                if self.write_paused:
+                    await self.drain()
+        self.flush()
+
+
+class StreamComm(Comm):
+    """A comm over an asyncio stream transport, speaking the comm wire protocol.
+
+    Create it, then let the event loop connect :attr:`protocol` to a transport
+    (``loop.create_connection(lambda: comm.protocol, ...)``, or a server's
+    protocol factory).
 
     Args:
         scheme: the URI scheme used for :attr:`local_address` and :attr:`peer_address`.
@@ -67,9 +298,11 @@ class StreamComm(Comm, asyncio.BufferedProtocol):
         write_high_water: ``write()`` waits while more bytes than this are queued.
         read_high_water: reading from the transport pauses while more bytes than
             this wait unread in the comm.
-        on_established: called once the peer's preamble is valid (listeners use
-            it to start the handshake only for real comm peers).
+        on_established: called with the comm once the peer's preamble is valid
+            (listeners use it to start the handshake only for real comm peers).
     """
+
+    protocol_class: type[StreamProtocol] = StreamProtocol
 
     def __init__(
         self,
@@ -80,161 +313,39 @@ class StreamComm(Comm, asyncio.BufferedProtocol):
         write_high_water: int = 4 * 1024 * 1024,
         read_high_water: int = 64 * 1024 * 1024,
         on_established: Callable[[StreamComm], None] | None = None,
-        **_ignored: Any,
     ) -> None:
         super().__init__(deserialize=deserialize)
         self.scheme = scheme
         if max_message_size is None:
             max_message_size = int(get_setting("max_message_size"))
         self.max_message_size = max_message_size
-        self.write_high_water = write_high_water
-        self.read_high_water = read_high_water
-        self._on_established = on_established
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.transport: asyncio.Transport | None = None
-        self._local = f"{scheme}://"
-        self._peer = f"{scheme}://"
-        self._decoder = FrameDecoder(
-            self._on_message, max_message_size=max_message_size, peer=self._peer
+        #: The asyncio protocol to connect to a transport.
+        self.protocol = self.protocol_class(
+            self,
+            max_message_size=max_message_size,
+            write_high_water=write_high_water,
+            read_high_water=read_high_water,
+            on_established=on_established,
         )
-        self._established = False
-        self._ready: deque[list[Any]] = deque()
-        self._ready_bytes = 0
-        self._reading_paused = False
-        self._waiter: asyncio.Future[list[Any]] | None = None
-        self._out: list[Any] = []
-        self._out_size = 0
-        self._flush_handle: asyncio.Handle | None = None
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._closing = False  # close() or abort() was called here
-        self._peer_gone = False  # EOF or connection lost
-        self._error: BaseException | None = None  # why the comm ended, if not by us
-        self._lost: asyncio.Future[None] | None = None
-        self._families_cache: list[SerializerFamily] | None = None
+        self._encoder: Encoder | None = None  # for writes with the default families
+        self._decoder = Decoder(deserialize=deserialize)
 
-    # -- asyncio protocol callbacks ----------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._loop = asyncio.get_running_loop()
-        self._lost = self._loop.create_future()
-        self._local = format_sockaddr(self.scheme, transport.get_extra_info("sockname"))
-        self._peer = format_sockaddr(self.scheme, transport.get_extra_info("peername"))
-        self._decoder.peer = self._peer
-        transport.set_write_buffer_limits(high=self.write_high_water)
-        transport.write(PREAMBLE)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._decoder.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        try:
-            self._decoder.buffer_updated(nbytes)
-        except ProtocolError as exc:
-            self._fail(exc)
-            return
-        if not self._established and not self._decoder.expecting_preamble:
-            self._established = True
-            if self._on_established is not None:
-                self._on_established(self)
-
-    def _on_message(self, frames: list[Any]) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            self._waiter = None
-            waiter.set_result(frames)
-            return
-        self._ready.append(frames)
-        self._ready_bytes += sum(len(f) for f in frames)
-        if self._ready_bytes > self.read_high_water and not self._reading_paused:
-            self._reading_paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool | None:
-        self._peer_gone = True
-        self._wake_reader()
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._peer_gone = True
-        if exc is not None and self._error is None and not self._closing:
-            self._error = exc
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._out.clear()
-        self._wake_reader()
-        self._wake_writer()
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_writer()
-
-    # -- errors and wake-ups -----------------------------------------------------------
-
-    def _closed_error(self) -> CommClosedError:
-        if self._closing:
-            return CommClosedError(f"comm {self._local} -> {self._peer} was closed by this side")
-        if isinstance(self._error, ProtocolError):
-            return CommClosedError(f"comm with {self._peer} was closed: {self._error}")
-        if self._error is not None:
-            return CommClosedError(
-                f"connection to {self._peer} was lost: {type(self._error).__name__}: {self._error}"
-            )
-        return CommClosedError(f"comm with {self._peer} was closed by the peer")
-
-    def _wake_reader(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            self._waiter = None
-            error = self._error
-            if isinstance(error, ProtocolError) and not self._closing:
-                waiter.set_exception(error)
-            else:
-                exc = self._closed_error()
-                if error is not None:
-                    exc.__cause__ = error
-                waiter.set_exception(exc)
-
-    def _wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            self._drain_waiter = None
-            waiter.set_result(None)
-
-    def _fail(self, exc: ProtocolError) -> None:
-        if self._error is None:
-            self._error = exc
-        if not self._established:
-            logger.warning("dropped a connection from %s: %s", self._peer, exc)
-        else:
-            logger.info("closing comm with %s: %s", self._peer, exc)
-        if self.transport is not None:
-            self.transport.abort()
-        self._peer_gone = True
-        self._wake_reader()
-
-    # -- Comm ---------------------------------------------------------------------------
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The transport, once connected."""
+        return self.protocol.transport
 
     @property
     def local_address(self) -> str:
-        return self._local
+        return self.protocol.local
 
     @property
     def peer_address(self) -> str:
-        return self._peer
+        return self.protocol.peer
 
     @property
     def extra_info(self) -> Mapping[str, Any]:
-        transport = self.transport
+        transport = self.protocol.transport
         if transport is None:
             return {}
         return {
@@ -244,50 +355,51 @@ class StreamComm(Comm, asyncio.BufferedProtocol):
         }
 
     def closed(self) -> bool:
-        return self._closing or self._peer_gone
+        p = self.protocol
+        return p.closing or p.peer_gone or p.transport is None
 
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
-        if self._ready:
-            frames = self._ready.popleft()
-            if self._reading_paused:
-                self._ready_bytes -= sum(len(f) for f in frames)
-                if self._ready_bytes <= self.read_high_water // 2:
-                    self._reading_paused = False
-                    if self.transport is not None and not self._peer_gone:
-                        self.transport.resume_reading()
-            else:
-                self._ready_bytes -= sum(len(f) for f in frames)
+        p = self.protocol
+        if p.ready:
+            frames = p.ready.popleft()
+            p.ready_bytes -= sum(len(f) for f in frames)
+            if p.reading_paused and p.ready_bytes <= p.read_high_water // 2:
+                p.reading_paused = False
+                if p.transport is not None and not p.peer_gone:
+                    p.transport.resume_reading()
         else:
-            if self._closing or self._peer_gone:
-                if isinstance(self._error, ProtocolError) and not self._closing:
-                    raise self._error
-                raise self._closed_error() from self._error
-            if self._waiter is not None:
+            if p.closing or p.peer_gone or p.loop is None:
+                if p.loop is None and not p.closing:
+                    raise CommClosedError(f"{self!r} is not connected")
+                raise p.read_error()
+            if p.waiter is not None:
                 raise RuntimeError(f"{self!r}: read() called while another read() is waiting")
-            assert self._loop is not None
-            waiter = self._waiter = self._loop.create_future()
+            waiter = p.waiter = p.loop.create_future()
             try:
                 frames = await waiter
             except asyncio.CancelledError:
                 self.abort()
                 raise
         try:
-            return decode_message(frames, accept=deserializers, deserialize=self.deserialize)
+            return self._decoder.decode(frames, deserializers)
         except ProtocolError as exc:
-            self._error = exc
+            p.error = exc
             self.abort()
             raise
 
-    def _families(self, serializers: Collection[str] | None) -> list[SerializerFamily]:
-        if serializers is None:
-            cache = self._families_cache
-            if cache is None:
-                cache = self._families_cache = [
-                    f for f in serializer_families().values() if f.trusted_by_default
-                ]
-            return cache
+    def _encoder_for(self, serializers: Collection[str] | None, on_error: OnError) -> Encoder:
+        if serializers is None and on_error == "raise":
+            encoder = self._encoder
+            if encoder is None:
+                trusted = [f for f in serializer_families().values() if f.trusted_by_default]
+                encoder = self._encoder = Encoder(trusted, max_size=self.max_message_size)
+            return encoder
         known = serializer_families()
-        return [known[name] for name in serializers if name in known]
+        if serializers is None:
+            families = [f for f in known.values() if f.trusted_by_default]
+        else:
+            families = [known[name] for name in serializers if name in known]
+        return Encoder(families, on_error, max_size=self.max_message_size)
 
     async def write(
         self,
@@ -295,100 +407,50 @@ class StreamComm(Comm, asyncio.BufferedProtocol):
         serializers: Collection[str] | None = None,
         on_error: OnError = "raise",
     ) -> int:
-        if self._closing or self._peer_gone:
-            raise self._closed_error() from self._error
-        buffers, nbytes = encode_message(
-            msg,
-            families=self._families(serializers),
-            on_error=on_error,
-            max_size=self.max_message_size,
-        )
+        p = self.protocol
+        if p.closing or p.peer_gone or p.transport is None:
+            if p.transport is None and not p.closing:
+                raise CommClosedError(f"{self!r} is not connected")
+            raise p.closed_error() from p.error
+        buffers, nbytes = self._encoder_for(serializers, on_error).encode(msg)
         try:
             if len(buffers) == 1:
-                self._out.append(buffers[0])
-                self._out_size += nbytes
-                if self._flush_handle is None:
-                    assert self._loop is not None
-                    self._flush_handle = self._loop.call_soon(self._flush)
-                if self._out_size >= self.write_high_water:
-                    self._flush()
+                if p.flush_handle is None:
+                    # The first write of this loop iteration leaves at once; later ones
+                    # gather in p.out and leave together when the iteration ends.
+                    p.transport.write(buffers[0])
+                    assert p.loop is not None
+                    p.flush_handle = p.loop.call_soon(p.flush)
+                else:
+                    p.out.append(buffers[0])
+                    p.out_size += nbytes
+                    if p.out_size >= p.write_high_water:
+                        p.flush()
             else:
-                await self._write_buffers(buffers)
-            if self._write_paused:
-                await self._drain()
+                await p.write_buffers(buffers)
+            if p.write_paused:
+                await p.drain()
         except asyncio.CancelledError:
             self.abort()
             raise
         return nbytes
 
-    def _flush(self) -> None:
-        self._flush_handle = None
-        out = self._out
-        if not out or self.transport is None:
-            return
-        if len(out) == 1:
-            self.transport.write(out[0])
-        elif _WRITELINES_ZERO_COPY:
-            self.transport.writelines(out)
-        else:
-            self.transport.write(b"".join(out))
-        self._out = []
-        self._out_size = 0
-
-    async def _write_buffers(self, buffers: list[Any]) -> None:
-        """Write a message with out-of-band frames, large ones without copying."""
-        transport = self.transport
-        assert transport is not None
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        self._out.append(buffers[0])
-        for buf in buffers[1:]:
-            view = memoryview(buf).cast("B") if type(buf) is memoryview else buf
-            size = len(view)
-            if size < _LARGE:
-                self._out.append(view)
-                continue
-            self._flush()
-            if _WRITELINES_ZERO_COPY:
-                transport.write(view)
-                if self._write_paused:
-                    await self._drain()
-                continue
-            view = memoryview(view)
-            for offset in range(0, size, _CHUNK):
-                transport.write(view[offset : offset + _CHUNK])
-                if self._write_paused:
-                    await self._drain()
-        self._flush()
-
-    async def _drain(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush()
-        while self._write_paused:
-            if self._closing or self._peer_gone:
-                raise self._closed_error() from self._error
-            assert self._loop is not None
-            waiter = self._drain_waiter = self._loop.create_future()
-            await waiter
-        if self._peer_gone and not self._closing:
-            raise self._closed_error() from self._error
-
     async def close(self) -> None:
-        if self._closing:
+        p = self.protocol
+        if p.closing:
             return
-        self._closing = True
-        transport = self.transport
+        p.closing = True
+        transport = p.transport
         if transport is None:
             return
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-        if not self._peer_gone:
-            self._flush()
+        if p.flush_handle is not None:
+            p.flush_handle.cancel()
+        if not p.peer_gone:
+            p.flush()
         transport.close()
-        self._wake_reader()
-        self._wake_writer()
-        lost = self._lost
+        p.wake_reader()
+        p.wake_writer()
+        lost = p.lost
         if lost is not None and not lost.done():
             try:
                 await asyncio.wait_for(asyncio.shield(lost), timeout=5.0)
@@ -399,18 +461,4 @@ class StreamComm(Comm, asyncio.BufferedProtocol):
                 raise
 
     def abort(self) -> None:
-        self._closing = True
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        transport = self.transport
-        if transport is not None:
-            transport.abort()
-        self._wake_reader()
-        self._wake_writer()
-
-    def set_nodelay(self) -> None:
-        """Turn Nagle's algorithm off on a TCP socket (no-op for others)."""
-        sock = self.transport.get_extra_info("socket") if self.transport else None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.protocol.abort()

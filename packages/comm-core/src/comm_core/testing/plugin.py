@@ -9,6 +9,25 @@ Options:
     ``--comm-loop=asyncio|uvloop``: the event loop implementation (default
     asyncio; uvloop must be installed).
 
+Markers:
+    ``@pytest.mark.comm_loop("asyncio"|"uvloop")``: run the marked test (or
+    every test of a marked class or module) on that event loop, whatever
+    ``--comm-loop`` says. A test marked for a loop that cannot be imported
+    (uvloop on Windows or PyPy) is skipped, while ``--comm-loop=uvloop`` without
+    uvloop is an error. To run a suite on both loops, mark two subclasses, or
+    parametrize a fixture::
+
+        @pytest.fixture(
+            params=[
+                pytest.param("asyncio", marks=pytest.mark.comm_loop("asyncio")),
+                pytest.param("uvloop", marks=pytest.mark.comm_loop("uvloop")),
+            ]
+        )
+        def loop_name(request):
+            return request.param
+
+    :func:`loop_name` tells which loop a test item runs on.
+
 After each async test, the plugin fails the test if tasks it started are still
 pending.
 """
@@ -23,7 +42,12 @@ from typing import Any
 
 import pytest
 
-__all__ = ["loop_factory", "run"]
+__all__ = ["LOOPS", "MARKER", "loop_factory", "loop_name", "run"]
+
+#: The event loops the plugin can run tests on.
+LOOPS = ("asyncio", "uvloop")
+#: The marker that picks a test's event loop.
+MARKER = "comm_loop"
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -73,14 +97,53 @@ def run(
         loop.close()
 
 
+def loop_name(item: pytest.Item) -> str:
+    """The event loop *item* runs on: its ``comm_loop`` marker's, else ``--comm-loop``'s.
+
+    Raises:
+        pytest.UsageError: the marker does not name exactly one known loop.
+    """
+    marker = item.get_closest_marker(MARKER)
+    if marker is None:
+        return str(item.config.getoption("--comm-loop"))
+    if len(marker.args) != 1 or marker.kwargs or marker.args[0] not in LOOPS:
+        raise pytest.UsageError(
+            f"{item.nodeid}: use @pytest.mark.{MARKER}(name) with one name of {LOOPS}, "
+            f"not {MARKER}(*{marker.args!r}, **{marker.kwargs!r})"
+        )
+    return str(marker.args[0])
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("comm")
     group.addoption(
         "--comm-loop",
         default="asyncio",
-        choices=("asyncio", "uvloop"),
-        help="event loop for async tests (default: asyncio)",
+        choices=LOOPS,
+        help="event loop for async tests not marked comm_loop (default: asyncio)",
     )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(name): run this async test on the event loop 'asyncio' or 'uvloop', "
+        "whatever --comm-loop says; skipped if that loop cannot be imported",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked for a loop that cannot be imported, before its fixtures run."""
+    if item.get_closest_marker(MARKER) is None:
+        return
+    name = loop_name(item)
+    if name == "asyncio":
+        return
+    try:
+        importlib.import_module(name)
+    except ImportError as exc:
+        pytest.skip(f"the {name} event loop is not available: {exc}")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -90,6 +153,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    factory = loop_factory(pyfuncitem.config.getoption("--comm-loop"))
+    factory = loop_factory(loop_name(pyfuncitem))
     run(func(**kwargs), factory)
     return True

@@ -1,0 +1,400 @@
+"""Byte-level tests of the wire protocol: golden bytes, round trips, limits, garbage."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import pickle
+import struct
+from typing import Any, NamedTuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from comm_core import MessageTooLargeError, ProtocolError, SerializationError
+from comm_core.protocol import (
+    MAX_FRAMES,
+    OOB_THRESHOLD,
+    PREAMBLE,
+    FrameDecoder,
+    SerializationFailure,
+    Serialized,
+    SerializerFamily,
+    check_preamble,
+    decode_message,
+    encode_message,
+    pickle_family,
+)
+
+
+def wire(msg: Any, **kwargs: Any) -> bytes:
+    buffers, _ = encode_message(msg, **kwargs)
+    return b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
+
+
+def receive(data: bytes, *, chunk: int | None = None, limit: int = 1 << 40) -> list[list[Any]]:
+    """Feed *data* (after a preamble) to a decoder, optionally in chunks; return frames."""
+    messages: list[list[Any]] = []
+    decoder = FrameDecoder(messages.append, max_message_size=limit)
+    stream = PREAMBLE + data
+    step = chunk or len(stream)
+    for start in range(0, len(stream), step):
+        decoder.feed(stream[start : start + step])
+    return messages
+
+
+def roundtrip(msg: Any, **kwargs: Any) -> Any:
+    (frames,) = receive(wire(msg, **kwargs))
+    return decode_message(frames)
+
+
+# -- golden bytes --------------------------------------------------------------------
+
+
+def test_preamble_bytes() -> None:
+    assert PREAMBLE == b"\x8eCOMM\x01\x00\x00"
+
+
+def test_golden_small_message() -> None:
+    body = b"\x81\xa2op\xa4ping"  # msgpack {"op": "ping"}
+    assert wire({"op": "ping"}) == struct.pack("<IQ", 1, len(body)) + body
+    assert wire({"op": "ping"}) == b"\x01\x00\x00\x00" + b"\x09" + b"\x00" * 7 + body
+
+
+def test_golden_tuple_and_bytes() -> None:
+    # ("a", b"\x01") -> ext 2 holding the array ["a", bin(01)]
+    inner = b"\x92\xa1a\xc4\x01\x01"
+    body = b"\xc7" + bytes([len(inner)]) + b"\x02" + inner
+    assert wire(("a", b"\x01")) == struct.pack("<IQ", 1, len(body)) + body
+
+
+def test_golden_out_of_band_frame() -> None:
+    payload = b"z" * OOB_THRESHOLD
+    # {"d": ext 1 -> u32 1}
+    body = b"\x81\xa1d" + b"\xd6\x01" + b"\x01\x00\x00\x00"
+    expected = struct.pack("<IQQ", 2, len(body), len(payload)) + body + payload
+    assert wire({"d": payload}) == expected
+
+
+def test_out_of_band_buffers_are_not_copied() -> None:
+    payload = bytearray(b"q" * (OOB_THRESHOLD * 2))
+    buffers, size = encode_message({"data": payload, "more": [payload]})
+    assert buffers[1] is payload
+    assert buffers[2] is payload
+    assert size == sum(memoryview(b).nbytes for b in buffers)
+
+
+# -- what read() returns ----------------------------------------------------------------
+
+
+class Color(enum.IntEnum):
+    RED = 1
+
+
+class Point(NamedTuple):
+    x: int
+    y: int
+
+
+def test_builtin_types_round_trip() -> None:
+    msg = {
+        "none": None,
+        "bools": [True, False],
+        "int": -(2**63),
+        "uint": 2**64 - 1,
+        "float": 1.5,
+        "str": "héllo",
+        "bytes": b"\x00\xff",
+        "list": [1, [2, 3]],
+        "tuple": (1, (2, "x")),
+        "empty": [(), [], {}],
+        1: "int key",
+        (1, 2): "tuple key",
+        b"k": "bytes key",
+    }
+    assert roundtrip(msg) == msg
+    out = roundtrip(msg)
+    assert type(out["tuple"]) is tuple
+    assert type(out["tuple"][1]) is tuple
+    assert type(out["list"]) is list
+
+
+def test_subclasses_become_builtins() -> None:
+    msg = {
+        "od": collections.OrderedDict(a=1),
+        "enum": Color.RED,
+        "point": Point(1, 2),
+        "dd": collections.defaultdict(list, {"k": [1]}),
+    }
+    out = roundtrip(msg)
+    assert out == {"od": {"a": 1}, "enum": 1, "point": (1, 2), "dd": {"k": [1]}}
+    assert type(out["od"]) is dict
+    assert type(out["enum"]) is int
+    assert type(out["point"]) is tuple
+
+
+def test_small_bytes_like_are_read_as_bytes() -> None:
+    out = roundtrip({"a": bytearray(b"ab"), "b": memoryview(b"cd"), "c": b"ef"})
+    assert out == {"a": b"ab", "b": b"cd", "c": b"ef"}
+    assert all(type(v) is bytes for v in out.values())
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_large_bytes_like_are_read_as_memoryview(kind: type) -> None:
+    raw = bytes(range(256)) * (OOB_THRESHOLD // 256 + 1)
+    out = roundtrip({"data": kind(raw), "nested": [(kind(raw),)]})
+    assert type(out["data"]) is memoryview
+    assert out["data"] == raw
+    assert bytes(out["nested"][0][0]) == raw
+    out["data"][0] = 7  # a writable buffer of our own
+    assert out["data"][0] == 7
+
+
+def test_shaped_and_strided_memoryviews_travel_as_bytes() -> None:
+    raw = bytes(range(256)) * (OOB_THRESHOLD // 128)
+    shaped = memoryview(raw).cast("B", (2, len(raw) // 2))
+    strided = memoryview(raw)[::2]
+    out = roundtrip({"shaped": shaped, "strided": strided})
+    assert out["shaped"] == raw
+    assert out["strided"] == raw[::2]
+
+
+def test_message_of_many_frames_in_chunks() -> None:
+    payloads = [bytes([i]) * (OOB_THRESHOLD + i) for i in range(5)]
+    data = wire({"p": payloads}) * 3
+    for chunk in (1, 7, 4096, 70000, None):
+        messages = receive(data, chunk=chunk) if chunk != 1 else receive(data[:5000], chunk=1)
+        for frames in messages:
+            out = decode_message(frames)
+            assert [bytes(p) for p in out["p"]] == payloads
+
+
+def test_large_header_grows_the_buffer() -> None:
+    many = [b"xy"] * 40000  # a 320 KB header: more than the decoder's first buffer
+    data = wire(many, threshold=2)
+    (frames,) = receive(data, chunk=1 << 16)
+    assert len(frames) == 40001
+    assert decode_message(frames) == many
+
+
+# -- custom types ----------------------------------------------------------------------
+
+
+class Opaque:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Opaque) and other.value == self.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_unknown_type_needs_a_family() -> None:
+    with pytest.raises(SerializationError, match="Opaque"):
+        wire({"x": Opaque(1)})
+
+
+def test_on_error_message_sends_a_description() -> None:
+    out = roundtrip({"x": Opaque(1), "y": 2}, on_error="message")
+    assert out["y"] == 2
+    failure = out["x"]
+    assert isinstance(failure, SerializationFailure)
+    assert failure.type_name == "Opaque"
+
+
+def test_pickle_is_refused_unless_named() -> None:
+    (frames,) = receive(wire({"x": Opaque(3)}, families=[pickle_family]))
+    with pytest.raises(SerializationError, match="pickle"):
+        decode_message(frames)
+    with pytest.raises(SerializationError, match="pickle"):
+        decode_message(frames, accept=["other"])
+    assert decode_message(frames, accept=["pickle"]) == {"x": Opaque(3)}
+
+
+def test_pickle_keeps_buffers_out_of_band() -> None:
+    big = bytearray(b"b" * (1 << 20))
+    buffers, _ = encode_message(
+        {"x": pickle.PickleBuffer(big)}, families=[pickle_family], threshold=1 << 30
+    )
+    assert any(memoryview(b).nbytes == len(big) for b in buffers[1:])
+
+
+def test_custom_family_and_relay_without_deserializing() -> None:
+    family = SerializerFamily(
+        "opaque",
+        lambda obj: (
+            ({"v": obj.value}, [b"frame"])
+            if isinstance(obj, Opaque)
+            else (_ for _ in ()).throw(TypeError("not Opaque"))
+        ),
+        lambda header, frames: Opaque(header["v"]),
+    )
+    families = {"opaque": family}
+    (frames,) = receive(wire([Opaque(5)], families=[family]))
+    assert decode_message(frames, families=families) == [Opaque(5)]
+    relayed = decode_message(frames, families=families, deserialize=False)
+    assert isinstance(relayed[0], Serialized)
+    assert relayed[0].family == "opaque"
+    # A relay forwards it unchanged; the final reader gets the object.
+    (again,) = receive(wire(relayed))
+    assert decode_message(again, families=families) == [Opaque(5)]
+
+
+def test_unknown_family_on_read() -> None:
+    msg = Serialized("nope", None, (b"x",))
+    (frames,) = receive(wire(msg))
+    with pytest.raises(SerializationError, match="nope"):
+        decode_message(frames, families={})
+
+
+# -- limits ----------------------------------------------------------------------------
+
+
+def test_sender_refuses_too_large_before_sending() -> None:
+    with pytest.raises(MessageTooLargeError) as info:
+        encode_message({"d": b"x" * 1000}, max_size=100)
+    assert info.value.size > 100
+    assert info.value.limit == 100
+    with pytest.raises(MessageTooLargeError):
+        encode_message({"d": b"x" * (OOB_THRESHOLD + 1)}, max_size=OOB_THRESHOLD)
+
+
+def test_receiver_refuses_from_the_header() -> None:
+    header = struct.pack("<IQ", 1, 10**15)  # a petabyte
+    messages: list[Any] = []
+    decoder = FrameDecoder(messages.append, max_message_size=1 << 20, peer="tcp://peer:1")
+    with pytest.raises(MessageTooLargeError, match=r"1000000000000000.*1048576") as info:
+        decoder.feed(PREAMBLE + header)
+    assert info.value.size == 10**15
+    assert not messages
+
+
+@pytest.mark.parametrize("count", [0, MAX_FRAMES + 1, 2**32 - 1])
+def test_receiver_refuses_bad_frame_counts(count: int) -> None:
+    decoder = FrameDecoder(lambda f: None, max_message_size=1 << 30)
+    with pytest.raises(ProtocolError, match="frames"):
+        decoder.feed(PREAMBLE + struct.pack("<I", count))
+
+
+# -- garbage ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "guess"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "TLS"),
+        (b"SSH-2.0-OpenSSH_9.0\r\n", "SSH"),
+        (b"\x8eCOMM\x02\x00\x00", "version 2"),
+        (b"\x00\x01\x02\x03\x04\x05\x06\x07", "not a comm endpoint"),
+    ],
+)
+def test_garbage_preambles(data: bytes, guess: str) -> None:
+    decoder = FrameDecoder(lambda f: None, max_message_size=1 << 30, peer="tcp://1.2.3.4:5")
+    with pytest.raises(ProtocolError, match=guess) as info:
+        decoder.feed(data)
+    assert "tcp://1.2.3.4:5" in str(info.value)
+
+
+def test_wrong_first_byte_fails_before_eight_bytes() -> None:
+    decoder = FrameDecoder(lambda f: None, max_message_size=1 << 30)
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"G")
+
+
+def test_check_preamble_accepts_only_the_preamble() -> None:
+    check_preamble(PREAMBLE, "peer")
+    with pytest.raises(ProtocolError):
+        check_preamble(PREAMBLE[:-1] + b"\x01", "peer")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xc1",  # never used in msgpack
+        b"\x92\x01",  # truncated array
+        b"\x01\x02",  # extra data
+        b"\xd6\x01\x05\x00\x00\x00",  # out-of-band frame 5 of 1
+        b"\xd4\x63\x00",  # unknown extension 99
+        b"\xc7\x01\x03\x01",  # custom extension holding an int
+    ],
+)
+def test_malformed_bodies_raise_protocol_error(body: bytes) -> None:
+    (frames,) = receive(struct.pack("<IQ", 1, len(body)) + body)
+    with pytest.raises(ProtocolError):
+        decode_message(frames)
+
+
+# -- properties --------------------------------------------------------------------------
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+keys = scalars.filter(lambda k: not isinstance(k, float)) | st.tuples(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1), st.text(max_size=5)
+)
+messages = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.tuples(children, children)
+        | st.dictionaries(keys, children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@given(messages)
+@settings(max_examples=300, deadline=None)
+def test_encode_then_decode_is_identity(msg: Any) -> None:
+    assert roundtrip(msg) == msg
+
+
+@given(st.lists(messages, min_size=1, max_size=4), st.integers(min_value=1, max_value=64))
+@settings(max_examples=100, deadline=None)
+def test_any_chunking_yields_the_same_messages(msgs: list[Any], chunk: int) -> None:
+    data = b"".join(wire(m, threshold=8) for m in msgs)
+    decoded = [decode_message(f) for f in receive(data, chunk=chunk)]
+    expected = [roundtrip(m) for m in msgs]
+    assert [_bytesify(d) for d in decoded] == [_bytesify(e) for e in expected]
+
+
+def _bytesify(obj: Any) -> Any:
+    if isinstance(obj, memoryview):
+        return bytes(obj)
+    if isinstance(obj, dict):
+        return {k: _bytesify(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_bytesify(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_bytesify(v) for v in obj)
+    return obj
+
+
+@given(st.binary(max_size=200))
+@settings(max_examples=500, deadline=None)
+def test_decoder_raises_only_protocol_errors_on_arbitrary_bytes(data: bytes) -> None:
+    received: list[list[Any]] = []
+    decoder = FrameDecoder(received.append, max_message_size=1 << 16, expect_preamble=False)
+    try:
+        decoder.feed(data)
+    except ProtocolError:
+        return
+    for frames in received:
+        with contextlib.suppress(ProtocolError, SerializationError):
+            decode_message(frames)
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300, deadline=None)
+def test_decode_message_raises_only_comm_errors(body: bytes) -> None:
+    with contextlib.suppress(ProtocolError, SerializationError):
+        decode_message([body, b"frame"])

@@ -1,0 +1,50 @@
+"""comm-core's backend conformance kit, run against every installed transport.
+
+Each transport also runs the kit in its own test suite; here they run side by
+side, installed together, so that they are found through their entry points
+(``distribution`` is checked) and do not disturb one another.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+
+import pytest
+
+from comm_core.testing import BackendConformance
+
+
+def _requires(module: str, distribution: str) -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None, reason=f"{distribution} is not installed"
+    )
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+class TestInprocConformance(BackendConformance):
+    scheme = "inproc"
+    distribution = "comm-inproc"
+
+
+@_requires("comm_tcp", "comm-tcp")
+class TestTCPConformance(BackendConformance):
+    scheme = "tcp"
+    listen_address = "tcp://127.0.0.1:0"
+    distribution = "comm-tcp"
+
+
+@_requires("comm_tcp", "comm-tcp")
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host has no IPv6 loopback")
+class TestTCPv6Conformance(BackendConformance):
+    scheme = "tcp"
+    listen_address = "tcp://[::1]:0"
+    distribution = "comm-tcp"
