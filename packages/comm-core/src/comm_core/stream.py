@@ -90,6 +90,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.out: list[Any] = []
         self.out_size = 0
         self.flush_handle: asyncio.Handle | None = None
+        # True once a write went out since the last read or flush: later writes gather.
+        self.burst = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
         self.closing = False  # close() or abort() was called on this side
@@ -231,6 +233,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
     def flush(self) -> None:
         """Hand what writes gathered during this loop iteration to the transport."""
         self.flush_handle = None
+        self.burst = False
         out = self.out
         if not out or self.transport is None:
             return
@@ -360,6 +363,7 @@ class StreamComm(Comm):
 
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
         p = self.protocol
+        p.burst = False
         if p.ready:
             frames = p.ready.popleft()
             p.ready_bytes -= sum(len(f) for f in frames)
@@ -415,16 +419,20 @@ class StreamComm(Comm):
         buffers, nbytes = self._encoder_for(serializers, on_error).encode(msg)
         try:
             if len(buffers) == 1:
-                if p.flush_handle is None:
-                    # The first write of this loop iteration leaves at once; later ones
-                    # gather in p.out and leave together when the iteration ends.
+                if not p.burst and not p.out:
+                    # A write after a read (request/response) leaves at once, with no
+                    # callback; writes that follow without a read in between gather in
+                    # p.out and leave together, in one system call, at the end of the
+                    # loop iteration.
+                    p.burst = True
                     p.transport.write(buffers[0])
-                    assert p.loop is not None
-                    p.flush_handle = p.loop.call_soon(p.flush)
                 else:
                     p.out.append(buffers[0])
                     p.out_size += nbytes
-                    if p.out_size >= p.write_high_water:
+                    if p.flush_handle is None:
+                        assert p.loop is not None
+                        p.flush_handle = p.loop.call_soon(p.flush)
+                    elif p.out_size >= p.write_high_water:
                         p.flush()
             else:
                 await p.write_buffers(buffers)

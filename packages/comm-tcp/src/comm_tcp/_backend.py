@@ -1,0 +1,131 @@
+"""The tcp backend and its connector."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from comm_core import (
+    AddressError,
+    ConnectError,
+    parse_host_port,
+    unparse_host_port,
+)
+from comm_core.abc import Backend, Comm, CommHandler, Connector, Listener
+from comm_core.stream import StreamComm
+from comm_tcp._comm import TCPComm
+from comm_tcp._listener import TCPListener
+from comm_tcp._options import SocketOptions
+
+__all__ = ["TCPBackend", "TCPConnector"]
+
+_COMM_ARGS = ("max_message_size", "write_high_water", "read_high_water")
+
+
+def comm_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """The connection arguments that configure a comm (the rest are ignored)."""
+    return {name: args[name] for name in _COMM_ARGS if args.get(name) is not None}
+
+
+def dial_target(scheme: str, address: str) -> tuple[str, int]:
+    """``(host, port)`` of a location to connect to; wildcards are refused."""
+    # A default port, so that 'tcp://' and 'tcp://0.0.0.0' get the message below.
+    host, port = parse_host_port(address, default_port=0)
+    if not host or host in {"0.0.0.0", "::"} or port == 0:
+        raise AddressError(
+            f"cannot connect to {scheme}://{address}: it names no concrete host and port "
+            "(addresses such as 'tcp://' or 'tcp://0.0.0.0:0' are only for listening)"
+        )
+    return host, port
+
+
+class TCPConnector(Connector):
+    """Dials ``host:port`` locations."""
+
+    scheme: ClassVar[str] = "tcp"
+
+    def make_comm(
+        self,
+        deserialize: bool,
+        args: dict[str, Any],
+        on_established: Callable[[StreamComm], None] | None = None,
+    ) -> TCPComm:
+        """A new, unconnected comm configured by the connection arguments *args*."""
+        return TCPComm(
+            scheme=self.scheme,
+            deserialize=deserialize,
+            options=SocketOptions.from_args(args),
+            on_established=on_established,
+            **comm_kwargs(args),
+        )
+
+    async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
+        """Open the transport for *comm*; comm-tls overrides this to add TLS."""
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: comm.protocol, host, port)
+
+    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+        host, port = dial_target(self.scheme, address)
+        comm = self.make_comm(deserialize, connection_args)
+        try:
+            await self.open(comm, host, port, connection_args)
+        except OSError as exc:
+            comm.abort()
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ConnectError(f"could not connect to {self.scheme}://{address}: {reason}") from exc
+        except BaseException:
+            comm.abort()
+            raise
+        return comm
+
+
+class TCPBackend(Backend):
+    """The ``tcp://`` backend: ``host:port`` locations, IPv4 and IPv6."""
+
+    scheme: ClassVar[str] = "tcp"
+    connector_class: ClassVar[type[TCPConnector]] = TCPConnector
+    listener_class: ClassVar[type[TCPListener]] = TCPListener
+
+    def __init__(self) -> None:
+        self._connector = self.connector_class()
+
+    def get_connector(self) -> Connector:
+        return self._connector
+
+    def get_listener(
+        self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
+    ) -> Listener:
+        return self.listener_class(
+            loc, handle_comm, deserialize, connector=self._connector, **connection_args
+        )
+
+    def get_address_host(self, loc: str) -> str:
+        return parse_host_port(loc, default_port=0)[0]
+
+    def get_address_host_port(self, loc: str) -> tuple[str, int]:
+        return parse_host_port(loc)
+
+    def resolve_address(self, loc: str) -> str:
+        host, port = parse_host_port(loc, default_port=0)
+        if not host:
+            return loc
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise AddressError(f"cannot resolve {self.scheme}://{loc}: {exc}") from exc
+        return unparse_host_port(str(infos[0][4][0]), port)
+
+    def get_local_address_for(self, loc: str) -> str:
+        host, _ = parse_host_port(loc, default_port=0)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        target = host or ("::1" if family == socket.AF_INET6 else "127.0.0.1")
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((target, 9))  # UDP connect sends nothing; it picks a route
+            except OSError as exc:
+                raise AddressError(
+                    f"no local address reaches {self.scheme}://{loc}: {exc}"
+                ) from exc
+            return unparse_host_port(str(probe.getsockname()[0]))

@@ -1,0 +1,200 @@
+"""The tcp listener: one port on one host, or on every interface of both families."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from comm_core import (
+    ConnectError,
+    get_setting,
+    parse_host_port,
+    unparse_address,
+    unparse_host_port,
+)
+from comm_core.abc import CommHandler, Listener
+from comm_core.stream import StreamComm
+from comm_tcp._options import SocketOptions
+
+if TYPE_CHECKING:
+    from comm_tcp._backend import TCPConnector
+
+__all__ = ["TCPListener"]
+
+logger = logging.getLogger("comm_tcp")
+
+_WILDCARDS = {"", "0.0.0.0", "::"}
+
+
+def _bind(family: int, host: str, port: int, backlog: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _primary_ip() -> str:
+    """The address other machines most likely reach this one at; loopback if unknown."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET: a route lookup, nothing is sent
+            return str(probe.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+class TCPListener(Listener):
+    """Accepts tcp comms on ``host:port``.
+
+    An empty host (``tcp://`` or ``tcp://:8786``) listens on every interface
+    of IPv4 and IPv6 on one port; port 0 picks a free port. The contact
+    address of a wildcard listener names this machine's primary address.
+    """
+
+    def __init__(
+        self,
+        loc: str,
+        handle_comm: CommHandler,
+        deserialize: bool = True,
+        *,
+        connector: TCPConnector,
+        backlog: int = 1024,
+        **connection_args: Any,
+    ) -> None:
+        self.host, self.port = parse_host_port(loc, default_port=0)
+        self.handle_comm = handle_comm
+        self.deserialize = deserialize
+        self.connector = connector
+        self.scheme = connector.scheme
+        self.backlog = backlog
+        self.connection_args = connection_args
+        # Check the socket options now: the listener applies them to each accepted
+        # connection, where an error would only drop that connection.
+        SocketOptions.from_args(connection_args)
+        self._servers: list[asyncio.AbstractServer] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Connections whose peer has not sent the comm preamble yet, with their deadline.
+        self._unestablished: dict[StreamComm, asyncio.TimerHandle] = {}
+        self._bound: list[Any] = []
+        self._stopped = False
+
+    def _sockets(self) -> list[socket.socket]:
+        host, port = self.host, self.port
+        if host not in ("",):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            if family == socket.AF_INET and not host.replace(".", "").isdigit():
+                info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+                family, host = info[0], str(info[4][0])
+            return [_bind(family, host, port, self.backlog)]
+        # Every interface, both families, one port.
+        for _ in range(20 if port == 0 else 1):
+            socks = [_bind(socket.AF_INET, "0.0.0.0", port, self.backlog)]
+            chosen = socks[0].getsockname()[1]
+            try:
+                socks.append(_bind(socket.AF_INET6, "::", chosen, self.backlog))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and port == 0:
+                    socks[0].close()
+                    continue
+                if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                    socks[0].close()
+                    raise
+            return socks
+        raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
+
+    async def start(self) -> None:
+        if self._servers or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            socks = self._sockets()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(
+                f"cannot listen on {self.listen_address_for(self.port)}: {reason}"
+            ) from exc
+        for sock in socks:
+            server = await loop.create_server(self._make_protocol, sock=sock)
+            self._servers.append(server)
+        self._bound = [sock.getsockname() for sock in socks]
+        self.port = self._bound[0][1]
+
+    def _make_protocol(self) -> asyncio.BaseProtocol:
+        comm = self.connector.make_comm(
+            self.deserialize, self.connection_args, on_established=self._on_established
+        )
+        # A peer that never sends the preamble must not hold the connection forever:
+        # it gets the handshake timeout, like a peer that never sends its handshake.
+        timeout = getattr(self._comm_handler, "timeout", None)
+        if timeout is None:
+            timeout = float(get_setting("handshake_timeout"))
+        loop = asyncio.get_running_loop()
+        self._unestablished[comm] = loop.call_later(timeout, self._expire, comm, timeout)
+        return comm.protocol
+
+    def _expire(self, comm: StreamComm, timeout: float) -> None:
+        del self._unestablished[comm]
+        if not comm.closed():
+            logger.info(
+                "dropped a connection from %s that sent no comm preamble within %gs",
+                comm.peer_address,
+                timeout,
+            )
+            comm.abort()
+
+    def _on_established(self, comm: StreamComm) -> None:
+        handle = self._unestablished.pop(comm, None)
+        if handle is not None:
+            handle.cancel()
+        if self._stopped:
+            comm.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self.handle_comm(comm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for server in self._servers:
+            server.close()
+        unestablished, self._unestablished = self._unestablished, {}
+        for comm, handle in unestablished.items():
+            handle.cancel()
+            comm.abort()
+        super().stop()
+
+    def listen_address_for(self, port: int) -> str:
+        return unparse_address(self.scheme, unparse_host_port(self.host, port))
+
+    @property
+    def listen_address(self) -> str:
+        return self.listen_address_for(self.port)
+
+    @property
+    def contact_address(self) -> str:
+        if not self._bound:
+            raise RuntimeError(f"{type(self).__name__} on {self.listen_address} is not started")
+        host = self.host
+        if host in _WILDCARDS:
+            host = _primary_ip() if host != "::" else "::1"
+        else:
+            host = str(self._bound[0][0])
+        return unparse_address(self.scheme, unparse_host_port(host, self.port))
+
+    @property
+    def extra_info(self) -> Mapping[str, Any]:
+        return {"sockets": list(self._bound), "backlog": self.backlog}

@@ -1,0 +1,130 @@
+"""Backpressure on writes and flow control on reads: memory stays bounded, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+
+from comm_core import Comm, CommClosedError
+from comm_core.stream import StreamProtocol
+from tcp_support import EVENT_TIMEOUT, MiB, connected, hold, rss, serving, until, within
+
+pytestmark = pytest.mark.usefixtures("loop_name")
+
+#: StreamComm's default write_high_water.
+WRITE_HIGH_WATER = 4 * MiB
+#: How long a blocked writer must make no progress to count as blocked.
+QUIET = 0.3
+
+
+async def wait_until_blocked(
+    task: asyncio.Task[Any], protocol: StreamProtocol, progress: list[int]
+) -> None:
+    """Wait until *task*'s writes are stuck on backpressure: paused and no progress for QUIET s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + EVENT_TIMEOUT
+    while loop.time() < deadline:
+        await until(lambda: task.done() or protocol.write_paused, "the transport to pause writing")
+        if task.done():
+            pytest.fail(f"{progress[0]} writes completed without blocking: {task!r}")
+        before = progress[0]
+        await asyncio.wait({task}, timeout=QUIET)
+        if not task.done() and protocol.write_paused and progress[0] == before:
+            return
+    pytest.fail(f"the writer kept making progress for {EVENT_TIMEOUT}s ({progress[0]} writes)")
+
+
+@pytest.mark.parametrize("release", ["close", "abort", "peer-abort"])
+async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
+    """Writing 1 GiB to a peer that never reads blocks early, with memory bounded; the
+    blocked write then ends with CommClosedError when either side ends the comm."""
+    msg = {"data": os.urandom(MiB)}
+    attempts = 1024  # 1 GiB in all
+    async with (
+        serving(hold, read_high_water=MiB) as served,
+        connected(served.address()) as client,
+    ):
+        server = await served.accepted()
+        transport = client.transport  # type: ignore[attr-defined]
+        protocol = client.protocol  # type: ignore[attr-defined]
+        rss_before = rss()
+        progress = [0]
+        largest_buffer = 0
+
+        async def write_all() -> None:
+            nonlocal largest_buffer
+            for _ in range(attempts):
+                await client.write(msg)
+                progress[0] += 1
+                largest_buffer = max(largest_buffer, transport.get_write_buffer_size())
+
+        writer = asyncio.ensure_future(write_all())
+        try:
+            await wait_until_blocked(writer, protocol, progress)
+            # Bounded by the high-water mark (plus the message that crossed it) ...
+            buffered = transport.get_write_buffer_size() + protocol.out_size
+            assert buffered <= WRITE_HIGH_WATER + 2 * MiB, buffered
+            assert largest_buffer <= WRITE_HIGH_WATER + 2 * MiB, largest_buffer
+            # ... and the peer, which holds what it received unread, paused reading.
+            assert server.protocol.reading_paused  # type: ignore[attr-defined]
+            assert server.protocol.ready_bytes <= 2 * MiB + 4096  # type: ignore[attr-defined]
+            rss_after = rss()
+            if rss_before is not None and rss_after is not None:
+                assert rss_after - rss_before < 64 * MiB, (rss_before, rss_after)
+
+            if release == "close":
+                closing = asyncio.ensure_future(client.close())
+            elif release == "abort":
+                client.abort()
+            else:
+                server.abort()
+            with pytest.raises(CommClosedError):
+                await within(writer, "the blocked write to end")
+        finally:
+            writer.cancel()
+        if release == "close":
+            # close() would wait for the unread data to flush: abort to finish it now.
+            assert not closing.done()
+            client.abort()
+            await within(closing, "close() after abort()")
+        assert progress[0] < attempts
+
+
+async def test_reader_that_does_not_read_pauses_its_transport() -> None:
+    """A reader that falls behind holds at most read_high_water; reading then gets every
+    message, in order, and resumes the transport."""
+    count = 48
+    read_high_water = 4 * MiB
+
+    def payload(index: int) -> bytes:
+        return index.to_bytes(4, "little") * (MiB // 4)
+
+    async def produce(comm: Comm) -> None:
+        for index in range(count):
+            await comm.write({"index": index, "data": payload(index)})
+        await comm.close()
+
+    async with (
+        serving(produce) as served,
+        connected(served.address(), read_high_water=read_high_water) as client,
+    ):
+        server = await served.accepted()
+        protocol = client.protocol  # type: ignore[attr-defined]
+        await until(lambda: protocol.reading_paused, "the client to pause reading")
+        await until(
+            lambda: server.protocol.write_paused,  # type: ignore[attr-defined]
+            "the server's writes to block on backpressure",
+        )
+        assert not client.transport.is_reading()  # type: ignore[attr-defined]
+        assert protocol.ready_bytes <= read_high_water + MiB + 4096, protocol.ready_bytes
+        assert len(protocol.ready) < count  # so reading all of them needs a resume
+
+        for index in range(count):
+            msg = await within(client.read(), f"message {index}")
+            assert msg["index"] == index
+            assert msg["data"] == payload(index)
+        with pytest.raises(CommClosedError):
+            await within(client.read(), "the read after the server closed")
