@@ -111,6 +111,7 @@ SETTINGS: Mapping[str, Setting] = _settings(
 )  # fmt: skip
 
 _overrides: dict[str, Any] = {}
+_parsed: dict[tuple[str, str], Any] = {}  # (name, environment text) -> parsed value
 _MISSING = object()
 
 
@@ -129,17 +130,22 @@ def get_setting(name: str) -> Any:
     then the default. A malformed environment value raises :class:`ValueError`
     naming the variable.
     """
-    setting = _lookup(name)
     value = _overrides.get(name, _MISSING)
     if value is not _MISSING:
         return value
+    setting = SETTINGS.get(name) or _lookup(name)
     raw = os.environ.get(setting.env)
     if raw is None:
         return setting.default
+    key = (name, raw)
+    value = _parsed.get(key, _MISSING)
+    if value is not _MISSING:
+        return value
     try:
-        return setting.parse(raw)
+        value = _parsed[key] = setting.parse(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {setting.env}={raw!r}: {exc}") from None
+    return value
 
 
 class _Restore(AbstractContextManager[None]):

@@ -114,6 +114,7 @@ EXT_CUSTOM: Final = 3
 EXT_UNSERIALIZABLE: Final = 4
 
 _U32 = struct.Struct("<I")
+_WALKED = frozenset({bytes, bytearray, memoryview, dict, list, tuple})  # types walk() inspects
 _ONE_FRAME = struct.Struct("<IQ")
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 
@@ -133,6 +134,8 @@ def check_preamble(data: bytes | bytearray | memoryview, peer: str) -> None:
         )
     if head[:1] == b"\x16":
         guess = "a TLS handshake: is the peer using tls:// against a tcp:// endpoint?"
+    elif head[:1] == b"\x15":
+        guess = "a TLS alert: is the peer a tls:// endpoint? Dial it with tls://"
     elif head[:4] in {b"GET ", b"POST", b"HEAD", b"PUT ", b"HTTP", b"OPTI", b"DELE", b"CONN"}:
         guess = "HTTP"
     elif head[:4] == b"SSH-":
@@ -308,6 +311,8 @@ class Encoder:
             out: Any = None
             for key, value in obj.items():
                 kind = type(value)
+                if kind not in _WALKED:
+                    continue
                 if kind is bytes or kind is bytearray or kind is memoryview:
                     if _nbytes(value) < threshold:
                         continue
@@ -326,6 +331,8 @@ class Encoder:
             out = None
             for index, value in enumerate(obj):
                 vkind = type(value)
+                if vkind not in _WALKED:
+                    continue
                 if vkind is bytes or vkind is bytearray or vkind is memoryview:
                     if _nbytes(value) < threshold:
                         continue
@@ -588,6 +595,7 @@ def decode_message(
 
 _DIRECT = 64 * 1024  # frames at least this long are received into their own buffer
 _MAX_READ = 1 << 30  # never ask the OS (or OpenSSL) for more than this in one call
+_MAX_BUFFER = 256 * 1024  # the receive buffer for small frames grows up to this
 
 
 def _allocate(size: int) -> memoryview:
@@ -609,7 +617,8 @@ class FrameDecoder:
     both for a chunk of bytes.
 
     Args:
-        on_message: called with the frames of each complete message.
+        on_message: called with the frames of each complete message; during the
+            call, :attr:`message_size` holds the message's size in bytes.
         max_message_size: larger messages raise :class:`MessageTooLargeError`
             from the header, before anything is allocated for them.
         peer: named in error messages.
@@ -626,9 +635,11 @@ class FrameDecoder:
         max_message_size: int,
         peer: str = "peer",
         expect_preamble: bool = True,
-        buffer_size: int = 256 * 1024,
+        buffer_size: int = 16 * 1024,
     ) -> None:
         self.on_message = on_message
+        #: Size in bytes of the message being delivered to *on_message*.
+        self.message_size = 0
         self.max_message_size = max_message_size
         self.peer = peer
         self._buf = bytearray(buffer_size)
@@ -658,7 +669,9 @@ class FrameDecoder:
         """Move unparsed bytes to the front; grow the buffer when *need* bytes won't fit."""
         pending = self._end - self._start
         size = len(self._buf)
-        if need > size or pending == size:
+        # A full buffer means the peer sends faster than we parse: grow it, up to a
+        # limit, so that each recv_into takes more at once.
+        if need > size or pending == size or (self._end == size and size < _MAX_BUFFER):
             # A new buffer: slices handed out earlier may still pin the old one.
             new = bytearray(max(need, 2 * size))
             new[:pending] = self._view[self._start : self._end]
@@ -710,6 +723,7 @@ class FrameDecoder:
                     size = _ONE_FRAME.unpack_from(buf, start)[1]
                     if size < _DIRECT and avail >= 12 + size and size <= self.max_message_size:
                         self._start = start + 12 + size
+                        self.message_size = size
                         self.on_message([self._view[start + 12 : self._start].tobytes()])
                         buf = self._buf
                         continue
@@ -738,6 +752,7 @@ class FrameDecoder:
             index = len(self._frames)
             if index == len(lengths):
                 frames, self._frames, self._lengths = self._frames, [], None
+                self.message_size = sum(lengths)
                 self.on_message(frames)
                 continue
             size = lengths[index]

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
-from comm_core._addressing import unparse_address, unparse_host_port
+from comm_core._addressing import unparse_address
 from comm_core._config import get_setting
 from comm_core.abc import Comm, OnError
 from comm_core.exceptions import CommClosedError, ProtocolError
@@ -47,8 +47,11 @@ _LARGE = 1024 * 1024  # buffers at least this long are written apart from small 
 
 def format_sockaddr(scheme: str, sockaddr: Any) -> str:
     """Turn a socket address (``getsockname()`` form) into a comm URI."""
-    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        return unparse_address(scheme, unparse_host_port(str(sockaddr[0]), int(sockaddr[1])))
+    if type(sockaddr) is tuple and len(sockaddr) >= 2:
+        host = sockaddr[0]
+        if ":" in host:
+            return f"{scheme}://[{host}]:{sockaddr[1]}"
+        return f"{scheme}://{host}:{sockaddr[1]}"
     if isinstance(sockaddr, bytes):
         sockaddr = sockaddr.decode(errors="replace")
     return unparse_address(scheme, str(sockaddr or ""))
@@ -60,6 +63,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
     It holds no reference to its comm once the comm is established, so the
     transport (which holds the protocol) does not keep the comm alive.
     """
+
+    #: The largest slice of one buffer handed to the transport in one write. ``None``:
+    #: whole buffers on Python 3.12+ (zero-copy), slices of 4 MiB before. Transports
+    #: that copy anyway and take an ``int`` size (TLS: OpenSSL) set a cap below 2 GiB.
+    max_write_chunk: int | None = None
 
     def __init__(
         self,
@@ -83,7 +91,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.peer = f"{self.scheme}://"
         self.decoder = FrameDecoder(self.on_message, max_message_size=max_message_size)
         self.established = False
-        self.ready: deque[list[Any]] = deque()
+        self.ready: deque[tuple[list[Any], int]] = deque()  # frames and their size
         self.ready_bytes = 0
         self.reading_paused = False
         self.waiter: asyncio.Future[list[Any]] | None = None
@@ -134,8 +142,9 @@ class StreamProtocol(asyncio.BufferedProtocol):
             self.waiter = None
             waiter.set_result(frames)
             return
-        self.ready.append(frames)
-        self.ready_bytes += sum(len(f) for f in frames)
+        size = self.decoder.message_size
+        self.ready.append((frames, size))
+        self.ready_bytes += size
         if self.ready_bytes > self.read_high_water and not self.reading_paused:
             self.reading_paused = True
             assert self.transport is not None
@@ -266,21 +275,22 @@ class StreamProtocol(asyncio.BufferedProtocol):
         assert transport is not None
         if self.flush_handle is not None:
             self.flush_handle.cancel()
-        self.out.append(buffers[0])
-        for buf in buffers[1:]:
+        cap = self.max_write_chunk
+        for buf in buffers:
             size = memoryview(buf).nbytes
             if size < _LARGE:
                 self.out.append(buf)
                 continue
             self.flush()
-            if _WRITELINES_ZERO_COPY:
+            if _WRITELINES_ZERO_COPY and (cap is None or size <= cap):
                 transport.write(buf)
                 if self.write_paused:
                     await self.drain()
                 continue
+            chunk = cap or _CHUNK
             view = memoryview(buf)
-            for offset in range(0, size, _CHUNK):
-                transport.write(view[offset : offset + _CHUNK])
+            for offset in range(0, size, chunk):
+                transport.write(view[offset : offset + chunk])
                 if self.write_paused:
                     await self.drain()
         self.flush()
@@ -306,6 +316,8 @@ class StreamComm(Comm):
     """
 
     protocol_class: type[StreamProtocol] = StreamProtocol
+    #: Seconds ``close()`` waits for queued data to reach the peer before aborting.
+    close_timeout: float = 10.0
 
     def __init__(
         self,
@@ -365,8 +377,8 @@ class StreamComm(Comm):
         p = self.protocol
         p.burst = False
         if p.ready:
-            frames = p.ready.popleft()
-            p.ready_bytes -= sum(len(f) for f in frames)
+            frames, size = p.ready.popleft()
+            p.ready_bytes -= size
             if p.reading_paused and p.ready_bytes <= p.read_high_water // 2:
                 p.reading_paused = False
                 if p.transport is not None and not p.peer_gone:
@@ -418,7 +430,7 @@ class StreamComm(Comm):
             raise p.closed_error() from p.error
         buffers, nbytes = self._encoder_for(serializers, on_error).encode(msg)
         try:
-            if len(buffers) == 1:
+            if len(buffers) == 1 and (p.max_write_chunk is None or nbytes <= p.max_write_chunk):
                 if not p.burst and not p.out:
                     # A write after a read (request/response) leaves at once, with no
                     # callback; writes that follow without a read in between gather in
@@ -455,18 +467,24 @@ class StreamComm(Comm):
             p.flush_handle.cancel()
         if not p.peer_gone:
             p.flush()
+        pending = transport.get_write_buffer_size()
         transport.close()
         p.wake_reader()
         p.wake_writer()
         lost = p.lost
-        if lost is not None and not lost.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(lost), timeout=5.0)
-            except (asyncio.TimeoutError, TimeoutError):
-                transport.abort()
-            except asyncio.CancelledError:
-                transport.abort()
-                raise
+        if not pending or lost is None or lost.done():
+            return  # everything is with the kernel, which delivers it before the FIN
+        # Wait until the transport has flushed, but not for ever on a peer that
+        # does not read.
+        assert p.loop is not None
+        timer = p.loop.call_later(self.close_timeout, transport.abort)
+        try:
+            await lost
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        finally:
+            timer.cancel()
 
     def abort(self) -> None:
         self.protocol.abort()
