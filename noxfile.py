@@ -12,10 +12,15 @@ Default sessions:
 * ``integration``: every package in one virtualenv, running the cross-package
   tests in the root ``tests/`` directory (config: root ``pyproject.toml``).
 * ``lint``: ``ruff check`` and ``ruff format --check``.
-* ``typecheck``: ``mypy --strict`` over every ``packages/*/src``.
+* ``typecheck``: ``mypy --strict`` over every ``packages/*/src`` and the
+  example backend's ``src``.
+* ``example``: installs the example third-party backend of the docs
+  (``docs/examples/comm-unix``) the way a user would, and runs its tests, which
+  are comm-core's conformance kit.
 
-Opt-in sessions: ``docs`` (Sphinx HTML, warnings are errors), ``demo`` (runs
-``examples/echo.py``), ``bench`` (runs ``python -m bench`` if ``bench/`` exists).
+Opt-in sessions: ``docs`` (Sphinx HTML and the docs' doctests, warnings are
+errors), ``demo`` (runs ``comm bench`` and ``examples/echo.py``), ``bench``
+(runs ``python -m bench`` if ``bench/`` exists).
 
 Pythons that are not installed are skipped, not failed. Set
 ``COMM_STRICT_PYTHONS=1`` to make a missing Python an error (CI does this when
@@ -25,6 +30,8 @@ all of them are present). Arguments after ``--`` go to pytest, ruff or mypy.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 
 import nox
@@ -33,7 +40,7 @@ nox.needs_version = ">=2025.10.14"  # for `download_python`
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["tests", "integration", "lint", "typecheck"]
+nox.options.sessions = ["tests", "integration", "lint", "typecheck", "example"]
 # Use the Pythons that are installed; never download one.
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = bool(os.environ.get("COMM_STRICT_PYTHONS"))
@@ -46,6 +53,17 @@ PACKAGES = sorted(
     (path.parent.name for path in ROOT.glob("packages/*/pyproject.toml")),
     key=lambda name: (name != CORE, name),
 )
+#: The example third-party backend that the docs walk through (its own distribution).
+EXAMPLE = "docs/examples/comm-unix"
+
+
+def _local_dependencies(name: str) -> list[str]:
+    """The packages of this repository that package *name* requires (comm-tls: comm-tcp)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())["project"]
+    required = {re.split(r"[\s<>=!~;\[(]", dep, maxsplit=1)[0] for dep in project["dependencies"]}
+    return [package for package in PACKAGES if package in required]
 
 
 def _install_packages(session: nox.Session, *names: str, extras: str | None = "test") -> None:
@@ -53,10 +71,12 @@ def _install_packages(session: nox.Session, *names: str, extras: str | None = "t
 
     comm-core is always installed, since every package depends on it; listing it
     first as a local path lets the resolver use it for the others' ``comm-core``
-    requirement instead of looking it up on the index.
+    requirement instead of looking it up on the index. The same goes for other
+    local packages that one of *names* requires (comm-tls requires comm-tcp).
     """
     suffix = f"[{extras}]" if extras else ""
-    requirements = [] if CORE in names else [f"./packages/{CORE}"]
+    local = {CORE, *(dep for name in names for dep in _local_dependencies(name))}
+    requirements = [f"./packages/{dep}" for dep in PACKAGES if dep in local and dep not in names]
     requirements += [f"./packages/{name}{suffix}" for name in names]
     session.install(*requirements)
 
@@ -97,6 +117,9 @@ def typecheck(session: nox.Session) -> None:
     if not sources:
         session.skip("no packages/*/src yet")
     _install_packages(session, *PACKAGES)
+    if (ROOT / EXAMPLE / "src").is_dir():
+        session.install(f"./{EXAMPLE}")
+        sources.append(f"{EXAMPLE}/src")
     # msgpack ships no type information; msgpack-types holds its stubs.
     session.install("mypy", "pytest", "hypothesis", "pluggy", "msgpack-types")
     session.run("mypy", "--strict", *sources, *session.posargs)
@@ -104,19 +127,40 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
-    """Build the HTML docs into docs/_build/html; any warning fails the build."""
+    """Build the HTML docs into docs/_build/html and run their examples; warnings fail.
+
+    The examples on the pages (``doctest`` and ``testcode`` blocks) run over
+    inproc and over tcp on 127.0.0.1. pytest is needed to document
+    ``comm_core.testing``.
+    """
     _install_packages(session, *PACKAGES, extras=None)
-    session.install("sphinx")
-    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.install("sphinx", "pytest")
+    build = ["sphinx-build", "-W", "--keep-going", "-d", "docs/_build/doctrees"]
+    session.run(*build, "-b", "html", "docs", "docs/_build/html")
+    session.run(*build, "-b", "doctest", "docs", "docs/_build/doctest")
+
+
+@nox.session(python=PYTHONS)
+def example(session: nox.Session) -> None:
+    """Install the example backend docs/examples/comm-unix and run its tests (the kit)."""
+    if sys.platform == "win32":
+        session.skip("comm-unix needs Unix domain sockets")
+    # Non-editable, from its directory, as its users would; comm-core from this tree.
+    session.install(f"./packages/{CORE}", f"./{EXAMPLE}[test]")
+    session.chdir(EXAMPLE)
+    session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
 
 
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
-    """Run examples/echo.py over the in-process transport."""
-    if not (ROOT / "examples" / "echo.py").is_file():
-        session.skip("no examples/echo.py yet")
-    _install_packages(session, CORE, "comm-inproc", extras=None)
-    session.run("python", "examples/echo.py", *session.posargs)
+    """Run `comm bench` over every transport, then examples/echo.py.
+
+    Arguments after `--` go to `comm bench`, such as `nox -s demo -- tcp --duration 2`.
+    """
+    _install_packages(session, *PACKAGES, extras=None)
+    session.run("comm", "bench", *session.posargs)
+    if (ROOT / "examples" / "echo.py").is_file():
+        session.run("python", "examples/echo.py")
 
 
 @nox.session(default=False)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,18 @@ def _ipv6_loopback() -> bool:
     return True
 
 
+def _tls_args() -> Mapping[str, Any]:
+    """Temporary mutual-TLS credentials for both ends, if comm-tls is installed."""
+    if importlib.util.find_spec("comm_tls") is None:
+        return MappingProxyType({})
+    from comm_tls import Security
+
+    return MappingProxyType({"security": Security.temporary()})
+
+
+_TLS_ARGS = _tls_args()
+
+
 class TestInprocConformance(BackendConformance):
     scheme = "inproc"
     distribution = "comm-inproc"
@@ -48,3 +63,20 @@ class TestTCPv6Conformance(BackendConformance):
     scheme = "tcp"
     listen_address = "tcp://[::1]:0"
     distribution = "comm-tcp"
+
+
+@_requires("comm_tls", "comm-tls")
+class TestTLSConformance(BackendConformance):
+    scheme = "tls"
+    listen_address = "tls://127.0.0.1:0"
+    connection_args = _TLS_ARGS
+    distribution = "comm-tls"
+
+
+@_requires("comm_tls", "comm-tls")
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this host has no IPv6 loopback")
+class TestTLSv6Conformance(BackendConformance):
+    scheme = "tls"
+    listen_address = "tls://[::1]:0"
+    connection_args = _TLS_ARGS
+    distribution = "comm-tls"

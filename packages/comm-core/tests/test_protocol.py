@@ -287,6 +287,7 @@ def test_receiver_refuses_bad_frame_counts(count: int) -> None:
     [
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "TLS"),
+        (b"\x15\x03\x03\x00\x02\x02\x46", "a TLS alert: is the peer a tls:// endpoint"),
         (b"SSH-2.0-OpenSSH_9.0\r\n", "SSH"),
         (b"\x8eCOMM\x02\x00\x00", "version 2"),
         (b"\x00\x01\x02\x03\x04\x05\x06\x07", "not a comm endpoint"),

@@ -467,7 +467,10 @@ class StreamComm(Comm):
             p.flush_handle.cancel()
         if not p.peer_gone:
             p.flush()
-        pending = transport.get_write_buffer_size()
+        try:
+            pending = transport.get_write_buffer_size()
+        except AttributeError:  # Python 3.10's TLS transport, once its connection is gone
+            pending = 0
         transport.close()
         p.wake_reader()
         p.wake_writer()

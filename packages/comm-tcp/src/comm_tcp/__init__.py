@@ -5,7 +5,7 @@ the classes here are public for subclassing (comm-tls builds on them).
 """
 
 from comm_tcp._backend import TCPBackend, TCPConnector
-from comm_tcp._comm import TCPComm
+from comm_tcp._comm import TCPComm, TCPProtocol
 from comm_tcp._listener import TCPListener
 from comm_tcp._options import SocketOptions
 from comm_tcp._version import __version__
@@ -16,5 +16,6 @@ __all__ = [
     "TCPComm",
     "TCPConnector",
     "TCPListener",
+    "TCPProtocol",
     "__version__",
 ]

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from comm_core import (
     AddressError,
+    CommError,
     ConnectError,
     parse_host_port,
     unparse_host_port,
@@ -45,6 +46,8 @@ class TCPConnector(Connector):
     """Dials ``host:port`` locations."""
 
     scheme: ClassVar[str] = "tcp"
+    #: The class of the comms this connector (and its backend's listeners) make.
+    comm_class: ClassVar[type[TCPComm]] = TCPComm
 
     def make_comm(
         self,
@@ -53,7 +56,7 @@ class TCPConnector(Connector):
         on_established: Callable[[StreamComm], None] | None = None,
     ) -> TCPComm:
         """A new, unconnected comm configured by the connection arguments *args*."""
-        return TCPComm(
+        return self.comm_class(
             scheme=self.scheme,
             deserialize=deserialize,
             options=SocketOptions.from_args(args),
@@ -71,6 +74,9 @@ class TCPConnector(Connector):
         comm = self.make_comm(deserialize, connection_args)
         try:
             await self.open(comm, host, port, connection_args)
+        except CommError:  # already translated by open() (comm-tls: FatalCommClosedError)
+            comm.abort()
+            raise
         except OSError as exc:
             comm.abort()
             reason = exc.strerror or str(exc) or type(exc).__name__

@@ -9,7 +9,7 @@ from typing import Any
 from comm_core.stream import StreamComm, StreamProtocol
 from comm_tcp._options import SocketOptions
 
-__all__ = ["TCPComm"]
+__all__ = ["TCPComm", "TCPProtocol"]
 
 
 class TCPProtocol(StreamProtocol):

@@ -277,7 +277,8 @@ class BackendConformance:
     ``listen_address``
         The address the tests listen on; default ``f"{scheme}://"``. It must
         yield a dialable ``contact_address`` and may be used by 100 listeners
-        at once (so name port 0, not a fixed port).
+        at once (so name port 0, not a fixed port). To compute an address per
+        listener instead, override :meth:`new_listen_address`.
     ``connection_args``
         Keyword arguments given to both :func:`comm_core.connect` and
         :func:`comm_core.listen` (TLS contexts, options of your own...).
@@ -317,6 +318,11 @@ class BackendConformance:
 
     **What to override** (methods):
 
+    ``new_listen_address()``
+        The address for the next listener a test starts; the default returns
+        ``listen_address`` (or ``f"{scheme}://"``). Override it to give each
+        listener an address of its own, such as a socket path in a temporary
+        directory.
     ``async unserved_address()``
         An address of the scheme where nobody listens. The default starts a
         listener, notes its ``contact_address`` and stops it.
@@ -394,7 +400,17 @@ class BackendConformance:
 
     # -- helpers ----------------------------------------------------------------------
 
-    def _listen_address(self) -> str:
+    def new_listen_address(self) -> str:
+        """Return the address the next listener of a test listens on.
+
+        Called once for every listener the kit starts (up to ``listener_count``
+        at once). The default returns ``listen_address``, or ``f"{scheme}://"``
+        when that is not set. Override it when a fixed address will not do,
+        such as a backend whose listeners need a fresh file path each::
+
+            def new_listen_address(self) -> str:
+                return f"unix://{self.socket_dir}/{uuid.uuid4().hex}.sock"
+        """
         return self.listen_address or f"{self.scheme}://"
 
     def connect_kwargs(self, **overrides: Any) -> dict[str, Any]:
@@ -414,7 +430,7 @@ class BackendConformance:
     ) -> Listener:
         """:func:`comm_core.listen` (unstarted) with the class's arguments and address."""
         return comm_core.listen(
-            address or self._listen_address(), handler, **self.listen_kwargs(**kwargs)
+            address or self.new_listen_address(), handler, **self.listen_kwargs(**kwargs)
         )
 
     @contextlib.asynccontextmanager

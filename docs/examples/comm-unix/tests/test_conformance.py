@@ -1,0 +1,44 @@
+"""comm-core's backend conformance kit, run against the unix backend.
+
+Two set-ups: listeners on ``unix://`` (each picks a fresh path in a private
+temporary directory) and listeners on explicit paths in a directory of each
+test, given by the kit's ``new_listen_address()`` hook.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from comm_core.testing import BackendConformance
+
+
+class TestUnixConformance(BackendConformance):
+    scheme = "unix"
+    listen_address = "unix://"
+    # Check that comm-core found the backend through comm-unix's entry point.
+    distribution = "comm-unix"
+
+
+@pytest.mark.comm_loop("uvloop")  # skipped where uvloop is not installed
+class TestUnixConformanceUvloop(TestUnixConformance):
+    pass
+
+
+class TestUnixConformanceExplicitPaths(BackendConformance):
+    scheme = "unix"
+    distribution = "comm-unix"
+
+    @pytest.fixture(autouse=True)
+    def _socket_dir(self) -> Iterator[None]:
+        # Not pytest's tmp_path: socket paths must stay short (about 100 bytes).
+        with tempfile.TemporaryDirectory(prefix="comm-unix-test-") as path:
+            self.socket_dir = path
+            yield
+
+    def new_listen_address(self) -> str:
+        # Called for every listener a test starts: give each a path of its own.
+        return f"unix://{self.socket_dir}/{uuid.uuid4().hex[:16]}.sock"

@@ -1,0 +1,141 @@
+"""What the conformance kit does not cover: socket paths, their files and directories.
+
+The ``async def`` tests run in a fresh event loop each, through comm-core's
+pytest plugin (enabled in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+import comm_core
+from comm_core.testing import echo_handler
+from comm_unix import MAX_PATH_BYTES
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[str]:
+    """A short-named temporary directory (socket paths must stay short)."""
+    with tempfile.TemporaryDirectory(prefix="comm-unix-test-") as path:
+        yield path
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(text)
+
+
+def read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.read()
+
+
+async def ping(address: str) -> None:
+    async with await comm_core.connect(address, timeout=5) as comm:
+        await comm.write({"op": "ping"})
+        assert await comm.read() == {"op": "ping"}
+
+
+async def test_empty_path_picks_a_private_path() -> None:
+    first = comm_core.listen("unix://", echo_handler)
+    second = comm_core.listen("unix://", echo_handler)
+    async with first, second:
+        paths = [first.extra_info["path"], second.extra_info["path"]]
+        assert paths[0] != paths[1]
+        for listener, path in zip([first, second], paths, strict=True):
+            assert listener.contact_address == f"unix://{path}"
+            assert stat.S_ISSOCK(os.stat(path).st_mode)
+            assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+            await ping(listener.contact_address)
+    for path in paths:
+        assert not exists(path)
+        assert not exists(os.path.dirname(path))
+
+
+async def test_explicit_path_is_removed_on_stop(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "server.sock")
+    async with comm_core.listen(f"unix://{path}", echo_handler) as listener:
+        assert listener.contact_address == f"unix://{path}"
+        await ping(listener.contact_address)
+    assert not exists(path)
+    assert exists(socket_dir)  # a directory the listener did not create stays
+
+
+async def test_stale_socket_file_is_replaced(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as gone:
+        gone.bind(path)  # a socket file that nobody listens on
+    async with comm_core.listen(f"unix://{path}", echo_handler) as listener:
+        await ping(listener.contact_address)
+
+
+async def test_live_socket_is_not_taken_over(socket_dir: str) -> None:
+    address = f"unix://{os.path.join(socket_dir, 'busy.sock')}"
+    async with comm_core.listen(address, echo_handler):
+        with pytest.raises(comm_core.ConnectError, match="another listener"):
+            await comm_core.listen(address, echo_handler).start()
+        await ping(address)  # the first listener still serves
+
+
+async def test_other_files_are_not_touched(socket_dir: str) -> None:
+    path = os.path.join(socket_dir, "notes.txt")
+    write_text(path, "keep me")
+    with pytest.raises(comm_core.ConnectError, match="not a socket"):
+        await comm_core.listen(f"unix://{path}", echo_handler).start()
+    assert read_text(path) == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("address", "match"),
+    [
+        ("unix://relative.sock", "relative path"),
+        ("unix:///tmp/\0x", "NUL"),
+        (f"unix:///{'x' * MAX_PATH_BYTES}", "bytes"),
+    ],
+)
+def test_malformed_addresses(address: str, match: str) -> None:
+    with pytest.raises(comm_core.AddressError, match=match):
+        comm_core.listen(address, echo_handler)
+
+
+async def test_connect_needs_a_path() -> None:
+    with pytest.raises(comm_core.AddressError, match="only for listening"):
+        await comm_core.connect("unix://")
+
+
+async def test_nobody_listening_times_out(socket_dir: str) -> None:
+    address = f"unix://{os.path.join(socket_dir, 'nobody.sock')}"
+    with pytest.raises(comm_core.ConnectTimeoutError) as info:
+        await comm_core.connect(address, timeout=0.2)
+    assert isinstance(info.value.__cause__, comm_core.ConnectError)
+
+
+def test_address_functions() -> None:
+    address = "unix:///run/app.sock"
+    assert comm_core.get_address_host(address) == socket.gethostname()
+    assert comm_core.resolve_address(address) == address
+    assert comm_core.get_local_address_for(address) == "unix://"
+    with pytest.raises(comm_core.AddressError, match="no port"):
+        comm_core.get_address_host_port(address)
+
+
+async def test_connection_arguments(socket_dir: str) -> None:
+    address = f"unix://{os.path.join(socket_dir, 'args.sock')}"
+    async with comm_core.listen(address, echo_handler, max_message_size=1000, backlog=8) as lst:
+        assert lst.extra_info["backlog"] == 8
+        async with await comm_core.connect(address, max_message_size=2000) as comm:
+            assert comm.extra_info["max_message_size"] == 2000
+            assert comm.same_host
+            await comm.write({"data": b"x" * 1500})  # more than the server accepts
+            with pytest.raises(comm_core.CommClosedError):
+                await comm.read()

@@ -1,0 +1,294 @@
+"""The security object: TLS contexts built once from files or PEM text, and reused."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import functools
+import os
+import ssl
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from comm_tls._errors import TLSConfigurationError, ssl_detail
+from comm_tls._handshake import ServerSSLObject
+
+__all__ = ["Security", "context_for"]
+
+#: A certificate, key or CA: PEM text, or the path of a file holding it.
+PEMSource = str | os.PathLike[str]
+
+_VERSIONS = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+_DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_pem(value: PEMSource) -> bool:
+    return isinstance(value, str) and "-----BEGIN " in value
+
+
+def _describe(value: PEMSource | None) -> str:
+    if value is None:
+        return "none"
+    return "PEM text" if _is_pem(value) else repr(os.fspath(value))
+
+
+@contextlib.contextmanager
+def _as_files(*values: PEMSource | None) -> Iterator[list[str | None]]:
+    """Paths for *values*: PEM text goes to files in a private temporary directory.
+
+    ``SSLContext.load_cert_chain`` reads only files. The directory (mode 0700)
+    and its files (0600) are deleted as soon as the block ends.
+    """
+    if not any(value is not None and _is_pem(value) for value in values):
+        yield [None if value is None else os.fspath(value) for value in values]
+        return
+    with tempfile.TemporaryDirectory(prefix="comm-tls-") as directory:
+        paths: list[str | None] = []
+        for index, value in enumerate(values):
+            if value is None or not _is_pem(value):
+                paths.append(None if value is None else os.fspath(value))
+                continue
+            path = os.path.join(directory, f"{index}.pem")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(str(value))
+            paths.append(path)
+        yield paths
+
+
+@dataclass(frozen=True, repr=False)
+class Security:
+    """How a node proves who it is and whom it trusts, for ``tls://`` comms.
+
+    Pass it as ``security=`` to :func:`comm_core.listen` and
+    :func:`comm_core.connect`. It builds its two :class:`ssl.SSLContext`
+    objects (server side, client side) once, when it is created, and every
+    comm that uses it shares them. ``ca``, ``cert`` and ``key`` each take PEM
+    text or the path of a PEM file.
+
+    Defaults are strict: TLS 1.2 or later; the server asks every client for a
+    certificate signed by ``ca`` (mutual TLS); the client checks the server's
+    certificate against ``ca`` and against the host name or address it dials.
+
+    Attributes:
+        ca: the CA certificate(s) this node trusts, for peers' certificates;
+            ``None`` on a client trusts the system's CAs.
+        cert: this node's certificate chain (with the key too if ``key`` is
+            ``None``); needed to listen, and to dial a server that asks for
+            client certificates.
+        key: the private key of ``cert``.
+        password: the password of an encrypted ``key``.
+        require_client_cert: listeners refuse clients without a certificate
+            signed by ``ca`` (mutual TLS).
+        check_hostname: clients check that the server's certificate names the
+            host or IP address they dial (or ``server_hostname=``). Turn it off
+            for clusters addressed by IP whose certificates name no addresses;
+            the certificate is still checked against ``ca``.
+        minimum_version: the oldest TLS version accepted, ``TLSv1_2`` or ``TLSv1_3``.
+        ciphers: an OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are
+            OpenSSL's); ``None`` keeps Python's secure defaults.
+
+    Raises:
+        TLSConfigurationError: on creation, for a file that cannot be read, a
+            certificate or key that OpenSSL refuses, a key that does not match
+            the certificate, a cipher string that selects nothing, a
+            ``minimum_version`` below TLS 1.2, a ``key`` without ``cert``, or a
+            ``cert`` with ``require_client_cert`` but no ``ca`` to check
+            clients against.
+    """
+
+    ca: PEMSource | None = None
+    cert: PEMSource | None = None
+    key: PEMSource | None = None
+    password: str | bytes | None = None
+    require_client_cert: bool = True
+    check_hostname: bool = True
+    minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    ciphers: str | None = None
+    _server: ssl.SSLContext | None = field(init=False, default=None, compare=False)
+    _client: ssl.SSLContext | None = field(init=False, default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.minimum_version not in _VERSIONS:
+            raise TLSConfigurationError(
+                f"minimum_version must be ssl.TLSVersion.TLSv1_2 or TLSv1_3, got "
+                f"{self.minimum_version!r}: older versions are insecure"
+            )
+        if self.key is not None and self.cert is None:
+            raise TLSConfigurationError("key= was given without cert=, the certificate it signs")
+        if self.cert is not None and self.require_client_cert and self.ca is None:
+            raise TLSConfigurationError(
+                "require_client_cert=True (mutual TLS, the default) needs ca=, the CA that "
+                "signs the clients' certificates; pass ca=, or require_client_cert=False"
+            )
+        object.__setattr__(self, "_client", self._build(server_side=False))
+        if self.cert is not None:
+            object.__setattr__(self, "_server", self._build(server_side=True))
+
+    @classmethod
+    def temporary(
+        cls,
+        hosts: Iterable[str] = _DEFAULT_HOSTS,
+        *,
+        valid_for: datetime.timedelta = datetime.timedelta(days=7),
+        **options: Any,
+    ) -> Security:
+        """Mutual-TLS credentials made on the spot, to try TLS out or to test with.
+
+        A throwaway CA signs one certificate that names *hosts* (by default
+        ``localhost``, ``127.0.0.1`` and ``::1``) and serves as both the server's
+        and the client's; the CA's key is discarded. Give the same object to
+        both ends (``listen`` and ``connect``), or its ``ca``, ``cert`` and
+        ``key`` (PEM text) to another process. Nothing is written to disk but
+        for the moment a context loads the key.
+
+        Args:
+            hosts: the DNS names and IP addresses the certificate is valid for.
+            valid_for: how long the certificates are valid.
+            options: further :class:`Security` fields, such as ``check_hostname``.
+
+        Raises:
+            TLSConfigurationError: *hosts* is empty, *valid_for* is not positive,
+                or *options* are invalid.
+        """
+        from comm_tls._credentials import make_credentials
+
+        try:
+            ca, cert, key = make_credentials(hosts, valid_for)
+        except ValueError as exc:
+            raise TLSConfigurationError(str(exc)) from exc
+        return cls(ca=ca, cert=cert, key=key, **options)
+
+    @property
+    def server_context(self) -> ssl.SSLContext:
+        """The context listeners use (built once).
+
+        Raises:
+            TLSConfigurationError: this object has no ``cert`` to serve with.
+        """
+        if self._server is None:
+            raise TLSConfigurationError(
+                "this Security has no certificate, which a listener needs to prove who it "
+                "is; pass cert= and key= (or use Security.temporary())"
+            )
+        return self._server
+
+    @property
+    def client_context(self) -> ssl.SSLContext:
+        """The context ``connect()`` uses (built once)."""
+        assert self._client is not None
+        return self._client
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled as its settings (contexts cannot be): the copy builds its own contexts.
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return (functools.partial(type(self), **settings), ())
+
+    def __repr__(self) -> str:
+        return (
+            f"Security(ca={_describe(self.ca)}, cert={_describe(self.cert)}, "
+            f"key={'<hidden>' if self.key is not None else 'none'}, "
+            f"require_client_cert={self.require_client_cert}, "
+            f"check_hostname={self.check_hostname}, "
+            f"minimum_version={self.minimum_version.name}, ciphers={self.ciphers!r})"
+        )
+
+    def _build(self, *, server_side: bool) -> ssl.SSLContext:
+        purpose = ssl.Purpose.CLIENT_AUTH if server_side else ssl.Purpose.SERVER_AUTH
+        ca = self.ca
+        try:
+            if ca is None:
+                context = ssl.create_default_context(purpose)
+            elif _is_pem(ca):
+                context = ssl.create_default_context(purpose, cadata=str(ca))
+            elif os.path.isdir(ca):
+                context = ssl.create_default_context(purpose, capath=os.fspath(ca))
+            else:
+                context = ssl.create_default_context(purpose, cafile=os.fspath(ca))
+        except (OSError, ValueError) as exc:
+            raise TLSConfigurationError(
+                f"cannot load the CA certificates ({_describe(ca)}): {ssl_detail(exc)}"
+            ) from exc
+        context.minimum_version = self.minimum_version
+        if self.ciphers is not None:
+            try:
+                context.set_ciphers(self.ciphers)
+            except ssl.SSLError as exc:
+                raise TLSConfigurationError(
+                    f"the cipher string {self.ciphers!r} selects no cipher: {ssl_detail(exc)}"
+                ) from exc
+        if self.cert is not None:
+            with _as_files(self.cert, self.key) as (certfile, keyfile):
+                assert certfile is not None
+                try:
+                    context.load_cert_chain(certfile, keyfile, self.password)
+                except (OSError, ValueError) as exc:
+                    raise TLSConfigurationError(
+                        f"cannot load the certificate ({_describe(self.cert)}) and key "
+                        f"({_describe(self.key)}): {ssl_detail(exc)}"
+                    ) from exc
+        if server_side:
+            if self.require_client_cert:
+                context.verify_mode = ssl.CERT_REQUIRED
+            elif ca is not None:
+                context.verify_mode = ssl.CERT_OPTIONAL
+            else:
+                context.verify_mode = ssl.CERT_NONE
+            context.sslobject_class = ServerSSLObject
+        else:
+            context.check_hostname = self.check_hostname
+        return context
+
+
+def context_for(args: Mapping[str, Any], *, server_side: bool, address: str) -> ssl.SSLContext:
+    """The context for one ``listen()`` (*server_side*) or ``connect()``, from its arguments.
+
+    Raises:
+        TLSConfigurationError: neither ``security`` nor ``ssl_context`` was
+            given, or both, or one of the wrong type or for the wrong side.
+    """
+    verb = f"listen on {address}" if server_side else f"connect to {address}"
+    call = "listen" if server_side else "connect"
+    context = args.get("ssl_context")
+    security = args.get("security")
+    if context is not None and security is not None:
+        raise TLSConfigurationError(f"cannot {verb}: pass ssl_context= or security=, not both")
+    if security is not None:
+        if not isinstance(security, Security):
+            raise TLSConfigurationError(
+                f"cannot {verb}: security= must be a comm_tls.Security, got "
+                f"{type(security).__name__}"
+            )
+        try:
+            return security.server_context if server_side else security.client_context
+        except TLSConfigurationError as exc:
+            raise TLSConfigurationError(f"cannot {verb}: {exc}") from None
+    if context is None:
+        raise TLSConfigurationError(
+            f"cannot {verb}: tls:// needs certificates; pass "
+            f"security=comm_tls.Security(ca=..., cert=..., key=...) (or "
+            f"comm_tls.Security.temporary() to try TLS out) or ssl_context=<an ssl.SSLContext> "
+            f"to {call}()"
+        )
+    if not isinstance(context, ssl.SSLContext):
+        raise TLSConfigurationError(
+            f"cannot {verb}: ssl_context= must be an ssl.SSLContext, got {type(context).__name__}"
+        )
+    if server_side and context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        raise TLSConfigurationError(
+            f"cannot {verb}: ssl_context= is a client context (PROTOCOL_TLS_CLIENT); a "
+            "listener needs a server context, such as "
+            "ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) with load_cert_chain(...)"
+        )
+    if not server_side and context.protocol == ssl.PROTOCOL_TLS_SERVER:
+        raise TLSConfigurationError(
+            f"cannot {verb}: ssl_context= is a server context (PROTOCOL_TLS_SERVER); connect() "
+            "needs a client context, such as ssl.create_default_context(ssl.Purpose.SERVER_AUTH)"
+        )
+    if server_side and context.sslobject_class is ssl.SSLObject:
+        # Behaves as ssl.SSLObject except during the handshakes of comm's listeners, where a
+        # failure waits until the alert that tells the client why has been sent.
+        context.sslobject_class = ServerSSLObject
+    return context

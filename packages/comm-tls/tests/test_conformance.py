@@ -1,0 +1,45 @@
+"""comm-core's backend conformance kit against tls, on IPv4 and IPv6, on asyncio and uvloop.
+
+Both ends use one set of temporary mutual-TLS credentials. ``distribution``
+makes the kit check that the backend is found through comm-tls's entry point.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+
+from comm_core.testing import BackendConformance
+from comm_tls import Security
+from tls_support import IPV4, IPV6, needs_ipv6
+
+_SECURITY = Security.temporary()
+
+
+class TLSConformance(BackendConformance):
+    scheme = "tls"
+    distribution = "comm-tls"
+    connection_args = MappingProxyType({"security": _SECURITY})
+
+
+@pytest.mark.comm_loop("asyncio")
+class TestTLSv4Asyncio(TLSConformance):
+    listen_address = f"tls://{IPV4}:0"
+
+
+@pytest.mark.comm_loop("uvloop")
+class TestTLSv4Uvloop(TLSConformance):
+    listen_address = f"tls://{IPV4}:0"
+
+
+@needs_ipv6
+@pytest.mark.comm_loop("asyncio")
+class TestTLSv6Asyncio(TLSConformance):
+    listen_address = f"tls://[{IPV6}]:0"
+
+
+@needs_ipv6
+@pytest.mark.comm_loop("uvloop")
+class TestTLSv6Uvloop(TLSConformance):
+    listen_address = f"tls://[{IPV6}]:0"

@@ -1,0 +1,468 @@
+"""The ``comm`` command over the installed transports, each command run as a subprocess.
+
+``comm serve`` runs as a subprocess whose address is read from its output;
+``comm ping``, ``comm doctor`` and ``comm bench`` run against it (or against a
+port nobody listens on), and the serve process is stopped with SIGINT or
+SIGTERM. Tests that need comm-tls are skipped where it is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+import comm_core
+
+TIMEOUT = 60  # seconds any one command may take; they take far less
+
+needs_tls = pytest.mark.skipif(
+    importlib.util.find_spec("comm_tls") is None, reason="comm-tls is not installed"
+)
+needs_signals = pytest.mark.skipif(
+    sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows"
+)
+
+
+def _environment() -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("COMM_")}
+    return {**environment, "PYTHONIOENCODING": "utf-8"}
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-W", "error", "-m", "comm_core", *args]
+
+
+def comm(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m comm_core *args`` to completion."""
+    return subprocess.run(
+        _command(*args),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=_environment(),
+        timeout=TIMEOUT,
+    )
+
+
+class Served:
+    """A ``comm serve`` subprocess; its output is read by threads, line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            _command("serve", *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=_environment(),
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._threads = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, True), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, False), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self.address = self.wait_for(r"^contact address: ").split(": ", 1)[1]
+
+    def _pump(self, stream: IO[str], is_stdout: bool) -> None:
+        for line in stream:
+            if is_stdout:
+                self._lines.put(line.rstrip("\n"))
+            else:
+                self.stderr.append(line)
+        if is_stdout:
+            self._lines.put(None)
+
+    def wait_for(self, pattern: str) -> str:
+        """The next line of standard output in which regular expression *pattern* is found."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                line = self._lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise AssertionError(f"comm serve printed no {pattern!r} line") from None
+            if line is None:
+                self.proc.wait(TIMEOUT)
+                raise AssertionError(
+                    f"comm serve exited ({self.proc.returncode}) before printing {pattern!r}: "
+                    + "".join(self.stderr)
+                )
+            self.stdout.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def stop(self, signum: int = signal.SIGINT) -> int:
+        """Send *signum*, wait for the process to exit and for its output; return its status."""
+        self.proc.send_signal(signum)
+        status = self.proc.wait(TIMEOUT)
+        for thread in self._threads:
+            thread.join(TIMEOUT)
+        while (line := self._lines.get_nowait()) is not None:
+            self.stdout.append(line)
+        return status
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+        for thread in self._threads:
+            thread.join(TIMEOUT)
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[type[Served]]:
+    """Start ``comm serve`` subprocesses: ``serve(ADDRESS, *options)``; killed at the end."""
+    started: list[Served] = []
+
+    class Tracked(Served):
+        def __init__(self, *args: str) -> None:
+            started.append(self)
+            super().__init__(*args)
+
+    yield Tracked
+    for served in started:
+        served.kill()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port of 127.0.0.1 on which nothing listens (bound, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def credentials(tmp_path: Path) -> Path:
+    """A directory for ``--temporary-credentials`` (``comm serve`` fills it)."""
+    return tmp_path / "credentials"
+
+
+@pytest.fixture
+def other_ca(tmp_path: Path) -> Path:
+    """The CA of other temporary credentials, which no listener of the tests uses."""
+    from comm_tls import Security
+
+    path = tmp_path / "other-ca.pem"
+    ca = Security.temporary().ca
+    assert isinstance(ca, str)
+    path.write_text(ca, encoding="ascii")
+    return path
+
+
+def _doctor_lines(stdout: str) -> dict[str, str]:
+    """``{step name: mark}`` from the step lines of ``comm doctor``."""
+    steps = {}
+    for line in stdout.splitlines()[1:]:
+        if not line.startswith("  "):
+            break
+        mark, rest = line.strip().split(" ", 1)
+        name = re.split(r"\s{2,}", rest.strip(), maxsplit=1)[0]
+        steps[name] = mark
+    return steps
+
+
+# -- serve, ping -------------------------------------------------------------------------------
+
+
+@needs_signals
+def test_serve_then_ping_then_sigint(serve: type[Served]) -> None:
+    served = serve("tcp://127.0.0.1:0")
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", served.address)
+    assert served.stdout[0] == f"listen address: {served.address}"
+
+    result = comm("ping", served.address, "-c", "3", "-i", "0.01")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"PING {served.address}: 64 bytes of payload; connected in ")
+    for seq, line in enumerate(lines[1:4], 1):
+        assert re.fullmatch(
+            rf"64 bytes from {re.escape(served.address)}: seq={seq} time=\d+\.\d{{3}} ms", line
+        )
+    assert lines[4] == f"--- {served.address} comm ping statistics ---"
+    assert re.fullmatch(r"3 sent, 3 received, 0\.0% lost, time \d+ ms", lines[5])
+    assert re.fullmatch(r"rtt min/avg/p99/max = (\d+\.\d{3}/){3}\d+\.\d{3} ms", lines[6])
+
+    # One line when the ping's connection opens, one when it closes.
+    peer = served.wait_for(r": connected$").split()[-2].rstrip(":")
+    served.wait_for(rf" {re.escape(peer)}: closed after 3 messages$")
+
+    assert served.stop(signal.SIGINT) == 0
+    assert served.stdout[-1] == "stopped after 1 connection"
+    assert "".join(served.stderr) == ""
+
+
+@needs_signals
+def test_serve_stops_on_sigterm(serve: type[Served]) -> None:
+    served = serve("tcp://127.0.0.1:0", "--quiet")
+    assert comm("ping", served.address, "-c", "1").returncode == 0
+    assert served.stop(signal.SIGTERM) == 0
+    assert served.stdout[-1] == "stopped after 1 connection"
+    assert not any("connected" in line for line in served.stdout)  # --quiet
+    assert "".join(served.stderr) == ""
+
+
+def test_serve_cannot_listen(serve: type[Served]) -> None:
+    served = serve("tcp://127.0.0.1:0")
+    result = comm("serve", served.address)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"comm: error: cannot listen on {served.address}")
+    assert result.stderr.count("\n") == 1
+
+
+def test_ping_refused(closed_port: int) -> None:
+    address = f"tcp://127.0.0.1:{closed_port}"
+    result = comm("ping", address, "-c", "1", "--timeout", "0.3")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("comm: error: ")
+    assert address in result.stderr
+    assert "refused" in result.stderr
+    assert f"`comm serve {address}`" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_tls_options_on_a_tcp_address(closed_port: int) -> None:
+    result = comm("ping", f"tcp://127.0.0.1:{closed_port}", "--ca", "ca.pem")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "comm: error: --ca: TLS options are for encrypted schemes such as tls://, and tcp:// "
+        "does not encrypt\n"
+    )
+
+
+@needs_tls
+@needs_signals
+def test_serve_and_ping_tls_with_temporary_credentials(
+    serve: type[Served], credentials: Path
+) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    assert sorted(p.name for p in credentials.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+    if sys.platform != "win32":
+        assert (credentials / "key.pem").stat().st_mode & 0o077 == 0
+
+    result = comm(
+        "ping", served.address, "-c", "2", "-i", "0", "--temporary-credentials", str(credentials)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 sent, 2 received" in result.stdout
+
+    # Without the credentials, the listener's certificate is not trusted: a clear error.
+    result = comm("ping", served.address, "-c", "1")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"comm: error: TLS handshake with {served.address} failed")
+    assert "unknown CA" in result.stderr
+    assert served.stop() == 0
+
+
+@needs_tls
+def test_tls_serve_needs_credentials() -> None:
+    result = comm("serve", "tls://127.0.0.1:0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("comm: error: a tls:// listener needs a certificate")
+    assert "--temporary-credentials DIR" in result.stderr
+
+
+@needs_tls
+def test_client_with_missing_temporary_credentials(tmp_path: Path) -> None:
+    result = comm("ping", "tls://127.0.0.1:8786", "--temporary-credentials", str(tmp_path))
+    assert result.returncode == 2
+    assert "no credentials there" in result.stderr
+    assert "comm serve tls://" in result.stderr
+
+
+# -- doctor ------------------------------------------------------------------------------------
+
+
+def test_doctor_healthy(serve: type[Served]) -> None:
+    served = serve("tcp://127.0.0.1:0")
+    result = comm("doctor", served.address)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert _doctor_lines(result.stdout) == {
+        "address": "✓",
+        "backend": "✓",
+        "name resolution": "✓",
+        "TCP connect": "✓",
+        "comm handshake": "✓",
+    }
+    assert f"{served.address} is healthy" in result.stdout
+    assert f"comm-core {comm_core.__version__} (protocol {comm_core.PROTOCOL_VERSION})" in (
+        result.stdout
+    )
+
+
+@pytest.mark.parametrize("ascii_only", [False, True], ids=["unicode", "ascii"])
+def test_doctor_refused(closed_port: int, ascii_only: bool) -> None:
+    where = f"127.0.0.1:{closed_port}"
+    result = comm("doctor", f"tcp://{where}", *(["--ascii"] if ascii_only else []))
+    assert result.returncode == 1
+    ok, fail, skip = ("ok", "FAIL", "--") if ascii_only else ("✓", "✗", "-")
+    assert _doctor_lines(result.stdout) == {
+        "address": ok,
+        "backend": ok,
+        "name resolution": ok,
+        "TCP connect": fail,
+        "comm handshake": skip,
+    }
+    assert "The TCP connect step failed" in result.stdout
+    assert (
+        f"connection refused: is a listener running on {where}? start one with "
+        f"`comm serve tcp://{where}`"
+    ) in result.stdout
+
+
+def test_doctor_wrong_scheme(closed_port: int) -> None:
+    result = comm("doctor", f"nope://127.0.0.1:{closed_port}")
+    assert result.returncode == 1
+    assert _doctor_lines(result.stdout) == {"address": "✓", "backend": "✗"}
+    installed = ", ".join(sorted(comm_core.backends()))
+    assert f"no installed transport serves nope:// (installed: {installed})" in result.stdout
+    assert "pip install comm-nope" in result.stdout
+
+
+@needs_tls
+def test_doctor_tcp_client_of_a_tls_listener(serve: type[Served], credentials: Path) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    address = served.address.replace("tls://", "tcp://")
+    result = comm("doctor", address, "--timeout", "2")
+    assert result.returncode == 1
+    assert _doctor_lines(result.stdout)["comm handshake"] == "✗"
+    assert "is the peer a tls:// endpoint?" in result.stdout
+    assert result.stderr == ""  # comm's warning about the dropped connection is not repeated
+
+
+@needs_tls
+def test_doctor_tls_healthy(serve: type[Served], credentials: Path) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    result = comm("doctor", served.address, "--temporary-credentials", str(credentials))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert set(_doctor_lines(result.stdout).values()) == {"✓"}
+    assert "TLS handshake" in _doctor_lines(result.stdout)
+
+
+@needs_tls
+def test_doctor_tls_wrong_ca(serve: type[Served], credentials: Path, other_ca: Path) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    result = comm(
+        "doctor",
+        served.address,
+        "--ca",
+        str(other_ca),
+        "--cert",
+        str(credentials / "cert.pem"),
+        "--key",
+        str(credentials / "key.pem"),
+    )
+    assert result.returncode == 1
+    assert _doctor_lines(result.stdout) == {
+        "address": "✓",
+        "backend": "✓",
+        "TLS options": "✓",
+        "name resolution": "✓",
+        "TCP connect": "✓",
+        "TLS handshake": "✗",
+        "comm handshake": "-",
+    }
+    assert "certificate verify failed" in result.stdout
+    assert "The TLS handshake step failed" in result.stdout
+    assert "pass the CA that signed it with --ca FILE" in result.stdout
+
+
+@needs_tls
+def test_doctor_tls_without_client_certificate(serve: type[Served], credentials: Path) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    result = comm("doctor", served.address, "--ca", str(credentials / "ca.pem"))
+    assert result.returncode == 1
+    assert _doctor_lines(result.stdout)["TLS handshake"] == "✗"
+    assert "requires a client certificate" in result.stdout
+    assert "--cert FILE and --key FILE" in result.stdout
+
+
+# -- bench, backends ---------------------------------------------------------------------------
+
+
+def test_bench_json_every_installed_backend() -> None:
+    result = comm("bench", "--json", "--duration", "0.02", "--sizes", "64", "64KiB")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no progress display: standard error is not a terminal
+    document = json.loads(result.stdout)
+    assert document["comm_core"] == comm_core.__version__
+    assert document["sizes"] == [64, 65536]
+    installed = sorted(comm_core.backends())
+    assert [row["scheme"] for row in document["results"]] == installed
+    for row in document["results"]:
+        assert row["ok"], row
+        assert row["in_process"] is True
+        assert row["error"] is None
+        assert [m["size"] for m in row["measurements"]] == [64, 65536]
+        for m in row["measurements"]:
+            assert m["round_trips"] >= 1
+            assert m["round_trips_per_s"] > 0
+            assert 0 < m["p50_us"] <= m["p99_us"]
+            assert m["mb_per_s"] > 0
+
+
+def test_bench_table_for_one_scheme() -> None:
+    result = comm("bench", "tcp", "--duration", "0.02", "--sizes", "64", "1MiB")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"comm bench: comm-core {comm_core.__version__}, Python ")
+    assert lines[1].split() == ["TARGET", "SIZE", "ROUND", "TRIPS/S", "P50", "P99", "MB/S"]
+    assert lines[2].split()[:3] == ["tcp", "64", "B"]
+    assert lines[3].split()[:2] == ["1", "MiB"]
+
+
+@needs_signals
+def test_bench_a_served_address(serve: type[Served]) -> None:
+    served = serve("tcp://127.0.0.1:0")
+    result = comm("bench", served.address, "--json", "--duration", "0.02", "--sizes", "64")
+    assert result.returncode == 0, result.stderr
+    [row] = json.loads(result.stdout)["results"]
+    assert row["target"] == row["address"] == served.address
+    assert row["in_process"] is False
+    assert row["ok"]
+    assert served.stop() == 0
+
+
+def test_bench_failure_is_reported(closed_port: int) -> None:
+    address = f"tcp://127.0.0.1:{closed_port}"
+    result = comm("bench", address, "--timeout", "0.3", "--duration", "0.02")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"comm: error: {address}: timed out connecting to")
+    assert f"{address}  failed" in result.stdout
+
+
+def test_backends_lists_the_installed_transports() -> None:
+    result = comm("backends")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    for scheme, info in comm_core.backends().items():
+        assert rows[scheme][:3] == [scheme, info.distribution, info.version]
+    document = json.loads(comm("backends", "--json").stdout)
+    assert [b["scheme"] for b in document["backends"]] == sorted(comm_core.backends())
