@@ -306,50 +306,29 @@ class Encoder:
         Containers are copied only where something inside them was replaced.
         """
         kind = type(obj)
-        threshold = self.threshold
         if kind is dict:
             out: Any = None
             for key, value in obj.items():
-                kind = type(value)
-                if kind not in _WALKED:
-                    continue
-                if kind is bytes or kind is bytearray or kind is memoryview:
-                    if _nbytes(value) < threshold:
-                        continue
-                    new = self.oob(value)
-                elif kind is dict or kind is list or kind is tuple:
+                if type(value) in _WALKED:
                     new = self.walk(value)
-                    if new is value:
-                        continue
-                else:
-                    continue
-                if out is None:
-                    out = dict(obj)
-                out[key] = new
+                    if new is not value:
+                        if out is None:
+                            out = dict(obj)
+                        out[key] = new
             return obj if out is None else out
         if kind is list or kind is tuple:
             out = None
             for index, value in enumerate(obj):
-                vkind = type(value)
-                if vkind not in _WALKED:
-                    continue
-                if vkind is bytes or vkind is bytearray or vkind is memoryview:
-                    if _nbytes(value) < threshold:
-                        continue
-                    new = self.oob(value)
-                elif vkind is dict or vkind is list or vkind is tuple:
+                if type(value) in _WALKED:
                     new = self.walk(value)
-                    if new is value:
-                        continue
-                else:
-                    continue
-                if out is None:
-                    out = list(obj)
-                out[index] = new
+                    if new is not value:
+                        if out is None:
+                            out = list(obj)
+                        out[index] = new
             if out is None:
                 return obj
             return out if kind is list else tuple(out)
-        if (kind is bytes or kind is bytearray or kind is memoryview) and _nbytes(obj) >= threshold:
+        if kind in _BYTES_TYPES and _nbytes(obj) >= self.threshold:
             return self.oob(obj)
         return obj
 

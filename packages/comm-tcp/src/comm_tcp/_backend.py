@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -79,7 +80,8 @@ class TCPConnector(Connector):
             raise
         except OSError as exc:
             comm.abort()
-            reason = exc.strerror or str(exc) or type(exc).__name__
+            # asyncio words a refusal "Connect call failed (...)": say what the OS said.
+            reason = (os.strerror(exc.errno) if exc.errno else "") or str(exc) or type(exc).__name__
             raise ConnectError(f"could not connect to {self.scheme}://{address}: {reason}") from exc
         except BaseException:
             comm.abort()
