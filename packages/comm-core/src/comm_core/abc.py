@@ -21,6 +21,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from comm_core._addressing import parse_address, parse_host_port
+from comm_core._config import get_setting
 from comm_core.exceptions import AddressError, CommClosedError, FatalCommClosedError
 
 if TYPE_CHECKING:
@@ -272,6 +273,19 @@ class Listener(ABC):
         handler = self._comm_handler
         if handler is not None:
             handler.abort_pending()
+
+    @property
+    def handshake_timeout(self) -> float:
+        """Seconds a new peer has to complete the comm handshake.
+
+        The ``handshake_timeout`` given to :func:`comm_core.listen`, else the
+        ``handshake_timeout`` setting. Listeners give a peer that has not even
+        started (no preamble yet) the same time.
+        """
+        timeout = getattr(self._comm_handler, "timeout", None)
+        if timeout is None:
+            timeout = get_setting("handshake_timeout")
+        return float(timeout)
 
     @property
     @abstractmethod

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from comm_core._addressing import unparse_address
 from comm_core._config import get_setting
-from comm_core.abc import Comm, OnError
+from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, ProtocolError
 from comm_core.protocol import (
     PREAMBLE,
@@ -36,7 +36,7 @@ from comm_core.protocol import (
     serializer_families,
 )
 
-__all__ = ["StreamComm", "StreamProtocol", "format_sockaddr"]
+__all__ = ["StreamAcceptor", "StreamComm", "StreamProtocol", "format_sockaddr"]
 
 logger = logging.getLogger("comm_core.stream")
 
@@ -491,3 +491,69 @@ class StreamComm(Comm):
 
     def abort(self) -> None:
         self.protocol.abort()
+
+
+class StreamAcceptor:
+    """What a stream listener does with each connection it accepts.
+
+    Every stream transport's listener needs the same bookkeeping, so it lives
+    here: a listener creates one acceptor, passes :meth:`established` as the
+    ``on_established`` of each comm it makes for an accepted connection, and
+    registers that comm with :meth:`accept`::
+
+        def _protocol_factory(self):
+            comm = StreamComm(scheme="unix", on_established=self.acceptor.established)
+            return self.acceptor.accept(comm).protocol
+
+    A peer that sends no comm preamble within the listener's
+    :attr:`~comm_core.Listener.handshake_timeout` is dropped, with a log line
+    naming it. Once the preamble arrives, the listener's ``handle_comm`` runs
+    in a task of its own (the acceptor keeps it referenced). :meth:`close`,
+    called from ``Listener.stop()``, drops the comms still waiting for their
+    preamble and refuses those that complete it later.
+    """
+
+    def __init__(self, listener: Listener, handle_comm: CommHandler) -> None:
+        self.listener = listener
+        self.handle_comm = handle_comm
+        self.closed = False
+        self._waiting: dict[StreamComm, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def accept(self, comm: StreamComm) -> StreamComm:
+        """Start *comm*'s deadline for the preamble; return *comm*."""
+        timeout = self.listener.handshake_timeout
+        loop = asyncio.get_running_loop()
+        self._waiting[comm] = loop.call_later(timeout, self._expire, comm, timeout)
+        return comm
+
+    def _expire(self, comm: StreamComm, timeout: float) -> None:
+        del self._waiting[comm]
+        if not comm.closed():
+            logger.info(
+                "%s dropped a connection from %s that sent no comm preamble within %gs",
+                self.listener.listen_address,
+                comm.peer_address,
+                timeout,
+            )
+            comm.abort()
+
+    def established(self, comm: StreamComm) -> None:
+        """The peer of *comm* sent a valid preamble: run the handler on it."""
+        handle = self._waiting.pop(comm, None)
+        if handle is not None:
+            handle.cancel()
+        if self.closed:
+            comm.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self.handle_comm(comm))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def close(self) -> None:
+        """Drop the comms still waiting for their preamble; refuse later ones. Idempotent."""
+        self.closed = True
+        waiting, self._waiting = self._waiting, {}
+        for comm, handle in waiting.items():
+            handle.cancel()
+            comm.abort()

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from comm_core import (
     ConnectError,
-    get_setting,
     parse_host_port,
     unparse_address,
     unparse_host_port,
 )
 from comm_core.abc import CommHandler, Listener
-from comm_core.stream import StreamComm
+from comm_core.stream import StreamAcceptor
 from comm_tcp._options import SocketOptions
 
 if TYPE_CHECKING:
@@ -25,7 +23,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TCPListener"]
 
-logger = logging.getLogger("comm_tcp")
 
 _WILDCARDS = {"", "0.0.0.0", "::"}
 
@@ -84,9 +81,8 @@ class TCPListener(Listener):
         # connection, where an error would only drop that connection.
         SocketOptions.from_args(connection_args)
         self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Connections whose peer has not sent the comm preamble yet, with their deadline.
-        self._unestablished: dict[StreamComm, asyncio.TimerHandle] = {}
+        #: Drops peers that send no preamble in time; runs handle_comm on the others.
+        self.acceptor = StreamAcceptor(self, handle_comm)
         self._bound: list[Any] = []
         self._stopped = False
 
@@ -133,37 +129,9 @@ class TCPListener(Listener):
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         comm = self.connector.make_comm(
-            self.deserialize, self.connection_args, on_established=self._on_established
+            self.deserialize, self.connection_args, on_established=self.acceptor.established
         )
-        # A peer that never sends the preamble must not hold the connection forever:
-        # it gets the handshake timeout, like a peer that never sends its handshake.
-        timeout = getattr(self._comm_handler, "timeout", None)
-        if timeout is None:
-            timeout = float(get_setting("handshake_timeout"))
-        loop = asyncio.get_running_loop()
-        self._unestablished[comm] = loop.call_later(timeout, self._expire, comm, timeout)
-        return comm.protocol
-
-    def _expire(self, comm: StreamComm, timeout: float) -> None:
-        del self._unestablished[comm]
-        if not comm.closed():
-            logger.info(
-                "dropped a connection from %s that sent no comm preamble within %gs",
-                comm.peer_address,
-                timeout,
-            )
-            comm.abort()
-
-    def _on_established(self, comm: StreamComm) -> None:
-        handle = self._unestablished.pop(comm, None)
-        if handle is not None:
-            handle.cancel()
-        if self._stopped:
-            comm.abort()
-            return
-        task = asyncio.get_running_loop().create_task(self.handle_comm(comm))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return self.acceptor.accept(comm).protocol
 
     def stop(self) -> None:
         if self._stopped:
@@ -171,10 +139,7 @@ class TCPListener(Listener):
         self._stopped = True
         for server in self._servers:
             server.close()
-        unestablished, self._unestablished = self._unestablished, {}
-        for comm, handle in unestablished.items():
-            handle.cancel()
-            comm.abort()
+        self.acceptor.close()
         super().stop()
 
     def listen_address_for(self, port: int) -> str:

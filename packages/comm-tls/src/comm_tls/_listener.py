@@ -7,7 +7,6 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from comm_core import get_setting
 from comm_core.abc import CommHandler
 from comm_core.protocol import MAGIC
 from comm_core.stream import format_sockaddr
@@ -95,12 +94,6 @@ class TLSListener(TCPListener):
         assert isinstance(protocol, TLSProtocol)
         return _Accepted(self, protocol)
 
-    def _handshake_timeout(self) -> float:
-        timeout = getattr(self._comm_handler, "timeout", None)
-        if timeout is None:
-            timeout = float(get_setting("handshake_timeout"))
-        return float(timeout)
-
     def _upgrade_soon(self, transport: asyncio.BaseTransport, accepted: _Accepted) -> None:
         task = asyncio.get_running_loop().create_task(self._upgrade(transport, accepted))
         self._handshakes.add(task)
@@ -114,7 +107,7 @@ class TLSListener(TCPListener):
         pending = PendingProtocol()
         tls: asyncio.BaseTransport | None = None
         error: BaseException | None = None
-        timeout = self._handshake_timeout()
+        timeout = self.handshake_timeout
         if raw.is_closing():  # aborted before this task ran
             protocol.pending = None
             return

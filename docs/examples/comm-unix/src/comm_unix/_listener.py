@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import logging
 import os
 import shutil
 import socket
@@ -14,14 +13,13 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from comm_core import ConnectError, get_setting
+from comm_core import ConnectError
 from comm_core.abc import CommHandler, Listener
-from comm_core.stream import StreamComm
+from comm_core.stream import StreamAcceptor, StreamComm
 from comm_unix._address import SCHEME
 
 __all__ = ["UnixListener"]
 
-logger = logging.getLogger("comm_unix")
 
 #: Makes the comm for one accepted connection; its argument is the callback to
 #: call once the peer's preamble has arrived.
@@ -90,9 +88,10 @@ class UnixListener(Listener):
         self._server: asyncio.AbstractServer | None = None
         self._private_dir: str | None = None  # created by start() for an empty path
         self._inode: tuple[int, int] | None = None  # of the socket file we bound
-        self._tasks: set[asyncio.Task[None]] = set()
-        # Connections whose peer has not sent the comm preamble yet, with their deadline.
-        self._unestablished: dict[StreamComm, asyncio.TimerHandle] = {}
+        # comm-core's bookkeeping for accepted connections: drops peers that send no
+        # preamble in time, runs handle_comm (the handshake, then the user's handler)
+        # on the others.
+        self.acceptor = StreamAcceptor(self, handle_comm)
         self._stopped = False
 
     async def start(self) -> None:
@@ -113,31 +112,8 @@ class UnixListener(Listener):
         self._server = await loop.create_unix_server(self._make_protocol, sock=sock)
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
-        comm = self.make_comm(self._on_established)
-        # A peer that never sends the preamble must not hold a connection forever.
-        timeout = float(get_setting("handshake_timeout"))
-        loop = asyncio.get_running_loop()
-        self._unestablished[comm] = loop.call_later(timeout, self._expire, comm)
-        return comm.protocol
-
-    def _expire(self, comm: StreamComm) -> None:
-        del self._unestablished[comm]
-        if not comm.closed():
-            logger.info("dropped a connection on %s that sent no comm preamble", self.path)
-            comm.abort()
-
-    def _on_established(self, comm: StreamComm) -> None:
-        # The peer speaks the comm protocol: hand the comm to comm-core's handler,
-        # which runs the handshake and then the user's handler.
-        handle = self._unestablished.pop(comm, None)
-        if handle is not None:
-            handle.cancel()
-        if self._stopped:
-            comm.abort()
-            return
-        task = asyncio.get_running_loop().create_task(self.handle_comm(comm))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        comm = self.make_comm(self.acceptor.established)
+        return self.acceptor.accept(comm).protocol
 
     def stop(self) -> None:
         if self._stopped:
@@ -145,10 +121,7 @@ class UnixListener(Listener):
         self._stopped = True
         if self._server is not None:
             self._server.close()
-        unestablished, self._unestablished = self._unestablished, {}
-        for comm, handle in unestablished.items():
-            handle.cancel()
-            comm.abort()
+        self.acceptor.close()
         self._remove_files()
         super().stop()  # aborts the comms still in their comm handshake
 
