@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from bench import tls
 from bench.config import (
     BACKENDS,
     IMPLS,
@@ -186,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"warning: load average is {load_start}; other work on the machine skews figures")
     started = time.perf_counter()
     records = []
-    for number, cell in enumerate(cells, 1):
-        record = run_cell(cell)
-        records.append(record)
-        _log(f"[{number}/{len(cells)}] {cell.label()}: {_summary(record)}")
+    with tls.credentials():
+        for number, cell in enumerate(cells, 1):
+            record = run_cell(cell)
+            records.append(record)
+            _log(f"[{number}/{len(cells)}] {cell.label()}: {_summary(record)}")
     imports = None
     if run_imports:
         _log(f"import time: {limits.import_runs} runs per command")

@@ -13,6 +13,7 @@ waits on a fresh future.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -193,18 +194,34 @@ def _host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port or 0)
 
 
+def _ssl(address: str, *, server_side: bool) -> ssl.SSLContext | None:
+    """The run's TLS context for a ``tls://`` *address*; ``None`` for ``tcp://``."""
+    if not address.startswith("tls://"):
+        return None
+    from bench import tls
+
+    server, client = tls.baseline_contexts()
+    return server if server_side else client
+
+
 async def listen(address: str, handler: Handler) -> tuple[asyncio.Server, str]:
-    """Serve *handler* on *address* (``tcp://host:port``); return the server and its address."""
+    """Serve *handler* on *address* (``tcp://`` or ``tls://host:port``).
+
+    Returns the server and its contact address.
+    """
     host, port = _host_port(address)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: BaselineConnection(handler), host, port)
+    context = _ssl(address, server_side=True)
+    server = await loop.create_server(lambda: BaselineConnection(handler), host, port, ssl=context)
     sock_host, sock_port = server.sockets[0].getsockname()[:2]
-    return server, f"tcp://{sock_host}:{sock_port}"
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    return server, f"{scheme}://{sock_host}:{sock_port}"
 
 
 async def connect(address: str) -> BaselineConnection:
     """Connect to a :func:`listen` server at *address*."""
     host, port = _host_port(address)
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(BaselineConnection, host, port)
+    context = _ssl(address, server_side=False)
+    _, conn = await loop.create_connection(BaselineConnection, host, port, ssl=context)
     return conn

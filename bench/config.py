@@ -48,6 +48,7 @@ class BackendSpec:
 #: One line per backend. A backend is benchmarked when comm_core.backends() has it too.
 BACKENDS: dict[str, BackendSpec] = {
     "tcp": BackendSpec("tcp://127.0.0.1:0", baseline=True, raw=True),
+    "tls": BackendSpec("tls://127.0.0.1:0", baseline=True),
     "inproc": BackendSpec("inproc://", cross_process=False),
 }
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from bench import tls
+
 __all__ = ["Connection", "Handler", "Impl", "Server", "get_impl"]
 
 
@@ -60,15 +62,26 @@ class CommImpl:
         import comm_core
 
         self._comm_core = comm_core
+        self._security: Any = None
         self.closed_errors: tuple[type[BaseException], ...] = (comm_core.CommClosedError,)
 
     async def listen(self, address: str, handler: Handler) -> Server:
-        listener = self._comm_core.listen(address, handler)
+        listener = self._comm_core.listen(address, handler, **self._tls_args(address))
         await listener.start()
         return Server(listener.contact_address, listener.stop)
 
     async def connect(self, address: str) -> Any:
-        return await self._comm_core.connect(address)
+        return await self._comm_core.connect(address, **self._tls_args(address))
+
+    def _tls_args(self, address: str) -> dict[str, Any]:
+        if not address.startswith("tls://"):
+            return {}
+        if self._security is None:
+            from comm_tls import Security
+
+            ca, cert, key = tls.files()
+            self._security = Security(ca=ca, cert=cert, key=key)
+        return {"security": self._security}
 
 
 class DaskImpl:
@@ -80,18 +93,40 @@ class DaskImpl:
         import distributed.comm
 
         self._comm: Any = distributed.comm  # untyped
+        self._security: Any = None
         self.closed_errors: tuple[type[BaseException], ...] = (self._comm.CommClosedError,)
 
     async def listen(self, address: str, handler: Handler) -> Server:
-        listener = await self._comm.listen(address, handler)  # awaiting starts it
+        args = self._tls_args(address, "listen")
+        listener = await self._comm.listen(address, handler, **args)  # awaiting starts it
         return Server(listener.contact_address, listener.stop)
 
     async def connect(self, address: str) -> Any:
-        return await self._comm.connect(address)
+        return await self._comm.connect(address, **self._tls_args(address, "connect"))
+
+    def _tls_args(self, address: str, side: str) -> dict[str, Any]:
+        """What a Dask cluster configured with the run's files passes for *side*."""
+        if not address.startswith("tls://"):
+            return {}
+        if self._security is None:
+            import distributed
+
+            ca, cert, key = tls.files()
+            self._security = distributed.Security(
+                tls_ca_file=ca,
+                tls_client_cert=cert,
+                tls_client_key=key,
+                tls_scheduler_cert=cert,
+                tls_scheduler_key=key,
+                require_encryption=True,
+            )
+        if side == "listen":
+            return dict(self._security.get_listen_args("scheduler"))
+        return dict(self._security.get_connection_args("client"))
 
 
 class BaselineImpl:
-    """The hand-written asyncio baseline of :mod:`bench.baseline` (tcp only)."""
+    """The hand-written asyncio baseline of :mod:`bench.baseline` (tcp, and tls)."""
 
     name = "baseline"
 

@@ -278,7 +278,15 @@ def load_average() -> float | None:
 
 def machine_facts(settings: dict[str, Any]) -> dict[str, Any]:
     """Python, platform, CPUs, load, package versions, date, and the suite's settings."""
-    dists = ["comm-core", "comm-tcp", "comm-inproc", "msgpack", "distributed", "tornado"]
+    dists = [
+        "comm-core",
+        "comm-tcp",
+        "comm-tls",
+        "comm-inproc",
+        "msgpack",
+        "distributed",
+        "tornado",
+    ]
     dists.append("uvloop")
     try:
         usable = len(os.sched_getaffinity(0))

@@ -70,9 +70,16 @@ class TCPConnector(Connector):
         loop = asyncio.get_running_loop()
         await loop.create_connection(lambda: comm.protocol, host, port)
 
+    def on_established(self, comm: StreamComm) -> None:
+        """Called once a comm this connector dialed has the peer's valid preamble.
+
+        Does nothing; a hook for subclasses (comm-tls keeps the TLS session
+        ticket there).
+        """
+
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
         host, port = dial_target(self.scheme, address)
-        comm = self.make_comm(deserialize, connection_args)
+        comm = self.make_comm(deserialize, connection_args, on_established=self.on_established)
         try:
             await self.open(comm, host, port, connection_args)
         except CommError:  # already translated by open() (comm-tls: FatalCommClosedError)

@@ -13,11 +13,13 @@ from comm_core import (
     get_setting,
     unparse_host_port,
 )
+from comm_core.stream import StreamComm
 from comm_tcp import TCPBackend, TCPComm, TCPConnector, TCPListener
 from comm_tls._comm import TLSComm
 from comm_tls._errors import describe_failure
 from comm_tls._listener import TLSListener
-from comm_tls._security import context_for
+from comm_tls._resume import remember, resuming
+from comm_tls._security import Security, context_for
 
 __all__ = ["TLSBackend", "TLSConnector"]
 
@@ -34,6 +36,12 @@ class TLSConnector(TCPConnector):
     scheme: ClassVar[str] = "tls"
     comm_class: ClassVar[type[TCPComm]] = TLSComm
 
+    def on_established(self, comm: StreamComm) -> None:
+        """Keep the session ticket the server sent, to resume the next connection to it."""
+        transport = comm.transport
+        if transport is not None:
+            remember(transport.get_extra_info("ssl_object"))
+
     async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
         """Open a TCP connection and run the TLS handshake as the client.
 
@@ -47,16 +55,19 @@ class TLSConnector(TCPConnector):
         address = f"{self.scheme}://{unparse_host_port(host, port)}"
         context = context_for(args, server_side=False, address=address)
         hostname = args.get("server_hostname") or host
+        security = args.get("security")
+        sessions = security.session_cache if isinstance(security, Security) else None
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_connection(
-                lambda: comm.protocol,
-                host,
-                port,
-                ssl=context,
-                server_hostname=hostname,
-                ssl_handshake_timeout=float(get_setting("handshake_timeout")),
-            )
+            with resuming(sessions, (hostname, host, port)):
+                await loop.create_connection(
+                    lambda: comm.protocol,
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=hostname,
+                    ssl_handshake_timeout=float(get_setting("handshake_timeout")),
+                )
         except ssl.SSLError as exc:
             message = describe_failure(exc, peer="server", address=address, hostname=hostname)
             raise FatalCommClosedError(message) from exc

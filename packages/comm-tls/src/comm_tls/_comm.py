@@ -68,8 +68,10 @@ class TLSComm(TCPComm):
 
     ``extra_info`` holds what a tcp comm's does, and ``peercert`` (the peer's
     certificate, as :meth:`ssl.SSLSocket.getpeercert` returns it; empty if the
-    peer sent none), ``cipher`` (``(name, protocol, bits)``) and
-    ``tls_version`` (such as ``"TLSv1.3"``).
+    peer sent none), ``cipher`` (``(name, protocol, bits)``),
+    ``tls_version`` (such as ``"TLSv1.3"``) and ``tls_session_reused``
+    (whether the connection resumed an earlier TLS session instead of
+    verifying certificates again; see ``Security.resume_sessions``).
     """
 
     protocol_class = TLSProtocol
@@ -94,4 +96,5 @@ class TLSComm(TCPComm):
         info["peercert"] = transport.get_extra_info("peercert") or {}
         info["cipher"] = transport.get_extra_info("cipher")
         info["tls_version"] = ssl_object.version() if ssl_object is not None else None
+        info["tls_session_reused"] = bool(ssl_object is not None and ssl_object.session_reused)
         return info

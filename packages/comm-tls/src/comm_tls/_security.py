@@ -14,6 +14,7 @@ from typing import Any
 
 from comm_tls._errors import TLSConfigurationError, ssl_detail
 from comm_tls._handshake import ServerSSLObject
+from comm_tls._resume import ResumingSSLObject, SessionCache
 
 __all__ = ["Security", "context_for"]
 
@@ -89,6 +90,15 @@ class Security:
         minimum_version: the oldest TLS version accepted, ``TLSv1_2`` or ``TLSv1_3``.
         ciphers: an OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are
             OpenSSL's); ``None`` keeps Python's secure defaults.
+        resume_sessions: TLS 1.3 session resumption. A listener gives each
+            client a ticket; a client that dials the same listener again
+            presents it, and neither side verifies certificates again, which
+            halves the cost of setting up a connection. A ticket stands for
+            the identities verified when it was issued, for as long as the
+            listener accepts it (OpenSSL's default: 2 hours; a listener's
+            tickets die with its process). Turn it off to have every connection
+            verify certificates afresh. Applies only to the contexts this
+            object builds, not to ``ssl_context=``.
 
     Raises:
         TLSConfigurationError: on creation, for a file that cannot be read, a
@@ -107,6 +117,8 @@ class Security:
     check_hostname: bool = True
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
     ciphers: str | None = None
+    resume_sessions: bool = True
+    _sessions: SessionCache | None = field(init=False, default=None, compare=False)
     _server: ssl.SSLContext | None = field(init=False, default=None, compare=False)
     _client: ssl.SSLContext | None = field(init=False, default=None, compare=False)
 
@@ -123,6 +135,8 @@ class Security:
                 "require_client_cert=True (mutual TLS, the default) needs ca=, the CA that "
                 "signs the clients' certificates; pass ca=, or require_client_cert=False"
             )
+        if self.resume_sessions:
+            object.__setattr__(self, "_sessions", SessionCache())
         object.__setattr__(self, "_client", self._build(server_side=False))
         if self.cert is not None:
             object.__setattr__(self, "_server", self._build(server_side=True))
@@ -192,7 +206,8 @@ class Security:
             f"key={'<hidden>' if self.key is not None else 'none'}, "
             f"require_client_cert={self.require_client_cert}, "
             f"check_hostname={self.check_hostname}, "
-            f"minimum_version={self.minimum_version.name}, ciphers={self.ciphers!r})"
+            f"minimum_version={self.minimum_version.name}, ciphers={self.ciphers!r}, "
+            f"resume_sessions={self.resume_sessions})"
         )
 
     def _build(self, *, server_side: bool) -> ssl.SSLContext:
@@ -237,9 +252,18 @@ class Security:
             else:
                 context.verify_mode = ssl.CERT_NONE
             context.sslobject_class = ServerSSLObject
+            # One ticket per connection is all a comm client uses; none without resumption.
+            context.num_tickets = 1 if self.resume_sessions else 0
         else:
             context.check_hostname = self.check_hostname
+            if self.resume_sessions:
+                context.sslobject_class = ResumingSSLObject
         return context
+
+    @property
+    def session_cache(self) -> SessionCache | None:
+        """The tickets kept for resuming client connections (``None`` if turned off)."""
+        return self._sessions
 
 
 def context_for(args: Mapping[str, Any], *, server_side: bool, address: str) -> ssl.SSLContext:
