@@ -18,6 +18,7 @@ import pytest
 
 import comm_core
 from comm_core import Comm, CommClosedError, Listener
+from comm_core.protocol import PREAMBLE, FrameDecoder, decode_message
 from comm_core.testing import echo_handler
 
 _T = TypeVar("_T")
@@ -221,3 +222,25 @@ def rss() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def server_greeting(data: bytes) -> dict[str, Any]:
+    """What a listener sends before hearing from its peer: the preamble, then its handshake.
+
+    Fails the test unless *data* is exactly that.
+    """
+    messages: list[list[Any]] = []
+    decoder = FrameDecoder(messages.append, max_message_size=1 << 20)
+    view = memoryview(data)
+    while view.nbytes:
+        buf = decoder.get_buffer(view.nbytes)
+        n = min(buf.nbytes, view.nbytes)
+        buf[:n] = view[:n]
+        decoder.buffer_updated(n)
+        view = view[n:]
+    assert data.startswith(PREAMBLE), data[:16]
+    assert len(messages) == 1, f"{len(messages)} messages after the preamble"
+    info = decode_message(messages[0])
+    assert isinstance(info, dict), info
+    assert info["protocol"] == 1, info
+    return info

@@ -105,11 +105,17 @@ def _local_info(comm: Comm, overrides: Mapping[str, Any] | None) -> dict[str, An
 async def _handshake(
     comm: Comm, overrides: Mapping[str, Any] | None, timeout: float, who: str
 ) -> None:
-    """Send our info and read the peer's; abort *comm* on any failure."""
-    local = _local_info(comm, overrides)
+    """Send our info and read the peer's; abort *comm* on any failure.
+
+    A listener's stream comms sent their info with the preamble already
+    (:meth:`_ServerHandshake.greeting`); they only read.
+    """
+    sent = comm._handshake_sent
+    local = _local_info(comm, overrides) if sent is None else sent
     try:
         async with timeout_after(timeout):
-            await comm.write(local)
+            if sent is None:
+                await comm.write(local)
             peer = await comm.read()
     except TimeoutError as exc:
         comm.abort()
@@ -274,6 +280,12 @@ class _ServerHandshake:
             return self.listener.contact_address if self.listener else self.address
         except Exception:  # not started, or stopped
             return self.address
+
+    def greeting(self, comm: Comm) -> dict[str, Any]:
+        """The handshake message of *comm*, for a transport that sends it before hearing
+        from the peer (comm_core.stream.StreamAcceptor). The transport then sets
+        ``comm._handshake_sent`` to it, and the handshake only reads."""
+        return _local_info(comm, self.overrides)
 
     def abort_pending(self) -> None:
         pending, self._pending = self._pending, set()

@@ -88,6 +88,8 @@ class Comm(ABC):
         self.name: str | None = None
         self._local_info: Mapping[str, Any] = _EMPTY
         self._peer_info: Mapping[str, Any] = _EMPTY
+        #: What this side's handshake message said, once sent ahead of the handshake.
+        self._handshake_sent: Mapping[str, Any] | None = None
         _live_comms.add(self)
 
     # -- the transport's part -------------------------------------------------------

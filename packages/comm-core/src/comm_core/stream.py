@@ -27,7 +27,7 @@ from typing import Any, cast
 from comm_core._addressing import unparse_address
 from comm_core._config import get_setting
 from comm_core.abc import Comm, CommHandler, Listener, OnError
-from comm_core.exceptions import CommClosedError, ProtocolError
+from comm_core.exceptions import CommClosedError, CommError, ProtocolError
 from comm_core.protocol import (
     PREAMBLE,
     Decoder,
@@ -97,6 +97,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.waiter: asyncio.Future[list[Any]] | None = None
         self.out: list[Any] = []
         self.out_size = 0
+        #: Bytes a listener sends right after the preamble, before hearing from the
+        #: peer (comm-core's handshake message); see StreamAcceptor.
+        self.greeting: bytes | None = None
+        # The preamble waits in self.out for the first write (or read, or close),
+        # so that it leaves with it in one system call.
+        self.preamble_pending = False
         self.flush_handle: asyncio.Handle | None = None
         # True once a write went out since the last read or flush: later writes gather.
         self.burst = False
@@ -119,7 +125,13 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.peer = format_sockaddr(self.scheme, transport.get_extra_info("peername"))
         self.decoder.peer = self.peer
         self.transport.set_write_buffer_limits(high=self.write_high_water)
-        self.transport.write(PREAMBLE)
+        if self.greeting is not None:
+            self.transport.write(PREAMBLE + self.greeting)
+            self.greeting = None
+        else:
+            self.out.append(PREAMBLE)
+            self.out_size += len(PREAMBLE)
+            self.preamble_pending = True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.decoder.get_buffer(sizehint)
@@ -243,6 +255,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
         """Hand what writes gathered during this loop iteration to the transport."""
         self.flush_handle = None
         self.burst = False
+        self.preamble_pending = False
         out = self.out
         if not out or self.transport is None:
             return
@@ -318,6 +331,10 @@ class StreamComm(Comm):
     protocol_class: type[StreamProtocol] = StreamProtocol
     #: Seconds ``close()`` waits for queued data to reach the peer before aborting.
     close_timeout: float = 10.0
+    #: Whether ``close()`` always waits (up to :attr:`close_timeout`) for the transport to
+    #: finish, not only while data is queued: for transports whose close runs an exchange
+    #: of its own (TLS's close_notify), so that no socket outlives a loop closed after it.
+    close_waits_for_transport: bool = False
 
     def __init__(
         self,
@@ -390,6 +407,8 @@ class StreamComm(Comm):
                 raise p.read_error()
             if p.waiter is not None:
                 raise RuntimeError(f"{self!r}: read() called while another read() is waiting")
+            if p.preamble_pending:
+                p.flush()  # the peer may be waiting for it before it says anything
             waiter = p.waiter = p.loop.create_future()
             try:
                 frames = await waiter
@@ -438,6 +457,10 @@ class StreamComm(Comm):
                     # loop iteration.
                     p.burst = True
                     p.transport.write(buffers[0])
+                elif p.preamble_pending:  # the first write: the preamble leaves with it
+                    p.out.append(buffers[0])
+                    p.flush()
+                    p.burst = True
                 else:
                     p.out.append(buffers[0])
                     p.out_size += nbytes
@@ -475,7 +498,7 @@ class StreamComm(Comm):
         p.wake_reader()
         p.wake_writer()
         lost = p.lost
-        if not pending or lost is None or lost.done():
+        if lost is None or lost.done() or not (pending or self.close_waits_for_transport):
             return  # everything is with the kernel, which delivers it before the FIN
         # Wait until the transport has flushed, but not for ever on a peer that
         # does not read.
@@ -521,7 +544,23 @@ class StreamAcceptor:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def accept(self, comm: StreamComm) -> StreamComm:
-        """Start *comm*'s deadline for the preamble; return *comm*."""
+        """Start *comm*'s deadline for the preamble; return *comm*.
+
+        If the listener was made by :func:`comm_core.listen`, *comm*'s
+        handshake message is encoded here and sent with the preamble as soon
+        as the connection is made, without waiting for the peer's (as the
+        protocol allows); the peer then has it one round trip sooner.
+        """
+        greet = getattr(self.handle_comm, "greeting", None)
+        if greet is not None:
+            info = greet(comm)
+            try:
+                buffers, _ = comm._encoder_for(None, "raise").encode(info)
+            except CommError:
+                pass  # unsendable handshake overrides: the handshake reports it
+            else:
+                comm.protocol.greeting = b"".join(buffers)
+                comm._handshake_sent = info
         timeout = self.listener.handshake_timeout
         loop = asyncio.get_running_loop()
         self._waiting[comm] = loop.call_later(timeout, self._expire, comm, timeout)

@@ -76,6 +76,7 @@ class TLSComm(TCPComm):
 
     protocol_class = TLSProtocol
     protocol: TLSProtocol
+    close_waits_for_transport = True  # TLS's close_notify exchange takes loop iterations
 
     def __init__(self, *, scheme: str = "tls", **kwargs: Any) -> None:
         super().__init__(scheme=scheme, **kwargs)
