@@ -128,3 +128,56 @@ async def test_reader_that_does_not_read_pauses_its_transport() -> None:
             assert msg["data"] == payload(index)
         with pytest.raises(CommClosedError):
             await within(client.read(), "the read after the server closed")
+
+
+async def test_concurrent_writes_never_cut_into_a_large_message() -> None:
+    """Small writes made while a large message is still going out wait for it to finish.
+
+    The large message has two out-of-band frames, so its write waits for the
+    transport in the middle of a frame and between frames; messages written
+    meanwhile by other tasks arrive whole, after it, in order.
+    """
+    one, two = os.urandom(24 * MiB), os.urandom(24 * MiB)
+    received: list[Any] = []
+    async with serving(hold) as served, connected(served.address()) as client:
+        server = await served.accepted()
+        large = asyncio.ensure_future(client.write({"one": one, "two": two}))
+        await until(lambda: client.protocol.write_paused, "the large write to wait")  # type: ignore[attr-defined]
+        small = [asyncio.ensure_future(client.write({"n": n})) for n in range(20)]
+
+        async def read_all() -> None:
+            while len(received) < 21:
+                received.append(await server.read())
+
+        await within(asyncio.gather(large, *small, read_all()), "every message to arrive")
+    big = received[0]
+    assert bytes(big["one"]) == one
+    assert bytes(big["two"]) == two
+    assert received[1:] == [{"n": n} for n in range(20)]
+
+
+async def test_concurrent_writers_blocked_on_backpressure_all_resume() -> None:
+    """Several writers waiting on one full transport all go on once the peer reads."""
+    payload = os.urandom(512 * 1024)  # below the size written apart: plain writes
+    writers, count = 4, 32  # 64 MiB in all, far beyond what the buffers hold
+    async with (
+        serving(hold, read_high_water=MiB) as served,
+        connected(served.address()) as client,
+    ):
+        server = await served.accepted()
+
+        async def write_many(w: int) -> None:
+            for i in range(count):
+                await client.write({"w": w, "i": i, "data": payload})
+
+        tasks = [asyncio.ensure_future(write_many(w)) for w in range(writers)]
+        protocol = client.protocol  # type: ignore[attr-defined]
+        await until(
+            lambda: len(protocol.drain_waiters) == writers, "every writer to wait for the transport"
+        )
+        got = [await within(server.read(), f"message {n}") for n in range(writers * count)]
+        await within(asyncio.gather(*tasks), "every writer to finish")
+    for w in range(writers):
+        mine = [m for m in got if m["w"] == w]
+        assert [m["i"] for m in mine] == list(range(count))
+        assert all(bytes(m["data"]) == payload for m in mine)

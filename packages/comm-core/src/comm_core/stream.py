@@ -41,7 +41,8 @@ __all__ = ["StreamAcceptor", "StreamComm", "StreamProtocol", "format_sockaddr"]
 logger = logging.getLogger("comm_core.stream")
 
 _WRITELINES_ZERO_COPY = sys.version_info >= (3, 12)
-_CHUNK = 4 * 1024 * 1024  # large buffers are handed to the transport in slices this big
+#: Large buffers go to a transport that copies (Python < 3.12) in slices this big.
+_SLICE = 1024 * 1024
 _LARGE = 1024 * 1024  # buffers at least this long are written apart from small ones
 
 
@@ -107,7 +108,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
         # True once a write went out since the last read or flush: later writes gather.
         self.burst = False
         self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
+        # Writers waiting for the transport to drain (several if writes run concurrently).
+        self.drain_waiters: list[asyncio.Future[None]] = []
+        # Set while a write hands a message to the transport in pieces and waits in
+        # between: other writes wait for it, so that no message is cut into.
+        self.piecewise: asyncio.Future[None] | None = None
         self.closing = False  # close() or abort() was called on this side
         self.peer_gone = False  # EOF, connection lost, or a protocol error
         self.error: BaseException | None = None  # why the comm ended, if not by us
@@ -218,10 +223,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
             waiter.set_exception(self.read_error())
 
     def wake_writer(self) -> None:
-        waiter = self.drain_waiter
-        if waiter is not None and not waiter.done():
-            self.drain_waiter = None
-            waiter.set_result(None)
+        if self.drain_waiters:
+            waiters, self.drain_waiters = self.drain_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def fail(self, exc: ProtocolError) -> None:
         """The peer broke the protocol: drop the connection, keep the reason for readers."""
@@ -262,7 +268,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
         if len(out) == 1:
             self.transport.write(out[0])
         elif _WRITELINES_ZERO_COPY:
-            self.transport.writelines(out)
+            transport = self.transport
+            transport.writelines(out)
+            if not self.write_paused and transport.get_write_buffer_size() > self.write_high_water:
+                # asyncio's socket transport (3.12, 3.13) does not pause its protocol
+                # in writelines() as it does in write(); setting the limits checks.
+                transport.set_write_buffer_limits(high=self.write_high_water)
         else:
             self.transport.write(b"".join(out))
         self.out = []
@@ -277,36 +288,71 @@ class StreamProtocol(asyncio.BufferedProtocol):
             if self.closing or self.peer_gone:
                 raise self.closed_error() from self.error
             assert self.loop is not None
-            waiter = self.drain_waiter = self.loop.create_future()
+            waiter = self.loop.create_future()
+            self.drain_waiters.append(waiter)
             await waiter
         if self.peer_gone and not self.closing:
             raise self.closed_error() from self.error
 
     async def write_buffers(self, buffers: list[Any]) -> None:
-        """Write a message with out-of-band frames, large ones without copying."""
+        """Write a message with out-of-band frames, large ones without copying.
+
+        Other writes wait until the whole message is with the transport
+        (:attr:`piecewise`), since this one may wait for the transport between
+        its frames.
+        """
         transport = self.transport
         assert transport is not None
+        assert self.loop is not None
         if self.flush_handle is not None:
             self.flush_handle.cancel()
         cap = self.max_write_chunk
-        for buf in buffers:
-            size = memoryview(buf).nbytes
-            if size < _LARGE:
-                self.out.append(buf)
-                continue
+        self.piecewise = self.loop.create_future()
+        try:
+            for buf in buffers:
+                size = memoryview(buf).nbytes
+                if size < _LARGE:
+                    self.out.append(buf)
+                    continue
+                self.flush()
+                if _WRITELINES_ZERO_COPY and (cap is None or size <= cap):
+                    transport.write(buf)
+                    if self.write_paused:
+                        await self.drain()
+                    continue
+                view = memoryview(buf)
+                if cap is None:
+                    await self._write_uncopied(transport, view)
+                    continue
+                for offset in range(0, size, cap):
+                    transport.write(view[offset : offset + cap])
+                    if self.write_paused:
+                        await self.drain()
             self.flush()
-            if _WRITELINES_ZERO_COPY and (cap is None or size <= cap):
-                transport.write(buf)
+        finally:
+            piecewise, self.piecewise = self.piecewise, None
+            piecewise.set_result(None)
+
+    async def _write_uncopied(self, transport: asyncio.Transport, view: memoryview) -> None:
+        """Write a large buffer through a transport that copies what it cannot send at once.
+
+        asyncio's socket transport before Python 3.12 sends from the caller's
+        buffer only while its own is empty, and copies the rest. So slices go
+        out one at a time, each once the transport's buffer is empty: the kernel
+        takes most of each straight from *view*, and only a slice's remainder
+        is copied.
+        """
+        high = self.write_high_water
+        transport.set_write_buffer_limits(high=0)  # pause until the buffer is empty
+        try:
+            size = view.nbytes
+            for offset in range(0, size, _SLICE):
+                transport.write(view[offset : offset + _SLICE])
                 if self.write_paused:
                     await self.drain()
-                continue
-            chunk = cap or _CHUNK
-            view = memoryview(buf)
-            for offset in range(0, size, chunk):
-                transport.write(view[offset : offset + chunk])
-                if self.write_paused:
-                    await self.drain()
-        self.flush()
+        finally:
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high)
 
 
 class StreamComm(Comm):
@@ -448,6 +494,10 @@ class StreamComm(Comm):
                 raise CommClosedError(f"{self!r} is not connected")
             raise p.closed_error() from p.error
         buffers, nbytes = self._encoder_for(serializers, on_error).encode(msg)
+        while p.piecewise is not None:  # another write is handing over a large message
+            await asyncio.shield(p.piecewise)
+            if p.closing or p.peer_gone:
+                raise p.closed_error() from p.error
         try:
             if len(buffers) == 1 and (p.max_write_chunk is None or nbytes <= p.max_write_chunk):
                 if not p.burst and not p.out:

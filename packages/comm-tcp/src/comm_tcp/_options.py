@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ class SocketOptions:
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> SocketOptions:
         """Build from connection arguments, ignoring those that are not socket options."""
+        if cls is SocketOptions and not args.keys() & _OPTION_NAMES:
+            return _DEFAULT
         timeout = args.get("dead_peer_timeout", cls.dead_peer_timeout)
         if timeout is not None:
             timeout = float(timeout)
@@ -43,24 +46,34 @@ class SocketOptions:
 
     def apply(self, sock: Any) -> None:
         """Set the options on *sock* (a socket or an asyncio ``TransportSocket``)."""
+        setsockopt = sock.setsockopt
+        for level, option, value in self._settings:
+            setsockopt(level, option, value)
+
+    @functools.cached_property
+    def _settings(self) -> tuple[tuple[int, int, int], ...]:
+        """``(level, option, value)`` for each ``setsockopt`` call, worked out once."""
         # Both ways: event loops turn TCP_NODELAY on by themselves, so nodelay=False
         # must turn it off again.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.keepalive))
+        settings = [
+            (socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay)),
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, int(self.keepalive)),
+        ]
         timeout = self.dead_peer_timeout
         if timeout is None:
-            return
+            return tuple(settings)
         if self.keepalive:
             idle = max(1, int(timeout / 3))
             interval = max(1, int(timeout / 6))
             for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPINTVL", interval)):
                 if hasattr(socket, name):
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+                    settings.append((socket.IPPROTO_TCP, getattr(socket, name), value))
             if hasattr(socket, "TCP_KEEPCNT"):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+                settings.append((socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4))
         user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
         if user_timeout is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, user_timeout, int(timeout * 1000))
+            settings.append((socket.IPPROTO_TCP, user_timeout, int(timeout * 1000)))
+        return tuple(settings)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,3 +81,7 @@ class SocketOptions:
             "keepalive": self.keepalive,
             "dead_peer_timeout": self.dead_peer_timeout,
         }
+
+
+_OPTION_NAMES = frozenset({"nodelay", "keepalive", "dead_peer_timeout"})
+_DEFAULT = SocketOptions()
