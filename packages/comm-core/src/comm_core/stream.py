@@ -315,39 +315,35 @@ class StreamProtocol(asyncio.BufferedProtocol):
                     self.out.append(buf)
                     continue
                 self.flush()
-                if _WRITELINES_ZERO_COPY and (cap is None or size <= cap):
+                if _WRITELINES_ZERO_COPY and cap is None:
                     transport.write(buf)
                     if self.write_paused:
                         await self.drain()
                     continue
-                view = memoryview(buf)
-                if cap is None:
-                    await self._write_uncopied(transport, view)
-                    continue
-                for offset in range(0, size, cap):
-                    transport.write(view[offset : offset + cap])
-                    if self.write_paused:
-                        await self.drain()
+                await self._write_sliced(transport, memoryview(buf), min(cap or _SLICE, _SLICE))
             self.flush()
         finally:
             piecewise, self.piecewise = self.piecewise, None
             piecewise.set_result(None)
 
-    async def _write_uncopied(self, transport: asyncio.Transport, view: memoryview) -> None:
+    async def _write_sliced(
+        self, transport: asyncio.Transport, view: memoryview, step: int
+    ) -> None:
         """Write a large buffer through a transport that copies what it cannot send at once.
 
         asyncio's socket transport before Python 3.12 sends from the caller's
-        buffer only while its own is empty, and copies the rest. So slices go
-        out one at a time, each once the transport's buffer is empty: the kernel
-        takes most of each straight from *view*, and only a slice's remainder
-        is copied.
+        buffer only while its own is empty, and copies the rest; TLS transports
+        encrypt into buffers of their own. So slices go out one at a time, each
+        once the transport's buffer is empty: the kernel takes most of each
+        straight from *view* (or from the TLS layer's buffer), only a slice's
+        remainder is copied, and the buffers in between stay small.
         """
         high = self.write_high_water
-        transport.set_write_buffer_limits(high=0)  # pause until the buffer is empty
+        transport.set_write_buffer_limits(high=1)  # pause until the buffer is empty
         try:
             size = view.nbytes
-            for offset in range(0, size, _SLICE):
-                transport.write(view[offset : offset + _SLICE])
+            for offset in range(0, size, step):
+                transport.write(view[offset : offset + step])
                 if self.write_paused:
                     await self.drain()
         finally:
