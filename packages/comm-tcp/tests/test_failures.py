@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import comm_core
 from comm_core import Comm, CommClosedError, MessageTooLargeError, ProtocolError
 from comm_core.protocol import MAGIC, PREAMBLE
 from tcp_support import (
@@ -358,3 +359,38 @@ async def test_abort_after_a_close_that_flushed() -> None:
         assert server.closed()
         with pytest.raises(CommClosedError):
             await within(client.read(), "the read after the server closed")
+
+
+# -- a connection reset under a writer that never waits ----------------------------------------
+
+
+async def test_writes_after_a_reset_raise_instead_of_vanishing() -> None:
+    """Regression: after the peer reset the connection, a writer whose writes never had to
+    wait (so it never yielded to the event loop) wrote into the void for ever: the
+    transport dropped the data and connection_lost() could not run. write() must raise
+    CommClosedError at once."""
+    with socket.create_server((IPV4, 0)) as server_sock:
+        port = server_sock.getsockname()[1]
+        connector = comm_core.get_backend("tcp").get_connector()
+        comm = await within(connector.connect(f"{IPV4}:{port}"), "a raw connect")
+        try:
+            peer, _ = server_sock.accept()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Out-of-band frames: each write() hands its bytes to the socket at once, and
+            # ten of them fit in the kernel's buffers, so none has to wait.
+            payload = bytes(100 * 1024)
+            written = 0
+            failure: CommClosedError | None = None
+            for index in range(2000):
+                if index == 10:
+                    peer.close()  # an RST, which the writer learns of on its next send
+                try:
+                    await comm.write({"index": index, "data": payload})
+                except CommClosedError as exc:
+                    failure = exc
+                    break
+                written += 1
+            assert failure is not None, "2000 writes after the reset all 'succeeded'"
+            assert 10 <= written < 20, written
+        finally:
+            comm.abort()

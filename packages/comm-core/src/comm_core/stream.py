@@ -424,7 +424,10 @@ class StreamComm(Comm):
         on_error: OnError = "raise",
     ) -> int:
         p = self.protocol
-        if p.closing or p.peer_gone or p.transport is None:
+        # A transport that hit a fatal error is closing before connection_lost() runs
+        # (on a later loop iteration) and drops what it is given: raise now, or a writer
+        # that never has to wait would write into the void for ever.
+        if p.closing or p.peer_gone or p.transport is None or p.transport.is_closing():
             if p.transport is None and not p.closing:
                 raise CommClosedError(f"{self!r} is not connected")
             raise p.closed_error() from p.error
