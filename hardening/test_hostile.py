@@ -9,8 +9,10 @@ client on the same listener keeps its latency while 100 attackers hammer it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
+import struct
 import sys
 import tracemalloc
 from pathlib import Path
@@ -18,25 +20,29 @@ from typing import Any
 
 import pytest
 
+from comm_core.protocol import PREAMBLE
 from hostile import ABSURD, Outcome, attack, kinds_for
 from support import (
     HANDSHAKE_TIMEOUT,
     Transport,
     connect,
     echo,
+    linux_only,
     percentile,
     record,
     round_trips,
+    rss,
     serving,
+    until,
     within,
 )
 
 #: Attacks dropped as soon as their first bytes arrive, by transport. A tls listener
-#: answers a peer that does not speak TLS with an alert, then gives it until the
-#: handshake timeout to hang up (so that a tcp:// comm client reads the alert).
+#: answers a peer that does not speak TLS with an alert, then hangs up; a truncated
+#: ClientHello is a TLS peer still talking, given until the handshake timeout.
 ON_SIGHT = {
     "tcp": {"http", "tls-client-hello", "random-bytes", "absurd-frame-length"},
-    "tls": {"absurd-frame-length"},
+    "tls": {"http", "random-bytes", "absurd-frame-length"},
 }
 #: How much later than its deadline a drop may come on a busy 2-core machine.
 SLACK = 2.0
@@ -116,6 +122,43 @@ async def test_absurd_frame_lengths_allocate_nothing(transport: Transport, scale
            transport=transport.scheme, connections=count, claimed_bytes=ABSURD)  # fmt: skip
     record("hostile.absurd-frame-length.traced_peak_per_connection",
            round(per_connection / 1024, 1), "KiB", transport=transport.scheme)  # fmt: skip
+
+
+@linux_only
+@pytest.mark.parametrize("claim", [2**20 - 1, 2**30 - 1], ids=["1MiB", "1GiB"])
+async def test_claims_under_the_limit_cost_at_most_the_claim(claim: int, scale: Any) -> None:
+    """A header claiming a frame just under the limit (1 GiB by default) before the
+    handshake: the listener reserves a buffer of that size for it, and holds it until the
+    handshake timeout. Resident memory per connection never exceeds the claim (frames of
+    1 MiB and more are mapped lazily: they cost nothing until the bytes arrive)."""
+    count = scale.count(50)
+    header = PREAMBLE + struct.pack("<IQ", 1, claim)
+    tcp = Transport("tcp")
+    async with serving(tcp, echo, handshake_timeout=HANDSHAKE_TIMEOUT) as served:
+        gc.collect()
+        before = rss()
+        conns = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(count)]
+        try:
+            for _, writer in conns:
+                writer.write(header)
+            # Every claim has been read by the listener once its buffers are reserved:
+            # its preamble went out first; wait for each connection's greeting.
+            for reader, _ in conns:
+                assert await within(reader.readexactly(len(PREAMBLE)), "greeting") == PREAMBLE
+            await until(lambda: rss() - before >= 0, "a memory reading")
+            grown = max(0, rss() - before)
+            ends = await within(
+                asyncio.gather(*(reader.read() for reader, _ in conns)), "the drops", timeout=30
+            )
+        finally:
+            for _, writer in conns:
+                writer.transport.abort()
+    assert all(isinstance(end, bytes) for end in ends)
+    per_connection = grown / count
+    assert per_connection <= claim + 64 * 1024, per_connection
+    record(f"hostile.claim-{claim + 1 >> 20}MiB-minus-1.rss_per_connection",
+           round(per_connection / 1024, 1), "KiB", connections=count, claimed_bytes=claim,
+           held_for_s=HANDSHAKE_TIMEOUT)  # fmt: skip
 
 
 def _write_credentials(transport: Transport, path: Path) -> list[str]:
