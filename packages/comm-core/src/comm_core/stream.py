@@ -29,6 +29,7 @@ from comm_core._config import get_setting
 from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, ProtocolError
 from comm_core.protocol import (
+    MAX_FIRST_MESSAGE,
     PREAMBLE,
     Decoder,
     Encoder,
@@ -89,7 +90,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.local = f"{self.scheme}://"
         self.peer = f"{self.scheme}://"
-        self.decoder = FrameDecoder(self.on_message, max_message_size=max_message_size)
+        self.decoder = FrameDecoder(
+            self.on_message,
+            max_message_size=max_message_size,
+            first_message_limit=MAX_FIRST_MESSAGE,  # the handshake: reserve little for it
+        )
         self.established = False
         self.ready: deque[tuple[list[Any], int]] = deque()  # frames and their size
         self.ready_bytes = 0
