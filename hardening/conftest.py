@@ -25,7 +25,7 @@ import pytest
 
 import comm_core
 from comm_core import Comm
-from comm_core.testing import open_comms
+from comm_core.testing import open_comms, open_listeners
 from support import FIGURES, Transport, fd_count
 
 RESULTS = Path(__file__).parent / "results"
@@ -153,7 +153,8 @@ def _settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
-    """Fail a test that leaves a comm open, lets one be collected open, or leaks descriptors.
+    """Fail a test that leaves a comm open or a listener running, lets one be collected
+    open, or leaks descriptors.
 
     Each async test runs in an event loop of its own that is closed before
     this check, so descriptors must be back exactly where they were. (The
@@ -161,12 +162,14 @@ def _no_leaks() -> Iterator[None]:
     """
     gc.collect()
     before: weakref.WeakSet[Comm] = weakref.WeakSet(open_comms(collect=False))
+    listeners = set(map(id, open_listeners()))
     fds = fd_count() if sys.platform.startswith("linux") else None
     yield
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         leaked = [comm for comm in open_comms() if comm not in before]
     problems = [f"left open: {comm!r}" for comm in leaked]
+    problems += [f"left running: {lst!r}" for lst in open_listeners() if id(lst) not in listeners]
     problems += [f"{w.message}" for w in caught if issubclass(w.category, ResourceWarning)]
     for comm in leaked:
         with contextlib.suppress(Exception):
