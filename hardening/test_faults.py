@@ -27,6 +27,7 @@ from support import (
     percentile,
     record,
     serving,
+    until,
     within,
 )
 
@@ -251,6 +252,34 @@ async def test_stall_a_reader_bounds_its_wait_and_the_comm_is_closed(
             server.abort()
     record("faults.stall.bounded_read_gave_up_after", round(waited, 3), "s",
            transport=transport.scheme, read_timeout=DEAD_PEER_TIMEOUT)  # fmt: skip
+
+
+async def test_stall_close_gives_up_after_its_timeout(transport: Transport) -> None:
+    """close() flushes what was written, but not for ever: on a stalled connection with
+    data still queued it aborts after ``close_timeout`` (10 s by default; 1 s here)."""
+    loop = asyncio.get_running_loop()
+    async with serving(transport, hold) as served, FaultProxy(served.port) as proxy:
+        client, server, link = await proxied_pair(transport, served, proxy)
+        try:
+            link.inject("stall", "up", after=0)
+            client.close_timeout = 1.0  # type: ignore[attr-defined]
+            # Write until a write waits for the stalled peer (backpressure)...
+            written: list[int] = []
+            writing = asyncio.ensure_future(write_until_failure(client, 3, written))
+            protocol = client.protocol  # type: ignore[attr-defined]
+            await until(lambda: protocol.write_paused, "the writer to wait for the stall")
+            # ...then close while data is still queued: the waiting write fails at once.
+            start = loop.time()
+            await within(client.close(), "close() on a stalled connection", timeout=10)
+            took = loop.time() - start
+            assert client.closed()
+            await within(writing, "the waiting write to fail")
+        finally:
+            client.abort()
+            server.abort()
+    assert 0.5 <= took <= 1.0 + SLACK, took
+    record("faults.stall.close_returned_after", round(took, 3), "s",
+           transport=transport.scheme, close_timeout=1.0)  # fmt: skip
 
 
 # -- throttle and orderly close -----------------------------------------------------------------
