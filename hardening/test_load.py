@@ -52,6 +52,8 @@ async def test_a_thousand_comms_at_once(tcp: Transport, scale: Any) -> None:
     loop = asyncio.get_running_loop()
     fds_before, tasks_before = fd_count(), len(other_tasks())
     async with serving(tcp, echo, backlog=2048) as served:
+        gc.collect()
+        rss_before = rss()
         start = loop.time()
         comms: list[Comm] = await within(
             asyncio.gather(*(connect(tcp, served.port, timeout=60) for _ in range(count))),
@@ -71,6 +73,7 @@ async def test_a_thousand_comms_at_once(tcp: Transport, scale: Any) -> None:
                 timeout=120,
             )
             exchanged = loop.time() - start
+            rss_open = rss()
         finally:
             await asyncio.gather(*(comm.close() for comm in comms))
         assert len(served.comms) == count
@@ -86,6 +89,8 @@ async def test_a_thousand_comms_at_once(tcp: Transport, scale: Any) -> None:
     record("load.thousand.round_trip_p99", round(percentile(flat, 99) * 1e3, 2), "ms",
            concurrent=count)  # fmt: skip
     record("load.thousand.fds_open", fds_open, "fds")
+    record("load.thousand.rss_per_comm_pair", round((rss_open - rss_before) / count / 1024, 1),
+           "KiB", note="both ends in this process, after the round trips")  # fmt: skip
     record("load.thousand.fds_before", fds_before, "fds")
     record("load.thousand.fds_after", fds_after, "fds", settle_s=round(settled, 2))
 
