@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import ssl
 import struct
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -165,7 +167,9 @@ async def _campaign(
 
     async def worker(index: int) -> None:
         kind = kinds[index % len(kinds)]
-        while time.monotonic() < deadline:
+        for _ in range(1_000_000):  # bounded in count too; the deadline comes first
+            if time.monotonic() >= deadline:
+                return
             try:
                 outcomes.append(await attack(kind, port, tls=tls, timeout=duration + 30))
             except (ConnectionError, OSError, ssl.SSLError) as exc:
@@ -199,9 +203,6 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.credentials, encoding="utf-8") as f:
             creds = json.load(f)
         tls = ssl.create_default_context(cadata=creds["ca"])
-        import os
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "client.pem")
             with open(path, "w", encoding="utf-8") as f:

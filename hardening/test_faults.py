@@ -75,6 +75,10 @@ async def read_all(comm: Comm, received: list[int], failed: list[float]) -> None
         failed.append(loop.time())
 
 
+#: Most messages a test writes into one faulty connection.
+MAX_MESSAGES = 20_000
+
+
 async def write_until_failure(comm: Comm, seed: int, written: list[int]) -> float:
     """Write messages until a write fails; return when it did."""
     loop = asyncio.get_running_loop()
@@ -84,7 +88,9 @@ async def write_until_failure(comm: Comm, seed: int, written: list[int]) -> floa
         except CommClosedError:
             return loop.time()
         written.append(msg["seq"])
-    raise AssertionError("unreachable")
+        if len(written) >= MAX_MESSAGES:
+            break
+    raise AssertionError(f"{MAX_MESSAGES} writes into a faulty connection all succeeded")
 
 
 async def proxied_pair(
