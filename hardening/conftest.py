@@ -14,7 +14,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import sys
 import warnings
 import weakref
@@ -48,6 +47,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     # 1,000 comms in one process need two descriptors each, and then some.
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
