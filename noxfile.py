@@ -164,11 +164,14 @@ def hardening(session: nox.Session) -> None:
     """Run the reliability suite in hardening/ (see docs/hardening.rst).
 
     ``nox -s hardening -- --soak`` multiplies its counts and durations and runs
-    the coverage-guided fuzzer (atheris, installed only then). Other arguments
-    after ``--`` go to pytest.
+    the coverage-guided fuzzer (atheris, installed only then);
+    ``-- --comm-loop=uvloop`` runs it on uvloop. Other arguments after ``--`` go
+    to pytest.
     """
     _install_packages(session, *PACKAGES, extras=None)
     session.install("pytest", "hypothesis", "trustme")
+    if sys.platform != "win32":  # for `-- --comm-loop=uvloop`
+        session.install("uvloop")
     soak = "--soak" in session.posargs
     if soak:
         # atheris ships wheels for few Pythons; its tests skip, saying why, without it.

@@ -25,6 +25,7 @@ import pytest
 import comm_core
 from comm_core import Comm
 from comm_core.testing import open_comms, open_listeners
+from comm_core.testing import plugin as _plugin
 from support import FIGURES, Transport, fd_count
 
 RESULTS = Path(__file__).parent / "results"
@@ -98,10 +99,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not FIGURES:
         return
     soak = bool(session.config.getoption("--soak"))
-    mode = "soak" if soak else "ci"
+    loop = str(session.config.getoption("--comm-loop"))
+    mode = ("soak" if soak else "ci") + ("" if loop == "asyncio" else f"-{loop}")
     RESULTS.mkdir(exist_ok=True)
     about = {
         "mode": mode,
+        "event_loop": loop,
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -154,8 +157,11 @@ def _settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+_warmed_up: set[str] = set()
+
+
 @pytest.fixture(autouse=True)
-def _no_leaks() -> Iterator[None]:
+def _no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves a comm open or a listener running, lets one be collected
     open, or leaks descriptors.
 
@@ -163,6 +169,12 @@ def _no_leaks() -> Iterator[None]:
     this check, so descriptors must be back exactly where they were. (The
     async test plugin already fails a test that leaves tasks running.)
     """
+    # A loop implementation may open descriptors of its own once per process (uvloop
+    # opens a pipe): make that happen before counting.
+    loop = _plugin.loop_name(request.node)
+    if loop not in _warmed_up:
+        _warmed_up.add(loop)
+        _plugin.loop_factory(loop)().close()
     gc.collect()
     before: weakref.WeakSet[Comm] = weakref.WeakSet(open_comms(collect=False))
     listeners = set(map(id, open_listeners()))
