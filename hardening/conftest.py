@@ -3,7 +3,8 @@
 ``--soak`` is the long mode: counts and durations are multiplied by
 ``--soak-factor`` (default 10) and the coverage-guided fuzzer runs. Every
 figure a test measures goes through :func:`record` into
-``hardening/results/figures-{ci,soak}.{json,md}`` at the end of the run.
+``hardening/results/figures-{ci,soak}.{json,md}`` at the end of the run
+(``figures-ci-uvloop.*`` and so on with ``--comm-loop=uvloop``).
 """
 
 from __future__ import annotations
