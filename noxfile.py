@@ -17,6 +17,10 @@ Default sessions:
 * ``example``: installs the example third-party backend of the docs
   (``docs/examples/comm-unix``) the way a user would, and runs its tests, which
   are comm-core's conformance kit.
+* ``hardening``: the reliability suite in ``hardening/`` (hostile peers, fuzzing,
+  injected faults, load), at its CI size; ``nox -s hardening -- --soak`` runs
+  the long mode, with the coverage-guided fuzzer. Its figures are written to
+  ``hardening/results/``.
 
 Opt-in sessions: ``docs`` (Sphinx HTML and the docs' doctests, warnings are
 errors), ``demo`` (runs ``comm bench`` and ``examples/echo.py``), ``bench``
@@ -40,7 +44,7 @@ nox.needs_version = ">=2025.10.14"  # for `download_python`
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["tests", "integration", "lint", "typecheck", "example"]
+nox.options.sessions = ["tests", "integration", "lint", "typecheck", "example", "hardening"]
 # Use the Pythons that are installed; never download one.
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = bool(os.environ.get("COMM_STRICT_PYTHONS"))
@@ -149,6 +153,30 @@ def example(session: nox.Session) -> None:
     session.install(f"./packages/{CORE}", f"./{EXAMPLE}[test]")
     session.chdir(EXAMPLE)
     session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
+
+
+#: The one Python the hardening suite runs on (it measures; one is enough).
+HARDENING_PYTHON = "3.11"
+
+
+@nox.session(python=HARDENING_PYTHON)
+def hardening(session: nox.Session) -> None:
+    """Run the reliability suite in hardening/ (see docs/hardening.rst).
+
+    ``nox -s hardening -- --soak`` multiplies its counts and durations and runs
+    the coverage-guided fuzzer (atheris, installed only then);
+    ``-- --comm-loop=uvloop`` runs it on uvloop. Other arguments after ``--`` go
+    to pytest.
+    """
+    _install_packages(session, *PACKAGES, extras=None)
+    session.install("pytest", "hypothesis", "trustme")
+    if sys.platform != "win32":  # for `-- --comm-loop=uvloop`
+        session.install("uvloop")
+    soak = "--soak" in session.posargs
+    if soak:
+        # atheris ships wheels for few Pythons; its tests skip, saying why, without it.
+        session.install("atheris", success_codes=[0, 1, 2])
+    session.run("pytest", "-c", "hardening/pytest.ini", "hardening", *session.posargs)
 
 
 @nox.session(default=False)

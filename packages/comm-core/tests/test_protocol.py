@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from comm_core import MessageTooLargeError, ProtocolError, SerializationError
 from comm_core.protocol import (
+    MAX_FIRST_MESSAGE,
     MAX_FRAMES,
     OOB_THRESHOLD,
     PREAMBLE,
@@ -270,6 +271,34 @@ def test_receiver_refuses_from_the_header() -> None:
         decoder.feed(PREAMBLE + header)
     assert info.value.size == 10**15
     assert not messages
+
+
+@pytest.mark.parametrize("claim", [MAX_FIRST_MESSAGE + 1, 2**20 - 1, 2**30])
+def test_first_message_limit_refuses_a_large_first_message_from_the_header(claim: int) -> None:
+    """Regression: a peer's first header (before any handshake) claiming just under 1 MiB
+    made the receiver allocate and zero that much at once, for 20 bytes sent."""
+    decoder = FrameDecoder(
+        lambda f: None, max_message_size=1 << 30, first_message_limit=MAX_FIRST_MESSAGE
+    )
+    with pytest.raises(MessageTooLargeError, match="first message") as info:
+        decoder.feed(PREAMBLE + struct.pack("<IQ", 1, claim))
+    assert info.value.limit == MAX_FIRST_MESSAGE
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+def test_first_message_limit_is_lifted_by_the_first_message(chunk: int | None) -> None:
+    """A large second message is accepted, even in the same bytes as the first."""
+    messages: list[list[Any]] = []
+    decoder = FrameDecoder(
+        messages.append, max_message_size=1 << 30, first_message_limit=MAX_FIRST_MESSAGE
+    )
+    big = {"data": b"x" * (4 * MAX_FIRST_MESSAGE)}
+    stream = PREAMBLE + wire({"protocol": 1}) + wire(big) + wire({"small": 1})
+    step = chunk or len(stream)
+    for start in range(0, len(stream), step):
+        decoder.feed(stream[start : start + step])
+    assert [decode_message(m) for m in messages][1:] == [big, {"small": 1}]
+    assert decoder.max_message_size == 1 << 30
 
 
 @pytest.mark.parametrize("count", [0, MAX_FRAMES + 1, 2**32 - 1])

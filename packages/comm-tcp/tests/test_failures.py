@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from comm_core import Comm, CommClosedError, MessageTooLargeError, ProtocolError
-from comm_core.protocol import MAGIC, PREAMBLE
+import comm_core
+from comm_core import PROTOCOL_VERSION, Comm, CommClosedError, MessageTooLargeError, ProtocolError
+from comm_core.protocol import MAGIC, PREAMBLE, encode_message
 from tcp_support import (
     IPV4,
     MiB,
@@ -359,3 +360,76 @@ async def test_abort_after_a_close_that_flushed() -> None:
         assert server.closed()
         with pytest.raises(CommClosedError):
             await within(client.read(), "the read after the server closed")
+
+
+# -- a connection reset under a writer that never waits ----------------------------------------
+
+
+async def test_writes_after_a_reset_raise_instead_of_vanishing() -> None:
+    """Regression: after the peer reset the connection, a writer whose writes never had to
+    wait (so it never yielded to the event loop) wrote into the void for ever: the
+    transport dropped the data and connection_lost() could not run. write() must raise
+    CommClosedError at once."""
+    with socket.create_server((IPV4, 0)) as server_sock:
+        port = server_sock.getsockname()[1]
+        connector = comm_core.get_backend("tcp").get_connector()
+        comm = await within(connector.connect(f"{IPV4}:{port}"), "a raw connect")
+        try:
+            peer, _ = server_sock.accept()
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Out-of-band frames: each write() hands its bytes to the socket at once, and
+            # ten of them fit in the kernel's buffers, so none has to wait.
+            payload = bytes(100 * 1024)
+            written = 0
+            failure: CommClosedError | None = None
+            for index in range(2000):
+                if index == 10:
+                    peer.close()  # an RST, which the writer learns of on its next send
+                try:
+                    await comm.write({"index": index, "data": payload})
+                except CommClosedError as exc:
+                    failure = exc
+                    break
+                written += 1
+            assert failure is not None, "2000 writes after the reset all 'succeeded'"
+            assert 10 <= written < 20, written
+        finally:
+            comm.abort()
+
+
+# -- the first message (the handshake) is small ---------------------------------------------------
+
+
+async def test_a_large_first_message_is_refused_before_anything_is_reserved(
+    raw_socket: RawSocket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: 20 bytes (the preamble and a header claiming just under 1 MiB) made the
+    listener allocate and zero 1 MiB before the handshake, and hold it until the handshake
+    timeout. A first message is limited to MAX_FIRST_MESSAGE: the peer is dropped at once."""
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    async with serving(handshake_timeout=60) as served:
+        sock, peer = await raw_connect(raw_socket, served.port)
+        start = loop.time()
+        await loop.sock_sendall(sock, PREAMBLE + struct.pack("<IQ", 1, 2**20 - 1))
+        data, _ = await read_until_closed(sock, limit=4096)
+        assert loop.time() - start < 5
+        assert data[: len(PREAMBLE)] == PREAMBLE[: len(data)]
+        assert served.calls == 0
+        assert any("first message" in m for m in logged_about(caplog, peer)), caplog.text
+
+
+async def test_a_large_message_right_after_the_handshake_is_accepted(
+    raw_socket: RawSocket,
+) -> None:
+    """The limit of the first message is lifted as soon as it is read, even when the next
+    message arrives in the same bytes."""
+    loop = asyncio.get_running_loop()
+    [handshake], _ = encode_message({"protocol": PROTOCOL_VERSION})
+    big = encode_message({"data": bytes(2 * MiB)})[0]
+    async with serving(hold) as served:
+        sock, _ = await raw_connect(raw_socket, served.port)
+        await loop.sock_sendall(sock, b"".join([PREAMBLE, handshake, *map(bytes, big)]))
+        server = await served.accepted()
+        msg = await within(server.read(), "the large message")
+        assert bytes(msg["data"]) == bytes(2 * MiB)

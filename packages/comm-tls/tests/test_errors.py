@@ -8,6 +8,7 @@ listener still serves a good client.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 
 import pytest
@@ -20,6 +21,7 @@ from comm_core import (
     ProtocolError,
 )
 from comm_tls import Security, TLSConfigurationError
+from comm_tls._handshake import TLS_ALERT_PROTOCOL_VERSION
 from tls_support import (
     IPV4,
     LONG_CONNECT,
@@ -31,6 +33,7 @@ from tls_support import (
     self_signed,
     serving,
     watching_logs,
+    within,
 )
 
 pytestmark = pytest.mark.usefixtures("loop_name")
@@ -372,6 +375,31 @@ async def test_tcp_client_dialling_a_tls_listener(temporary: Security) -> None:
         "it sent b'\\x8eCOMM\\x01\\x00\\x00', the preamble of a plain comm client: is it "
         "dialling tcp:// instead of tls://?"
     ) in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", bytes(range(0x20, 0x80))],
+    ids=["http", "garbage"],
+)
+async def test_a_peer_that_does_not_speak_tls_is_dropped_at_once(
+    temporary: Security, sent: bytes
+) -> None:
+    """Regression: a peer that does not speak TLS (HTTP, garbage) got the alert, then kept
+    its connection until the handshake timeout; it is dropped right after the alert."""
+    loop = asyncio.get_running_loop()
+    async with serving(security=temporary, handshake_timeout=LONG_CONNECT) as served:
+        reader, writer = await asyncio.open_connection(IPV4, served.port)
+        try:
+            start = loop.time()
+            writer.write(sent)
+            data = await within(reader.read(), "the listener to drop the peer")
+            elapsed = loop.time() - start
+        finally:
+            writer.transport.abort()
+        await _still_serves(served.address(), temporary)
+    assert data == TLS_ALERT_PROTOCOL_VERSION
+    assert elapsed < PROMPT
 
 
 async def test_the_versions_must_overlap(temporary: Security) -> None:

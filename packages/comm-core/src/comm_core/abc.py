@@ -13,6 +13,7 @@ the conformance kit (:mod:`comm_core.testing`) checks it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 from abc import ABC, abstractmethod
@@ -45,8 +46,26 @@ CommHandler = Callable[["Comm"], Coroutine[Any, Any, None]]
 
 _EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
 
-# Every comm and listener alive, so that the conformance kit can find leaks.
+# Every comm alive, and every listener started and not yet stopped, so that the
+# conformance kit can find leaks.
 _live_comms: weakref.WeakSet[Comm] = weakref.WeakSet()
+_live_listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+
+
+def _track_start(
+    start: Callable[[Listener], Coroutine[Any, Any, None]],
+) -> Callable[[Listener], Coroutine[Any, Any, None]]:
+    """Wrap a listener class's ``start()`` to note the listeners that started."""
+
+    @functools.wraps(start)
+    async def tracked(self: Listener) -> None:
+        await start(self)
+        if not self._stopped_by_base:
+            self._running = True
+            _live_listeners.add(self)
+
+    tracked._comm_tracked = True  # type: ignore[attr-defined]
+    return tracked
 
 
 class Capability:
@@ -254,6 +273,16 @@ class Listener(ABC):
     """
 
     _comm_handler: Any = None  # set by comm_core.listen(); aborts pending handshakes
+    _stopped_by_base = False  # Listener.stop() ran
+    _running = False  # started, and not stopped since
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Note every listener that starts (until it stops), whatever the backend, so that
+        # the conformance kit can report listeners a test left running.
+        start = cls.__dict__.get("start")
+        if start is not None and not getattr(start, "_comm_tracked", False):
+            cls.start = _track_start(start)  # type: ignore[method-assign,assignment]
 
     @abstractmethod
     async def start(self) -> None:
@@ -272,6 +301,9 @@ class Listener(ABC):
         Comms already handed to the user's handler stay open. Idempotent; never
         raises. Implementations stop accepting, then call ``super().stop()``.
         """
+        self._stopped_by_base = True
+        self._running = False
+        _live_listeners.discard(self)
         handler = self._comm_handler
         if handler is not None:
             handler.abort_pending()
@@ -329,6 +361,20 @@ class Listener(ABC):
             return self
 
         return start().__await__()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not self._running:
+            return
+        try:
+            description = repr(self)
+        except Exception:
+            description = f"<{type(self).__name__}>"
+        _warn(
+            f"{description} was garbage-collected while running (started, never stopped); "
+            "stop listeners with 'listener.stop()' or 'async with listener'",
+            ResourceWarning,
+            source=self,
+        )
 
 
 class Connector(ABC):

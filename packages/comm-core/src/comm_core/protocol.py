@@ -28,7 +28,10 @@ After the preamble the stream is a sequence of messages::
     frame 1..N-1 out-of-band buffers, raw bytes
 
 The receiver adds the lengths up and refuses a message above its
-``max_message_size`` before allocating anything for it.
+``max_message_size`` before allocating anything for it. The first message
+of a connection, the comm handshake, may be at most ``MAX_FIRST_MESSAGE``
+(64 KiB) long, whatever ``max_message_size`` says: a peer that has not
+said who it is cannot make the receiver reserve more.
 
 The body is msgpack (``bin`` for bytes, ``str`` for UTF-8 text, maps with any
 key type). These msgpack extension types carry what msgpack lacks:
@@ -82,6 +85,7 @@ from comm_core.exceptions import MessageTooLargeError, ProtocolError, Serializat
 
 __all__ = [
     "MAGIC",
+    "MAX_FIRST_MESSAGE",
     "MAX_FRAMES",
     "OOB_THRESHOLD",
     "PREAMBLE",
@@ -106,6 +110,8 @@ PREAMBLE: Final = MAGIC + bytes([WIRE_VERSION, 0, 0])
 PREAMBLE_SIZE: Final = len(PREAMBLE)
 #: Most frames one message may have.
 MAX_FRAMES: Final = 65536
+#: Largest first message (the comm handshake) stream comms accept, in bytes.
+MAX_FIRST_MESSAGE: Final = 64 * 1024
 #: Bytes-like values at least this long travel as their own frame.
 OOB_THRESHOLD: Final = 64 * 1024
 
@@ -611,6 +617,8 @@ class FrameDecoder:
             from the header, before anything is allocated for them.
         peer: named in error messages.
         expect_preamble: check the peer's preamble first.
+        first_message_limit: a lower limit for the first message only (the
+            comm handshake), such as :data:`MAX_FIRST_MESSAGE`; ``None``: none.
 
     Errors raised from :meth:`buffer_updated` leave the decoder unusable: the
     caller closes the connection.
@@ -624,11 +632,20 @@ class FrameDecoder:
         peer: str = "peer",
         expect_preamble: bool = True,
         buffer_size: int = 16 * 1024,
+        first_message_limit: int | None = None,
     ) -> None:
         self.on_message = on_message
         #: Size in bytes of the message being delivered to *on_message*.
         self.message_size = 0
         self.max_message_size = max_message_size
+        self._later_limit: int | None = None
+        self._deliver = on_message
+        if first_message_limit is not None and first_message_limit < max_message_size:
+            # Until the first message is delivered: a lower limit, and a hook that lifts
+            # it (so the check of every later message costs nothing more).
+            self._later_limit = max_message_size
+            self.max_message_size = first_message_limit
+            self.on_message = self._first_message
         self.peer = peer
         self._buf = bytearray(buffer_size)
         self._view = memoryview(self._buf)
@@ -639,6 +656,13 @@ class FrameDecoder:
         self._frames: list[Any] = []
         self._direct: memoryview | None = None  # frame being received in place
         self._filled = 0
+
+    def _first_message(self, frames: list[Any]) -> None:
+        """Deliver the first message, then apply ``max_message_size`` to the next ones."""
+        assert self._later_limit is not None
+        self.max_message_size, self._later_limit = self._later_limit, None
+        self.on_message = self._deliver
+        self._deliver(frames)
 
     @property
     def expecting_preamble(self) -> bool:
@@ -727,9 +751,14 @@ class FrameDecoder:
                 lengths = list(struct.unpack_from(f"<{count}Q", buf, start + 4))
                 total = sum(lengths)
                 if total > self.max_message_size:
+                    what = (
+                        "max_message_size"
+                        if self._later_limit is None
+                        else "the limit of a first message (the comm handshake)"
+                    )
                     raise MessageTooLargeError(
                         f"peer {self.peer} sent a message of {total} bytes, more than "
-                        f"max_message_size of {self.max_message_size} bytes",
+                        f"{what} of {self.max_message_size} bytes",
                         size=total,
                         limit=self.max_message_size,
                     )

@@ -29,6 +29,7 @@ from comm_core._config import get_setting
 from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, CommError, ProtocolError
 from comm_core.protocol import (
+    MAX_FIRST_MESSAGE,
     PREAMBLE,
     Decoder,
     Encoder,
@@ -90,7 +91,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.local = f"{self.scheme}://"
         self.peer = f"{self.scheme}://"
-        self.decoder = FrameDecoder(self.on_message, max_message_size=max_message_size)
+        self.decoder = FrameDecoder(
+            self.on_message,
+            max_message_size=max_message_size,
+            first_message_limit=MAX_FIRST_MESSAGE,  # the handshake: reserve little for it
+        )
         self.established = False
         self.ready: deque[tuple[list[Any], int]] = deque()  # frames and their size
         self.ready_bytes = 0
@@ -485,7 +490,10 @@ class StreamComm(Comm):
         on_error: OnError = "raise",
     ) -> int:
         p = self.protocol
-        if p.closing or p.peer_gone or p.transport is None:
+        # A transport that hit a fatal error is closing before connection_lost() runs
+        # (on a later loop iteration) and drops what it is given: raise now, or a writer
+        # that never has to wait would write into the void for ever.
+        if p.closing or p.peer_gone or p.transport is None or p.transport.is_closing():
             if p.transport is None and not p.closing:
                 raise CommClosedError(f"{self!r} is not connected")
             raise p.closed_error() from p.error

@@ -14,8 +14,8 @@ the event loop). Three helpers make both ends of a failure hear why:
 * :class:`Interposer` sits between the raw transport and the event loop's TLS
   protocol during the handshake: it tells :class:`ServerSSLObject` which
   handshake it serves, and spots clients that do not speak TLS at all (a
-  ``tcp://`` comm client), to which it sends a TLS alert, which comm's
-  ``check_preamble`` recognizes.
+  ``tcp://`` comm client, an HTTP client, garbage), to which it sends a TLS
+  alert, which comm's ``check_preamble`` recognizes, before it hangs up.
   It also delivers the bytes that the raw transport read before ``start_tls``
   took over (Python 3.10 and uvloop start reading after ``connection_made``
   even if it paused reading).
@@ -132,7 +132,12 @@ class Interposer:
         if not watch.speaks_tls:
             # OpenSSL answers a peer that does not look like TLS with silence: say it.
             # (uvloop's transports do not derive from asyncio's classes.)
-            cast("asyncio.WriteTransport", watch.transport).write(TLS_ALERT_PROTOCOL_VERSION)
+            transport = cast("asyncio.WriteTransport", watch.transport)
+            transport.write(TLS_ALERT_PROTOCOL_VERSION)
+            # Then hang up (close() sends the alert first) rather than hold the
+            # connection until the handshake timeout: such a peer never sends TLS.
+            # Soon, not now: the bytes at hand still go to the TLS protocol first.
+            asyncio.get_running_loop().call_soon(transport.close)
 
     def _forward(self, name: str, *args: Any) -> Any:
         token = _WATCH.set(self.watch)

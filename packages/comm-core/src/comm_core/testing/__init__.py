@@ -25,6 +25,7 @@ from comm_core.testing._conformance import (  # noqa: E402
     BackendConformance,
     echo_handler,
     open_comms,
+    open_listeners,
 )
 
-__all__ = ["BackendConformance", "echo_handler", "open_comms"]
+__all__ = ["BackendConformance", "echo_handler", "open_comms", "open_listeners"]

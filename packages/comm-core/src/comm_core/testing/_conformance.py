@@ -33,11 +33,11 @@ import pytest
 
 import comm_core
 from comm_core._addressing import parse_address
-from comm_core.abc import Comm, Listener, _live_comms
+from comm_core.abc import Comm, Listener, _live_comms, _live_listeners
 from comm_core.exceptions import CommClosedError, ConnectTimeoutError, HandshakeError
 from comm_core.testing import plugin as _plugin
 
-__all__ = ["BackendConformance", "echo_handler", "open_comms"]
+__all__ = ["BackendConformance", "echo_handler", "open_comms", "open_listeners"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -81,6 +81,41 @@ def open_comms(*, collect: bool = True) -> list[Comm]:
     if collect:
         gc.collect()
     return [comm for comm in list(_live_comms) if not _is_closed(comm)]
+
+
+def open_listeners() -> list[Listener]:
+    """Return every :class:`~comm_core.Listener` in this process that was started and
+    has not been stopped since (of any backend)."""
+    return list(_live_listeners)
+
+
+def _open_fds() -> dict[int, str] | None:
+    """This process's open file descriptors and what each refers to; ``None`` where
+    the system does not tell (it reads ``/proc/self/fd``, on Linux)."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    fds = {}
+    for name in names:
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except (OSError, ValueError):  # closed since (the listing's own descriptor)
+            continue
+    return fds
+
+
+_warmed_up: set[str] = set()
+
+
+def _warm_up(loop_name: str) -> None:
+    """Create and close one event loop of *loop_name*, once per process: a loop library may
+    open descriptors of its own on first use (uvloop opens a pipe), which are no leak."""
+    if loop_name in _warmed_up:
+        return
+    _warmed_up.add(loop_name)
+    with contextlib.suppress(Exception):
+        _plugin.loop_factory(loop_name)().close()
 
 
 def _is_closed(comm: Comm) -> bool:
@@ -262,9 +297,12 @@ class BackendConformance:
     configuration or ``pytest_plugins = ["comm_core.testing.plugin"]`` in the
     root ``conftest.py``. It runs each test in a fresh event loop (choose it
     with ``--comm-loop=asyncio|uvloop``, or per class with the ``comm_loop``
-    marker, which wins) and fails tests that leave tasks running. The kit
-    also fails a test (at teardown) that leaves a comm open or lets one be
-    garbage-collected while open.
+    marker, which wins) and fails tests that leave tasks running. At
+    teardown, the kit also fails a test that leaves behind a comm open (or
+    lets one be garbage-collected while open), a listener started and never
+    stopped, or a file descriptor (a socket, a file...) that was not open
+    before it; the descriptor check reads ``/proc/self/fd`` and so runs on
+    Linux only. The same checks guard the tests a subclass adds.
 
     The backend must be installed (or registered in code, e.g. with
     :func:`comm_core.register_backend` in a ``conftest.py``) so that
@@ -354,7 +392,7 @@ class BackendConformance:
 
     @pytest.fixture(autouse=True)
     def _comm_conformance_guard(self, request: pytest.FixtureRequest) -> Iterator[None]:
-        """Check the setup, then fail the test if it leaves a comm open."""
+        """Check the setup, then fail the test if it leaves a comm, listener or descriptor."""
         config = request.config
         if not config.pluginmanager.has_plugin(_PLUGIN):
             pytest.fail(
@@ -373,7 +411,10 @@ class BackendConformance:
         if loop_name not in self.supported_loops:
             pytest.skip(f"the {self.scheme!r} backend does not support the {loop_name} loop")
 
+        _warm_up(loop_name)
         before: weakref.WeakSet[Comm] = weakref.WeakSet(_live_comms)
+        listeners_before: weakref.WeakSet[Listener] = weakref.WeakSet(_live_listeners)
+        fds_before = _open_fds()
         yield
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -383,18 +424,30 @@ class BackendConformance:
         for comm in leaked:  # the loop is gone: abort, so later tests do not see them
             with contextlib.suppress(Exception):
                 comm.abort()
+        running = [lst for lst in open_listeners() if lst not in listeners_before]
+        problems += [f"left running: {lst!r} (never stopped)" for lst in running]
+        for lst in running:
+            with contextlib.suppress(Exception):
+                lst.stop()
         for item in caught:
-            if issubclass(item.category, ResourceWarning) and "garbage-collected while open" in str(
+            if issubclass(item.category, ResourceWarning) and "garbage-collected while" in str(
                 item.message
             ):
-                problems.append(f"garbage-collected while open: {item.message}")
+                problems.append(f"garbage-collected: {item.message}")
             else:  # not ours to judge: let the run's warning filters decide
                 warnings.warn_explicit(
                     item.message, item.category, item.filename, item.lineno, source=item.source
                 )
+        fds_after = _open_fds()
+        if fds_before is not None and fds_after is not None:
+            problems += [
+                f"left open: file descriptor {fd} ({target})"
+                for fd, target in sorted(fds_after.items())
+                if fds_before.get(fd) != target
+            ]
         if problems:
             pytest.fail(
-                f"the test did not close {len(problems)} comm(s):\n  " + "\n  ".join(problems),
+                f"the test left {len(problems)} thing(s) behind:\n  " + "\n  ".join(problems),
                 pytrace=False,
             )
 
