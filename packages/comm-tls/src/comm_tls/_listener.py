@@ -138,6 +138,12 @@ class TLSListener(TCPListener):
                 remove_interposer(raw)
         aborted = protocol.pending is None  # the listener stopped, or the deadline passed
         protocol.pending = None
+        if not watch.speaks_tls:
+            # The Interposer sent an alert and hung up. uvloop's start_tls can then
+            # return a transport as if the handshake had succeeded: it has not.
+            tls_failed, tls = tls, None
+            if tls_failed is not None:
+                tls_failed.abort()  # type: ignore[attr-defined]
         if tls is None or pending.ended or aborted:
             protocol.peer_gone = True
             if tls is not None:
