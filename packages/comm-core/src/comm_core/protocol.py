@@ -115,6 +115,19 @@ MAX_FIRST_MESSAGE: Final = 64 * 1024
 #: Bytes-like values at least this long travel as their own frame.
 OOB_THRESHOLD: Final = 64 * 1024
 
+
+def _packer_buffer() -> dict[str, Any]:
+    """A small initial buffer for each packer (every comm has one), where msgpack allows."""
+    try:  # buf_size is msgpack 1.1's; the buffer grows when a message needs more
+        msgpack.Packer(buf_size=_PACKER_BUFFER_SIZE)  # type: ignore[call-arg]
+    except TypeError:
+        return {}
+    return {"buf_size": _PACKER_BUFFER_SIZE}
+
+
+_PACKER_BUFFER_SIZE = 16 * 1024
+_PACKER_BUFFER = _packer_buffer()
+
 EXT_OOB: Final = 1
 EXT_TUPLE: Final = 2
 EXT_CUSTOM: Final = 3
@@ -261,7 +274,9 @@ class Encoder:
         self._packer = self._new_packer()
 
     def _new_packer(self) -> msgpack.Packer:
-        return msgpack.Packer(default=self.default, use_bin_type=True, strict_types=True)
+        return msgpack.Packer(
+            default=self.default, use_bin_type=True, strict_types=True, **_PACKER_BUFFER
+        )
 
     def encode(self, msg: Any) -> tuple[list[Any], int]:
         """Return the buffers of one wire message holding *msg*, and their total size.
