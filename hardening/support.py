@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 import comm_core
-from comm_core import Comm, CommClosedError, Listener
+from comm_core import Comm, CommClosedError, Listener, testing
 
 _T = TypeVar("_T")
 
@@ -62,26 +62,13 @@ class Transport:
 
 
 async def within(aw: Awaitable[_T], what: str, timeout: float = EVENT_TIMEOUT) -> _T:
-    """Await *aw* for at most *timeout* seconds; fail the test naming *what* otherwise."""
-    try:
-        return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+    """:func:`comm_core.testing.within`, with this suite's longer default timeout."""
+    return await testing.within(aw, what, timeout)
 
 
 async def until(predicate: Callable[[], bool], what: str, timeout: float = EVENT_TIMEOUT) -> float:
-    """Wait until *predicate()* is true, polling; return the seconds it took.
-
-    Only for states with no event to wait on (a descriptor count, a task
-    count); fails the test after *timeout* seconds.
-    """
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    while not predicate():
-        if loop.time() - start > timeout:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.01)
-    return loop.time() - start
+    """:func:`comm_core.testing.until`, with this suite's longer default timeout."""
+    return await testing.until(predicate, what, timeout, interval=0.01)
 
 
 class Served:

@@ -19,7 +19,7 @@ import pytest
 import comm_core
 from comm_core import Comm, CommClosedError, Listener
 from comm_core.protocol import PREAMBLE, FrameDecoder, decode_message
-from comm_core.testing import echo_handler
+from comm_core.testing import echo_handler, within
 
 _T = TypeVar("_T")
 
@@ -47,28 +47,6 @@ needs_linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="L
 def tcp_address(host: str, port: int) -> str:
     """``tcp://host:port``, with an IPv6 host in brackets."""
     return f"tcp://{comm_core.unparse_host_port(host, port)}"
-
-
-async def within(aw: Awaitable[_T], what: str, timeout: float = EVENT_TIMEOUT) -> _T:
-    """Await *aw* for at most *timeout* seconds; fail the test naming *what* otherwise."""
-    try:
-        return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = EVENT_TIMEOUT) -> None:
-    """Wait until *predicate()* is true, checking every few milliseconds.
-
-    Only for states that have no event to wait on, such as a transport pausing
-    for flow control; fails the test after *timeout* seconds.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
-        await asyncio.sleep(0.005)
 
 
 async def hold(comm: Comm) -> None:

@@ -16,6 +16,7 @@ import pytest
 import comm_core
 from comm_core import PROTOCOL_VERSION, Comm, CommClosedError, MessageTooLargeError, ProtocolError
 from comm_core.protocol import MAGIC, PREAMBLE, encode_message
+from comm_core.testing import until
 from tcp_support import (
     IPV4,
     MiB,
@@ -27,7 +28,6 @@ from tcp_support import (
     server_greeting,
     serving,
     tcp_address,
-    until,
     within,
 )
 

@@ -10,7 +10,8 @@ import pytest
 
 from comm_core import Comm, CommClosedError
 from comm_core.stream import StreamProtocol
-from tcp_support import EVENT_TIMEOUT, MiB, connected, hold, rss, serving, until, within
+from comm_core.testing import until
+from tcp_support import EVENT_TIMEOUT, MiB, connected, hold, rss, serving, within
 
 pytestmark = pytest.mark.usefixtures("loop_name")
 

@@ -18,7 +18,7 @@ import trustme
 
 import comm_core
 from comm_core import Comm, CommClosedError, Listener
-from comm_core.testing import echo_handler
+from comm_core.testing import echo_handler, within
 from comm_tls import Security
 
 _T = TypeVar("_T")
@@ -48,14 +48,6 @@ needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="this host has no IPv6 loop
 
 def address(scheme: str, host: str, port: int) -> str:
     return f"{scheme}://{comm_core.unparse_host_port(host, port)}"
-
-
-async def within(aw: Awaitable[_T], what: str, timeout: float = EVENT_TIMEOUT) -> _T:
-    """Await *aw* for at most *timeout* seconds; fail the test naming *what* otherwise."""
-    try:
-        return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
 
 
 # -- certificates --------------------------------------------------------------------

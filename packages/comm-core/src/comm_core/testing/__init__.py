@@ -27,5 +27,13 @@ from comm_core.testing._conformance import (  # noqa: E402
     open_comms,
     open_listeners,
 )
+from comm_core.testing._waiting import until, within  # noqa: E402
 
-__all__ = ["BackendConformance", "echo_handler", "open_comms", "open_listeners"]
+__all__ = [
+    "BackendConformance",
+    "echo_handler",
+    "open_comms",
+    "open_listeners",
+    "until",
+    "within",
+]

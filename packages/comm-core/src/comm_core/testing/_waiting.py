@@ -1,0 +1,44 @@
+"""Waiting in async tests without hanging: bounded awaits and bounded polls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+
+__all__ = ["until", "within"]
+
+_T = TypeVar("_T")
+
+
+async def within(aw: Awaitable[_T], what: str, timeout: float = 10.0) -> _T:
+    """Await *aw* for at most *timeout* seconds; fail the test naming *what* otherwise.
+
+    ``await within(comm.read(), "the server's reply")`` reads as what the test
+    expects, and a hang becomes a failure that says what never came.
+    """
+    try:
+        return await asyncio.wait_for(aw, timeout)
+    except asyncio.TimeoutError:
+        pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+
+
+async def until(
+    predicate: Callable[[], bool], what: str, timeout: float = 10.0, interval: float = 0.005
+) -> float:
+    """Wait until ``predicate()`` is true, checking every *interval* seconds.
+
+    Only for states that no event announces (a transport pausing for flow
+    control, a count of descriptors); await the event where there is one.
+    Returns the seconds it took; fails the test, naming *what*, after
+    *timeout* seconds.
+    """
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+        await asyncio.sleep(interval)
+    return loop.time() - start
