@@ -66,9 +66,10 @@ class StreamProtocol(asyncio.BufferedProtocol):
     transport (which holds the protocol) does not keep the comm alive.
     """
 
-    #: The largest slice of one buffer handed to the transport in one write. ``None``:
-    #: whole buffers on Python 3.12+ (zero-copy), slices of 4 MiB before. Transports
-    #: that copy anyway and take an ``int`` size (TLS: OpenSSL) set a cap below 2 GiB.
+    #: The largest message written to the transport in one piece. ``None``: any size,
+    #: and large buffers whole on Python 3.12+ (zero-copy), in 1 MiB slices before.
+    #: Transports that copy anyway and take an ``int`` size (TLS: OpenSSL) set a cap
+    #: below 2 GiB; their large buffers always go in slices of at most 1 MiB.
     max_write_chunk: int | None = None
 
     def __init__(
@@ -325,7 +326,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
                     if self.write_paused:
                         await self.drain()
                     continue
-                await self._write_sliced(transport, memoryview(buf), min(cap or _SLICE, _SLICE))
+                step = _SLICE if cap is None else min(cap, _SLICE)
+                await self._write_sliced(transport, memoryview(buf), step)
             self.flush()
         finally:
             piecewise, self.piecewise = self.piecewise, None
