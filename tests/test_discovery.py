@@ -65,6 +65,26 @@ def test_transport_found_through_its_entry_point(
     assert entry_point.value == f"{module}._plugin"
 
 
+def test_comm_cores_entry_point_reader_agrees_with_importlib() -> None:
+    from comm_core import _entrypoints
+
+    ours = _entrypoints.entry_points(comm_core.ENTRY_POINT_GROUP)
+    theirs = importlib.metadata.entry_points(group=comm_core.ENTRY_POINT_GROUP)
+    assert sorted((ep.name, ep.value, ep.distribution, ep.version) for ep in ours) == sorted(
+        (ep.name, ep.value, ep.dist.name, ep.dist.version) for ep in theirs if ep.dist
+    )
+    assert {ep.name for ep in ours} >= {"tcp", "inproc"}
+
+
+def test_finding_tcp_imports_no_importlib_metadata() -> None:
+    out = _run_python(
+        "import sys, comm_core; comm_core.get_backend('tcp'); "
+        "print(sorted(m for m in ('importlib.metadata', 'email', 'zipfile', 'pickle') "
+        "if m in sys.modules))"
+    )
+    assert out.strip() == "[]"
+
+
 def test_no_scheme_is_claimed_twice() -> None:
     assert dict(comm_core.get_registry().conflicts()) == {}
 

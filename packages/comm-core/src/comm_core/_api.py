@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -230,6 +229,8 @@ async def connect(
             break
         delay_min = float(get_setting("retry_delay_min"))
         delay_max = float(get_setting("retry_delay_max"))
+        import random  # only a retried connect needs it
+
         delay = random.uniform(0, min(delay_max, delay_min * 2 ** (attempts - 1)))
         await asyncio.sleep(min(delay, remaining))
         if loop.time() >= deadline:  # no time left for another attempt

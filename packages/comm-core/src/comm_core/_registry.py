@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from types import MappingProxyType
 from typing import Any, NoReturn, cast
 
@@ -13,6 +12,7 @@ import pluggy
 
 from comm_core import hookspecs
 from comm_core._config import get_setting
+from comm_core._entrypoints import EntryPoint, entry_points
 from comm_core.abc import Backend
 from comm_core.exceptions import BackendConflictError, PluginError, UnknownSchemeError
 from comm_core.protocol import SerializerFamily, pickle_family
@@ -113,9 +113,8 @@ class Registry:
             return self._pm
 
     def _load_entry_point(self, pm: pluggy.PluginManager, ep: EntryPoint) -> None:
-        dist = getattr(ep, "dist", None)
-        dist_name = dist.name if dist is not None else None
-        version = dist.version if dist is not None else None
+        dist_name = ep.distribution
+        version = ep.version
         where = f"entry point {ep.name!r} = {ep.value!r} of distribution {dist_name} {version}"
         try:
             plugin = ep.load()

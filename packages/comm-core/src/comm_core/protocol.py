@@ -72,7 +72,6 @@ without a copy.
 from __future__ import annotations
 
 import contextlib
-import pickle
 import struct
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -192,13 +191,19 @@ class SerializerFamily:
     trusted_by_default: bool = True
 
 
+# pickle is imported on first use: most processes never pickle, and it costs
+# milliseconds of every interpreter's start.
 def _pickle_dumps(obj: Any) -> tuple[Any, list[Any]]:
+    import pickle
+
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     return None, [data, *(buf.raw() for buf in buffers)]
 
 
 def _pickle_loads(header: Any, frames: list[memoryview]) -> Any:
+    import pickle
+
     return pickle.loads(frames[0], buffers=frames[1:])
 
 

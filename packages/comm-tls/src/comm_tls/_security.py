@@ -7,7 +7,6 @@ import datetime
 import functools
 import os
 import ssl
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -45,6 +44,8 @@ def _as_files(*values: PEMSource | None) -> Iterator[list[str | None]]:
     if not any(value is not None and _is_pem(value) for value in values):
         yield [None if value is None else os.fspath(value) for value in values]
         return
+    import tempfile  # only PEM text needs it; it is slow to import
+
     with tempfile.TemporaryDirectory(prefix="comm-tls-") as directory:
         paths: list[str | None] = []
         for index, value in enumerate(values):
