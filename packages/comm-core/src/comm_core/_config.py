@@ -7,9 +7,10 @@ import os
 import string
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import Any
+
+from comm_core._record import Record
 
 __all__ = ["SETTINGS", "Setting", "configure", "get_setting"]
 
@@ -59,15 +60,21 @@ def _parse_scheme(text: str) -> str:
     return scheme
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its name, environment variable, default and meaning."""
+class Setting(Record):
+    """One setting: its name, environment variable, default and meaning (immutable)."""
+
+    __slots__ = ("name", "env", "default", "parse", "doc")  # noqa: RUF023 (field order)
 
     name: str
     env: str
     default: Any
     parse: Callable[[str], Any]
     doc: str
+
+    def __init__(
+        self, name: str, env: str, default: Any, parse: Callable[[str], Any], doc: str
+    ) -> None:
+        self._assign(name=name, env=env, default=default, parse=parse, doc=doc)
 
 
 def _settings(*items: Setting) -> Mapping[str, Setting]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn, cast
 
@@ -13,6 +12,7 @@ import pluggy
 from comm_core import hookspecs
 from comm_core._config import get_setting
 from comm_core._entrypoints import EntryPoint, entry_points
+from comm_core._record import Record
 from comm_core.abc import Backend
 from comm_core.exceptions import BackendConflictError, PluginError, UnknownSchemeError
 from comm_core.protocol import SerializerFamily, pickle_family
@@ -32,9 +32,10 @@ __all__ = [
 ENTRY_POINT_GROUP = "comm_core.backends"
 
 
-@dataclass(frozen=True)
-class BackendInfo:
-    """Where a registered backend comes from."""
+class BackendInfo(Record):
+    """Where a registered backend comes from (immutable; compared by value)."""
+
+    __slots__ = ("scheme", "backend_class", "plugin", "distribution", "version")  # noqa: RUF023 (field order)
 
     #: The URI scheme.
     scheme: str
@@ -43,9 +44,25 @@ class BackendInfo:
     #: The plugin that returned it (entry point name, or the name given in code).
     plugin: str
     #: The distribution that published the plugin, or ``None`` for one registered in code.
-    distribution: str | None = None
+    distribution: str | None
     #: The version of that distribution.
-    version: str | None = None
+    version: str | None
+
+    def __init__(
+        self,
+        scheme: str,
+        backend_class: type[Backend],
+        plugin: str,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> None:
+        self._assign(
+            scheme=scheme,
+            backend_class=backend_class,
+            plugin=plugin,
+            distribution=distribution,
+            version=version,
+        )
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -59,11 +76,15 @@ class BackendInfo:
         return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
 
 
-@dataclass(frozen=True)
-class _PluginOrigin:
+class _PluginOrigin(Record):
+    __slots__ = ("name", "distribution", "version")  # noqa: RUF023 (field order)
+
     name: str
     distribution: str | None
     version: str | None
+
+    def __init__(self, name: str, distribution: str | None, version: str | None) -> None:
+        self._assign(name=name, distribution=distribution, version=version)
 
 
 class Registry:

@@ -75,11 +75,11 @@ import contextlib
 import struct
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
 
+from comm_core._record import Record
 from comm_core.exceptions import MessageTooLargeError, ProtocolError, SerializationError
 
 __all__ = [
@@ -170,8 +170,7 @@ def check_preamble(data: bytes | bytearray | memoryview, peer: str) -> None:
 # -- serializer families -------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SerializerFamily:
+class SerializerFamily(Record):
     """A named way to turn objects of some types into a header and frames, and back.
 
     Args:
@@ -183,12 +182,30 @@ class SerializerFamily:
         trusted_by_default: accepted on read when the reader does not name
             the families it accepts. Must be false for families that can
             run code (pickle).
+
+    Immutable, and compared by value.
     """
+
+    __slots__ = ("name", "serialize", "deserialize", "trusted_by_default")  # noqa: RUF023 (field order)
 
     name: str
     serialize: Callable[[Any], tuple[Any, list[Any]]]
     deserialize: Callable[[Any, list[memoryview]], Any]
-    trusted_by_default: bool = True
+    trusted_by_default: bool
+
+    def __init__(
+        self,
+        name: str,
+        serialize: Callable[[Any], tuple[Any, list[Any]]],
+        deserialize: Callable[[Any, list[memoryview]], Any],
+        trusted_by_default: bool = True,
+    ) -> None:
+        self._assign(
+            name=name,
+            serialize=serialize,
+            deserialize=deserialize,
+            trusted_by_default=trusted_by_default,
+        )
 
 
 # pickle is imported on first use: most processes never pickle, and it costs
@@ -223,26 +240,38 @@ def serializer_families() -> Mapping[str, SerializerFamily]:
     return get_registry().serializer_families()
 
 
-@dataclass(frozen=True)
-class Serialized:
+class Serialized(Record):
     """A custom value kept serialized, as read with ``deserialize=False``.
 
     Writing it to another comm sends the same family, header and frames, so a
-    relay can forward values it cannot (or must not) deserialize.
+    relay can forward values it cannot (or must not) deserialize. Immutable,
+    and compared by value.
     """
+
+    __slots__ = ("family", "header", "frames")  # noqa: RUF023 (field order)
 
     family: str
     header: Any
     frames: tuple[Any, ...]
 
+    def __init__(self, family: str, header: Any, frames: tuple[Any, ...]) -> None:
+        self._assign(family=family, header=header, frames=frames)
 
-@dataclass(frozen=True)
-class SerializationFailure:
-    """Stands in for a value that could not be serialized, with ``on_error="message"``."""
+
+class SerializationFailure(Record):
+    """Stands in for a value that could not be serialized, with ``on_error="message"``.
+
+    Immutable, and compared by value.
+    """
+
+    __slots__ = ("type_name", "text", "error")  # noqa: RUF023 (field order)
 
     type_name: str
     text: str
     error: str
+
+    def __init__(self, type_name: str, text: str, error: str) -> None:
+        self._assign(type_name=type_name, text=text, error=error)
 
 
 # -- encoding ---------------------------------------------------------------------------
