@@ -362,6 +362,25 @@ async def test_server_handshake_timeout_drops_a_silent_client(
     )
 
 
+async def test_listen_reads_the_handshake_timeout_setting_once(
+    memory: MemoryBackend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The setting in force when listen() is called holds for every comm it accepts."""
+    caplog.set_level(logging.INFO, logger="comm_core")
+    with comm_core.configure(handshake_timeout=0.05):
+        listener = comm_core.listen("memory://", echo)
+    assert listener.handshake_timeout == 0.05
+    with comm_core.configure(handshake_timeout=60):
+        async with listener:
+            assert listener.handshake_timeout == 0.05
+            raw = await memory.get_connector().connect(listener.contact_address.split("://")[1])
+            await raw.read()  # the server's half of the handshake; we never answer
+            with pytest.raises(CommClosedError):
+                await raw.read()
+            await listener.join()
+    assert any("within 0.05s" in r.getMessage() for r in caplog.records)
+
+
 async def test_stopping_a_listener_aborts_pending_handshakes(memory: MemoryBackend) -> None:
     called: list[Comm] = []
     listener = await comm_core.listen("memory://", called.append, handshake_timeout=60)

@@ -10,7 +10,17 @@ import pytest
 
 import comm_core
 from comm_core import Comm
-from tcp_support import IPV4, IPV6, connected, hold, needs_ipv6, needs_linux, serving, tcp_address
+from tcp_support import (
+    IPV4,
+    IPV6,
+    Served,
+    connected,
+    hold,
+    needs_ipv6,
+    needs_linux,
+    serving,
+    tcp_address,
+)
 
 pytestmark = pytest.mark.usefixtures("loop_name")
 
@@ -119,3 +129,20 @@ async def test_extra_info_names_both_ends(host: str) -> None:
         assert client.local_address == tcp_address(*c["sockname"][:2])
         assert client.peer_address == tcp_address(*c["peername"][:2])
         assert server.local_address == client.peer_address
+
+
+async def test_listener_reads_max_message_size_when_created() -> None:
+    """A listener's comms get the max_message_size setting in force when it was created."""
+    served = Served(hold)
+    with comm_core.configure(max_message_size=1 << 20):
+        listener = served.listener = comm_core.listen(tcp_address(IPV4, 0), served)
+    await listener.start()
+    try:
+        async with connected(served.address()) as client:
+            server = await served.accepted()
+            assert server.extra_info["max_message_size"] == 1 << 20
+            default = comm_core.get_setting("max_message_size")
+            assert client.extra_info["max_message_size"] == default
+    finally:
+        listener.stop()
+        await served.finish(clean=True)

@@ -102,24 +102,29 @@ def _local_info(comm: Comm, overrides: Mapping[str, Any] | None) -> dict[str, An
 
 
 async def _handshake(
-    comm: Comm, overrides: Mapping[str, Any] | None, timeout: float, who: str
+    comm: Comm, overrides: Mapping[str, Any] | None, timeout: float, who: str | Callable[[], str]
 ) -> None:
     """Send our info and read the peer's; abort *comm* on any failure.
 
     A listener's stream comms sent their info with the preamble already
-    (:meth:`_ServerHandshake.greeting`); they only read.
+    (:meth:`_ServerHandshake.greeting`); they only read, and if the peer's
+    message has arrived already, no timer is needed for it. *who* (or what it
+    returns) names the two ends in error messages.
     """
     sent = comm._handshake_sent
     local = _local_info(comm, overrides) if sent is None else sent
     try:
-        async with timeout_after(timeout):
-            if sent is None:
-                await comm.write(local)
+        if sent is not None and comm._message_waiting():
             peer = await comm.read()
+        else:
+            async with timeout_after(timeout):
+                if sent is None:
+                    await comm.write(local)
+                peer = await comm.read()
     except TimeoutError as exc:
         comm.abort()
         raise HandshakeTimeoutError(
-            f"{who}: the peer did not complete the comm handshake within {timeout:g}s"
+            f"{_name(who)}: the peer did not complete the comm handshake within {timeout:g}s"
         ) from exc
     except BaseException:
         comm.abort()
@@ -127,17 +132,21 @@ async def _handshake(
     if not isinstance(peer, dict) or not isinstance(peer.get("protocol"), int):
         comm.abort()
         raise HandshakeError(
-            f"{who}: the peer sent {type(peer).__name__} {peer!r:.80} instead of a comm "
-            "handshake; is a comm endpoint listening there?"
+            f"{_name(who)}: the peer sent {type(peer).__name__} {peer!r:.80} instead of a "
+            "comm handshake; is a comm endpoint listening there?"
         )
     if peer["protocol"] != PROTOCOL_VERSION:
         comm.abort()
         raise IncompatibleProtocolError(
-            f"{who}: the peer speaks comm protocol {peer['protocol']} "
+            f"{_name(who)}: the peer speaks comm protocol {peer['protocol']} "
             f"({peer.get('library', '?')} {peer.get('version', '?')}), this side speaks "
             f"protocol {PROTOCOL_VERSION} (comm-core {__version__})"
         )
     comm._set_handshake(local, peer)
+
+
+def _name(who: str | Callable[[], str]) -> str:
+    return who if isinstance(who, str) else who()
 
 
 # -- connect ---------------------------------------------------------------------------
@@ -270,7 +279,8 @@ class _ServerHandshake:
         self.address = address
         self.handler = handler
         self.overrides = overrides
-        self.timeout = timeout
+        #: The handshake timeout of every comm accepted; the setting is read once, here.
+        self.timeout = float(get_setting("handshake_timeout") if timeout is None else timeout)
         self.listener: Listener | None = None
         self._pending: set[Comm] = set()
 
@@ -281,6 +291,9 @@ class _ServerHandshake:
             return self.listener.contact_address if self.listener else self.address
         except Exception:  # not started, or stopped
             return self.address
+
+    def _who(self, comm: Comm) -> str:
+        return f"listener {self.where!r}, comm from {_peer(comm)}"
 
     def greeting(self, comm: Comm) -> dict[str, Any]:
         """The handshake message of *comm*, for a transport that sends it before hearing
@@ -294,13 +307,9 @@ class _ServerHandshake:
             comm.abort()
 
     async def __call__(self, comm: Comm) -> None:
-        timeout = self.timeout
-        if timeout is None:
-            timeout = float(get_setting("handshake_timeout"))
         self._pending.add(comm)
-        who = f"listener {self.where!r}, comm from {_peer(comm)}"
         try:
-            await _handshake(comm, self.overrides, timeout, who)
+            await _handshake(comm, self.overrides, self.timeout, lambda: self._who(comm))
         except (ProtocolError, CommClosedError) as exc:
             level = logging.WARNING if isinstance(exc, IncompatibleProtocolError) else logging.INFO
             logger.log(level, "dropped a comm that failed its handshake: %s", exc)

@@ -197,6 +197,14 @@ class Comm(ABC):
         """Entries this transport adds to the handshake it sends; override to add some."""
         return _EMPTY
 
+    def _message_waiting(self) -> bool:
+        """Whether :meth:`read` would return a message without waiting.
+
+        comm-core's handshake reads such a message without arming a timer. The
+        default says no; comm-core's stream comms know better.
+        """
+        return False
+
     # -- what comm-core provides ----------------------------------------------------
 
     @property
@@ -313,8 +321,9 @@ class Listener(ABC):
         """Seconds a new peer has to complete the comm handshake.
 
         The ``handshake_timeout`` given to :func:`comm_core.listen`, else the
-        ``handshake_timeout`` setting. Listeners give a peer that has not even
-        started (no preamble yet) the same time.
+        ``handshake_timeout`` setting in force when ``listen()`` was called (a
+        listener made otherwise reads the setting each time). Listeners give a
+        peer that has not even started (no preamble yet) the same time.
         """
         timeout = getattr(self._comm_handler, "timeout", None)
         if timeout is None:

@@ -439,6 +439,9 @@ class StreamComm(Comm):
         p = self.protocol
         return p.closing or p.peer_gone or p.transport is None
 
+    def _message_waiting(self) -> bool:
+        return bool(self.protocol.ready)
+
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
         p = self.protocol
         p.burst = False

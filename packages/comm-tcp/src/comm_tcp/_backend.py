@@ -17,6 +17,7 @@ from comm_core import (
 )
 from comm_core.abc import Backend, Comm, CommHandler, Connector, Listener
 from comm_core.stream import StreamComm
+from comm_tcp import _direct
 from comm_tcp._comm import TCPComm
 from comm_tcp._listener import TCPListener
 from comm_tcp._options import SocketOptions
@@ -66,9 +67,19 @@ class TCPConnector(Connector):
         )
 
     async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
-        """Open the transport for *comm*; comm-tls overrides this to add TLS."""
+        """Open the transport for *comm*; comm-tls overrides this to add TLS.
+
+        A numeric address on one of asyncio's selector loops is dialled
+        directly (see ``comm_tcp._direct``); a name, or another loop, goes
+        through the loop's ``create_connection``.
+        """
         loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: comm.protocol, host, port)
+        make_transport = _direct.socket_transport_factory(loop)
+        family = _direct.ip_family(host) if make_transport is not None else None
+        if make_transport is None or family is None:
+            await loop.create_connection(lambda: comm.protocol, host, port)
+        else:
+            await _direct.dial(loop, make_transport, comm.protocol, family, host, port)
 
     def on_established(self, comm: StreamComm) -> None:
         """Called once a comm this connector dialed has the peer's valid preamble.

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from comm_core import (
     ConnectError,
+    get_setting,
     parse_host_port,
     unparse_address,
     unparse_host_port,
 )
 from comm_core.abc import CommHandler, Listener
 from comm_core.stream import StreamAcceptor
+from comm_tcp import _direct
 from comm_tcp._options import SocketOptions
 
 if TYPE_CHECKING:
@@ -58,7 +60,14 @@ class TCPListener(Listener):
     An empty host (``tcp://`` or ``tcp://:8786``) listens on every interface
     of IPv4 and IPv6 on one port; port 0 picks a free port. The contact
     address of a wildcard listener names this machine's primary address.
+
+    If accepting fails for want of resources (no descriptor left), the
+    listener logs it and tries again :attr:`accept_retry_delay` seconds later;
+    the connections that arrive meanwhile wait in the kernel's backlog.
     """
+
+    #: Seconds a listener waits before accepting again after accepting failed.
+    accept_retry_delay: float = 1.0
 
     def __init__(
         self,
@@ -77,9 +86,16 @@ class TCPListener(Listener):
         self.scheme = connector.scheme
         self.backlog = backlog
         self.connection_args = connection_args
+        # What each accepted comm is made from: the connection arguments, with the
+        # max_message_size setting read once here rather than by every comm.
+        self._comm_args = dict(connection_args)
+        if self._comm_args.get("max_message_size") is None:
+            self._comm_args["max_message_size"] = int(get_setting("max_message_size"))
         # Check the socket options now: the listener applies them to each accepted
         # connection, where an error would only drop that connection.
         SocketOptions.from_args(connection_args)
+        # asyncio's selector loops: our own accept loops; other loops: asyncio's servers.
+        self._accept_loops: list[_direct.AcceptLoop] = []
         self._servers: list[asyncio.AbstractServer] = []
         #: Drops peers that send no preamble in time; runs handle_comm on the others.
         self.acceptor = StreamAcceptor(self, handle_comm)
@@ -111,7 +127,7 @@ class TCPListener(Listener):
         raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
 
     async def start(self) -> None:
-        if self._servers or self._stopped:
+        if self._servers or self._accept_loops or self._stopped:
             return
         loop = asyncio.get_running_loop()
         try:
@@ -121,15 +137,36 @@ class TCPListener(Listener):
             raise ConnectError(
                 f"cannot listen on {self.listen_address_for(self.port)}: {reason}"
             ) from exc
-        for sock in socks:
-            server = await loop.create_server(self._make_protocol, sock=sock)
-            self._servers.append(server)
+        make_transport = _direct.socket_transport_factory(loop)
+        try:
+            for sock in socks:
+                if make_transport is None:
+                    server = await loop.create_server(
+                        self._make_protocol, sock=sock, backlog=self.backlog
+                    )
+                    self._servers.append(server)
+                    continue
+                accept_loop = _direct.AcceptLoop(
+                    loop,
+                    sock,
+                    self._make_protocol,
+                    make_transport,
+                    backlog=self.backlog,
+                    retry_delay=self.accept_retry_delay,
+                    where=self._where,
+                )
+                self._accept_loops.append(accept_loop)
+        except BaseException:
+            self._close_sockets()
+            for sock in socks:
+                sock.close()
+            raise
         self._bound = [sock.getsockname() for sock in socks]
         self.port = self._bound[0][1]
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         comm = self.connector.make_comm(
-            self.deserialize, self.connection_args, on_established=self.acceptor.established
+            self.deserialize, self._comm_args, on_established=self.acceptor.established
         )
         return self.acceptor.accept(comm).protocol
 
@@ -137,10 +174,24 @@ class TCPListener(Listener):
         if self._stopped:
             return
         self._stopped = True
-        for server in self._servers:
-            server.close()
+        self._close_sockets()
         self.acceptor.close()
         super().stop()
+
+    def _close_sockets(self) -> None:
+        accept_loops, self._accept_loops = self._accept_loops, []
+        for accept_loop in accept_loops:
+            accept_loop.close()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+
+    def _where(self) -> str:
+        """The contact address for messages; the listen address if there is none."""
+        try:
+            return self.contact_address
+        except RuntimeError:
+            return self.listen_address
 
     def listen_address_for(self, port: int) -> str:
         return unparse_address(self.scheme, unparse_host_port(self.host, port))

@@ -1,0 +1,249 @@
+"""Opening and accepting TCP connections without asyncio's create_connection/create_server.
+
+asyncio's own paths cost several event-loop iterations per connection: the
+server spawns a task per accepted connection, which waits for a future set
+once the protocol is connected; the client waits for the socket to become
+writable, then for another such future. On asyncio's selector event loops
+(the default loop on Unix), comm-tcp does the same work with less: the
+listening socket gets a reader callback that accepts every pending connection
+and makes each transport at once, and a connect that is complete when
+``connect()`` returns (as on the loopback interface) makes its transport
+without waiting for the socket to become writable.
+
+Making a transport for a socket needs asyncio's private API; that use is
+confined to :func:`socket_transport_factory`, which returns ``None`` on every
+loop it does not know (uvloop, Windows' proactor loop, ...). Callers then use
+the public ``create_connection`` / ``create_server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from asyncio import selector_events
+from collections.abc import Callable
+from typing import Any, Protocol
+
+__all__ = ["AcceptLoop", "TransportFactory", "dial", "ip_family", "socket_transport_factory"]
+
+logger = logging.getLogger("comm_tcp")
+
+
+class TransportFactory(Protocol):
+    """Makes a transport over a connected non-blocking socket, for *protocol*.
+
+    The protocol's ``connection_made`` is called on the next loop iteration,
+    before any callback scheduled after the call.
+    """
+
+    def __call__(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> asyncio.Transport: ...
+
+
+def socket_transport_factory(loop: asyncio.AbstractEventLoop) -> TransportFactory | None:
+    """The transport factory of *loop* if it is one of asyncio's selector loops, else ``None``.
+
+    This is comm-tcp's only use of asyncio's private API: the
+    ``_make_socket_transport(sock, protocol, waiter=None, *, extra=None,
+    server=None)`` method of ``asyncio.selector_events.BaseSelectorEventLoop``,
+    the same on Python 3.10 to 3.13, which asyncio's own ``create_connection``
+    and ``create_server`` call. Any other loop (uvloop, the proactor loop,
+    loops not derived from asyncio's selector loop) gets ``None``, and comm-tcp
+    uses the public API there.
+    """
+    if not isinstance(loop, selector_events.BaseSelectorEventLoop):
+        return None
+    factory: TransportFactory | None = getattr(loop, "_make_socket_transport", None)
+    return factory
+
+
+def ip_family(host: str) -> int | None:
+    """``AF_INET`` or ``AF_INET6`` if *host* is a numeric IP address, else ``None``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(family, host)
+    except (OSError, ValueError):
+        return None  # a name, or a form inet_pton refuses (scoped IPv6): resolve it
+    return family
+
+
+def _peer_if_connected(sock: socket.socket) -> Any:
+    """*sock*'s peer address once its non-blocking connect has completed, else ``None``.
+
+    Raises the connect's error if it failed.
+    """
+    try:
+        return sock.getpeername()
+    except OSError:
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, os.strerror(err)) from None
+        return None
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def dial(
+    loop: asyncio.AbstractEventLoop,
+    make_transport: TransportFactory,
+    protocol: asyncio.BaseProtocol,
+    family: int,
+    host: str,
+    port: int,
+) -> None:
+    """Connect to the numeric address ``(host, port)`` and connect *protocol* to it.
+
+    Returns once the protocol's ``connection_made`` has run. Raises the
+    ``OSError`` of a failed connect; on any error or cancellation the socket
+    (or the transport made for it) is closed.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    transport: asyncio.Transport | None = None
+    try:
+        sock.setblocking(False)
+        peer = None
+        try:
+            sock.connect((host, port))
+        except (BlockingIOError, InterruptedError):
+            # On the loopback interface the connection is usually complete already.
+            peer = _peer_if_connected(sock)
+            if peer is None:
+                peer = await _connected(loop, sock)
+        extra = None if peer is None else {"peername": peer}
+        transport = make_transport(sock, protocol, extra=extra)
+        # The transport calls connection_made() from the loop, which runs callbacks in
+        # order: after one bare yield this task resumes once the protocol is connected.
+        await asyncio.sleep(0)
+    except BaseException:
+        if transport is not None:
+            transport.abort()
+        else:
+            sock.close()
+        raise
+
+
+async def _connected(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> Any:
+    """Wait until *sock*'s pending connect completes and return the peer's address.
+
+    Raises the connect's error if it fails.
+    """
+    fd = sock.fileno()
+    while True:  # ends when the connect completes or fails, or the caller's timeout cancels it
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, _set_once, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(fd)
+        peer = _peer_if_connected(sock)
+        if peer is not None:
+            return peer
+
+
+#: Errors of accept() that concern one connection only, not the listening socket: Linux
+#: reports a new connection's pending network error there, and EPERM for one a firewall
+#: refused.
+_ONE_CONNECTION = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED", "EPROTO", "EPERM", "ENETDOWN", "ENETUNREACH", "EHOSTDOWN",
+        "EHOSTUNREACH", "ENONET", "ENOPROTOOPT", "EOPNOTSUPP",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+
+
+class AcceptLoop:
+    """Accepts the connections of one listening socket with a reader callback.
+
+    Each time the socket is readable, every pending connection (up to
+    *backlog* of them) is accepted, given a protocol from *protocol_factory*
+    and a transport from *make_transport*. If ``accept()`` fails for the
+    listening socket (out of descriptors or memory), the failure is logged and
+    accepting pauses for *retry_delay* seconds: the pending connections wait in
+    the kernel's queue meanwhile.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        make_transport: TransportFactory,
+        *,
+        backlog: int,
+        retry_delay: float,
+        where: Callable[[], str],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.protocol_factory = protocol_factory
+        self.make_transport = make_transport
+        self.backlog = max(backlog, 1)
+        self.retry_delay = retry_delay
+        self.where = where
+        self.closed = False
+        self._fd = sock.fileno()
+        self._retry: asyncio.TimerHandle | None = None
+        loop.add_reader(self._fd, self._accept)
+
+    def _accept(self) -> None:
+        sock = self.sock
+        make_transport = self.make_transport
+        for _ in range(self.backlog):  # bounded, so that other callbacks get their turn
+            try:
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # none left
+            except OSError as exc:
+                if exc.errno in _ONE_CONNECTION:
+                    continue  # that client is gone; others may be waiting
+                self._pause(exc)
+                return
+            try:
+                conn.setblocking(False)
+                make_transport(conn, self.protocol_factory(), extra={"peername": peer})
+            except Exception:
+                conn.close()
+                logger.exception(
+                    "listener %s: could not set up the connection from %s", self.where(), peer
+                )
+
+    def _pause(self, exc: OSError) -> None:
+        logger.warning(
+            "listener %s: accepting a connection failed: %s; accepting again in %gs",
+            self.where(),
+            exc,
+            self.retry_delay,
+        )
+        self.loop.remove_reader(self._fd)
+        self._retry = self.loop.call_later(self.retry_delay, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self.closed:
+            self.loop.add_reader(self._fd, self._accept)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._fd)
+        self.sock.close()
