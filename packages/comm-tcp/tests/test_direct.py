@@ -10,9 +10,11 @@ the listener's full queue leaves pending.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -346,3 +348,27 @@ async def test_the_handshake_completes_over_a_direct_connection(path: str) -> No
         for comm in comms:
             await ping(comm)
             await comm.close()
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+
+async def test_closed_comms_are_freed_without_the_garbage_collector(loop_name: str) -> None:
+    """A comm, its protocol, decoder and encoder are in no reference cycle: closing frees
+    them at once, not at the garbage collector's next run."""
+    async with serving() as served:
+        gc.disable()
+        try:
+            comm = await comm_core.connect(served.address(), timeout=10)
+            await ping(comm)
+            protocol = comm.protocol  # type: ignore[attr-defined]
+            refs = [
+                weakref.ref(obj)
+                for obj in (comm, protocol, protocol.decoder, comm._encoder)  # type: ignore[attr-defined]
+            ]
+            del protocol
+            await comm.close()
+            del comm
+            await until(lambda: all(ref() is None for ref in refs), "the comm to be freed")
+        finally:
+            gc.enable()

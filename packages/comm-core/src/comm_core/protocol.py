@@ -74,6 +74,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import sys
+import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
@@ -290,7 +291,15 @@ class Encoder:
         threshold: bytes-like values at least this long travel out of band.
     """
 
-    __slots__ = ("_packer", "families", "frames", "max_size", "on_error", "threshold")
+    __slots__ = (
+        "__weakref__",
+        "_packer",
+        "families",
+        "frames",
+        "max_size",
+        "on_error",
+        "threshold",
+    )
 
     def __init__(
         self,
@@ -308,8 +317,17 @@ class Encoder:
         self._packer = self._new_packer()
 
     def _new_packer(self) -> msgpack.Packer:
+        # The packer's hook must not hold the encoder: an encoder and its packer in a
+        # reference cycle would wait for the garbage collector, every comm's with them.
+        ref = weakref.ref(self)
+
+        def default(obj: Any) -> Any:
+            encoder = ref()
+            assert encoder is not None  # it is packing
+            return encoder.default(obj)
+
         return msgpack.Packer(
-            default=self.default, use_bin_type=True, strict_types=True, **_PACKER_BUFFER
+            default=default, use_bin_type=True, strict_types=True, **_PACKER_BUFFER
         )
 
     def encode(self, msg: Any) -> tuple[list[Any], int]:
@@ -651,6 +669,10 @@ def _allocate(size: int) -> memoryview:
     return memoryview(bytearray(size))
 
 
+def _discard(frames: list[Any]) -> None:
+    pass
+
+
 class FrameDecoder:
     """Turns a byte stream into messages' frames, receiving large frames in place.
 
@@ -705,6 +727,15 @@ class FrameDecoder:
         self._frames: list[Any] = []
         self._direct: memoryview | None = None  # frame being received in place
         self._filled = 0
+
+    def detach(self) -> None:
+        """Drop the *on_message* callback; messages decoded later are discarded.
+
+        The callback is usually a method of the object that holds the decoder
+        (a protocol): detaching it when the connection is gone breaks that
+        reference cycle, so that both are freed without the garbage collector.
+        """
+        self.on_message = self._deliver = _discard
 
     def _first_message(self, frames: list[Any]) -> None:
         """Deliver the first message, then apply ``max_message_size`` to the next ones."""

@@ -181,6 +181,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_gone = True
         self._pending_comm = None
+        self.decoder.detach()  # it holds self.on_message: a cycle
         if exc is not None and self.error is None and not self.closing:
             self.error = exc
         if self.lost is not None and not self.lost.done():
@@ -467,6 +468,10 @@ class StreamComm(Comm):
             except asyncio.CancelledError:
                 self.abort()
                 raise
+            finally:
+                # An error's traceback holds this frame: without the waiter (which holds
+                # the error), so that they are not a reference cycle.
+                del waiter
         try:
             return self._decoder.decode(frames, deserializers)
         except ProtocolError as exc:
