@@ -23,6 +23,7 @@ import pytest
 import comm_core
 from comm_core import PROTOCOL_VERSION, Comm, ConnectError
 from comm_core.protocol import PREAMBLE, encode_message
+from comm_core.stream import StreamComm
 from comm_core.testing import until
 from comm_tcp import TCPListener, _direct
 from tcp_support import (
@@ -256,6 +257,37 @@ async def test_a_connection_that_cannot_be_set_up_is_dropped_and_logged(
         assert records[0].exc_info is not None
         async with connected(served.address()) as comm:
             await ping(comm)
+
+
+@pytest.mark.parametrize("size", [100, 1 << 20])
+async def test_a_greeting_sent_before_the_transport_is_not_sent_again(
+    loop_name: str, size: int
+) -> None:
+    """send_greeting() sends the preamble and greeting on the raw socket; the transport
+    sends only what the socket did not take (a large greeting, a small send buffer)."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    comm = StreamComm(scheme="test")
+    try:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        greeting = bytes(range(256)) * (size // 256)
+        comm.protocol.greeting = greeting
+        comm.protocol.send_greeting(ours)
+        await loop.connect_accepted_socket(lambda: comm.protocol, ours)
+        await comm.write("after")
+        expected = PREAMBLE + greeting + encode_message("after")[0][0]
+        received = b""
+        while len(received) < len(expected):
+            chunk = await within(loop.sock_recv(theirs, 1 << 16), "the greeting and message")
+            assert chunk
+            received += chunk
+        assert received == expected
+    finally:
+        comm.abort()
+        ours.close()
+        theirs.close()
 
 
 # -- connecting -----------------------------------------------------------------------------

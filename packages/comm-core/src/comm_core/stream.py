@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Collection, Mapping
@@ -107,6 +108,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
         #: Bytes a listener sends right after the preamble, before hearing from the
         #: peer (comm-core's handshake message); see StreamAcceptor.
         self.greeting: bytes | None = None
+        #: What send_greeting() left for connection_made() to send (``b""``: nothing).
+        self.greeting_rest: bytes | None = None
         # The preamble waits in self.out for the first write (or read, or close),
         # so that it leaves with it in one system call.
         self.preamble_pending = False
@@ -139,10 +142,35 @@ class StreamProtocol(asyncio.BufferedProtocol):
         if self.greeting is not None:
             self.transport.write(PREAMBLE + self.greeting)
             self.greeting = None
+        elif self.greeting_rest is not None:  # send_greeting() sent the preamble
+            if self.greeting_rest:
+                self.transport.write(self.greeting_rest)
+            self.greeting_rest = None
         else:
             self.out.append(PREAMBLE)
             self.out_size += len(PREAMBLE)
             self.preamble_pending = True
+
+    def send_greeting(self, sock: socket.socket) -> None:
+        """Send the preamble and :attr:`greeting` on *sock* before a transport has it.
+
+        For a listener that holds the accepted socket before it makes the
+        transport: the greeting then leaves one event loop iteration before
+        ``connection_made()`` would send it. A fresh connection's send buffer
+        takes it all; whatever it does not take, ``connection_made()`` sends.
+        Does nothing if there is no greeting, or if the socket fails (the
+        transport reports that).
+        """
+        greeting = self.greeting
+        if greeting is None:
+            return
+        data = PREAMBLE + greeting
+        try:
+            sent = sock.send(data)
+        except OSError:  # would block, or the connection failed: leave it to the transport
+            return
+        self.greeting = None
+        self.greeting_rest = data[sent:]
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.decoder.get_buffer(sizehint)

@@ -27,6 +27,8 @@ from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from comm_core.stream import StreamProtocol
+
 __all__ = ["AcceptLoop", "TransportFactory", "dial", "ip_family", "socket_transport_factory"]
 
 logger = logging.getLogger("comm_tcp")
@@ -170,7 +172,9 @@ class AcceptLoop:
 
     Each time the socket is readable, every pending connection (up to
     *backlog* of them) is accepted, given a protocol from *protocol_factory*
-    and a transport from *make_transport*. If ``accept()`` fails for the
+    and a transport from *make_transport*. A stream protocol's greeting (a
+    listener's preamble and handshake) is sent before the transport is made,
+    which saves the peer a loop iteration of waiting for it. If ``accept()`` fails for the
     listening socket (out of descriptors or memory), the failure is logged and
     accepting pauses for *retry_delay* seconds: the pending connections wait in
     the kernel's queue meanwhile.
@@ -214,7 +218,10 @@ class AcceptLoop:
                 return
             try:
                 conn.setblocking(False)
-                make_transport(conn, self.protocol_factory(), extra={"peername": peer})
+                protocol = self.protocol_factory()
+                if isinstance(protocol, StreamProtocol):
+                    protocol.send_greeting(conn)  # now: the transport would send it later
+                make_transport(conn, protocol, extra={"peername": peer})
             except Exception:
                 conn.close()
                 logger.exception(
