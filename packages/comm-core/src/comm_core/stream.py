@@ -72,6 +72,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
     #: Transports that copy anyway and take an ``int`` size (TLS: OpenSSL) set a cap
     #: below 2 GiB; their large buffers always go in slices of at most 1 MiB.
     max_write_chunk: int | None = None
+    #: Whether the transport sends large buffers from the caller's memory, keeping a
+    #: reference while it cannot send them at once, rather than copying the rest.
+    #: ``None``: as asyncio's socket transport does, on Python 3.12+. A transport that
+    #: does (comm-tls's own) gets large buffers whole, or in ``max_write_chunk`` slices
+    #: handed over at once.
+    zero_copy_writes: bool | None = None
 
     def __init__(
         self,
@@ -350,8 +356,16 @@ class StreamProtocol(asyncio.BufferedProtocol):
                     self.out.append(buf)
                     continue
                 self.flush()
-                if _WRITELINES_ZERO_COPY and cap is None:
-                    transport.write(buf)
+                zero_copy = self.zero_copy_writes
+                if zero_copy is None:
+                    zero_copy = _WRITELINES_ZERO_COPY and cap is None
+                if zero_copy:
+                    if cap is None or size <= cap:
+                        transport.write(buf)
+                    else:
+                        view = memoryview(buf).cast("B")
+                        for offset in range(0, size, cap):
+                            transport.write(view[offset : offset + cap])
                     if self.write_paused:
                         await self.drain()
                     continue

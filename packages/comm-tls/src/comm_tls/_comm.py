@@ -10,6 +10,7 @@ from typing import Any
 from comm_core import CommClosedError, FatalCommClosedError
 from comm_tcp import TCPComm, TCPProtocol
 from comm_tls._errors import describe_failure, ssl_detail
+from comm_tls._transport import TLSTransport
 
 __all__ = ["TLSComm", "TLSProtocol"]
 
@@ -21,17 +22,26 @@ WRITE_CHUNK = 4 * 1024 * 1024
 class TLSProtocol(TCPProtocol):
     """TCP's protocol with TLS errors, large writes in slices, and a handshake phase.
 
-    ``pending`` holds the raw transport while a listener runs the TLS handshake
-    (the comm has no transport yet); aborting the comm aborts it.
+    ``pending`` holds the raw transport (or the socket's handshake) while a
+    listener runs the TLS handshake (the comm has no transport yet); aborting
+    the comm aborts it. Over comm-tls's own transport, large buffers are
+    encrypted straight from the writer's memory (``zero_copy_writes``).
     """
 
     max_write_chunk = WRITE_CHUNK
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.pending: asyncio.BaseTransport | None = None
+        self.pending: Any = None
         #: Whether this end accepted the connection (its peer is a client).
         self.server_side = False
+        #: Where a client keeps the session ticket it gets (see comm_tls._resume.offer).
+        self.resume_slot: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, TLSTransport):
+            self.zero_copy_writes = True
+        super().connection_made(transport)
 
     def closed_error(self) -> CommClosedError:
         """As for TCP; a TLS error (the peer's alert, a bad record) is fatal and explained."""
@@ -58,7 +68,7 @@ class TLSProtocol(TCPProtocol):
     def abort(self) -> None:
         pending, self.pending = self.pending, None
         if pending is not None:
-            pending.abort()  # type: ignore[attr-defined]
+            pending.abort()
             self.closing = True
         super().abort()
 

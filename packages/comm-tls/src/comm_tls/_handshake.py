@@ -57,7 +57,7 @@ class HandshakeWatch:
 
     __slots__ = ("error", "head", "transport")
 
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, transport: asyncio.BaseTransport | None) -> None:
         self.transport = transport
         #: The first bytes the client sent.
         self.head = b""

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import os
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from comm_core import ConnectError
 from comm_core.abc import CommHandler
 from comm_core.protocol import MAGIC
 from comm_core.stream import format_sockaddr
@@ -14,6 +19,7 @@ from comm_tcp import TCPListener
 from comm_tls._comm import TLSProtocol
 from comm_tls._errors import describe_failure
 from comm_tls._handshake import (
+    TLS_ALERT_PROTOCOL_VERSION,
     HandshakeWatch,
     PendingProtocol,
     feed,
@@ -21,6 +27,7 @@ from comm_tls._handshake import (
     remove_interposer,
 )
 from comm_tls._security import context_for
+from comm_tls._transport import TLSTransport, handshake, wait_readable
 
 if TYPE_CHECKING:
     from comm_tcp import TCPConnector
@@ -88,6 +95,141 @@ class TLSListener(TCPListener):
             connection_args, server_side=True, address=self.listen_address
         )
         self._handshakes: set[asyncio.Task[None]] = set()
+        #: The listening sockets, when comm-tls's own transport accepts (not asyncio's server).
+        self._listening: list[socket.socket] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        """As TCP's listener; over comm-tls's own transport, accepting on the loop directly.
+
+        Raises:
+            ConnectError: the address cannot be bound.
+        """
+        loop = asyncio.get_running_loop()
+        from comm_tls._backend import TLSConnector
+
+        connector = self.connector
+        if not (isinstance(connector, TLSConnector) and connector.socket_transport(loop)):
+            await super().start()
+            return
+        if self._servers or self._listening or self._stopped:
+            return
+        try:
+            socks = self._sockets()
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConnectError(
+                f"cannot listen on {self.listen_address_for(self.port)}: {reason}"
+            ) from exc
+        self._loop = loop
+        self._listening = socks
+        for sock in socks:
+            loop.add_reader(sock.fileno(), self._accept_ready, sock)
+        self._bound = [sock.getsockname() for sock in socks]
+        self.port = self._bound[0][1]
+
+    def stop(self) -> None:
+        listening, self._listening = self._listening, []
+        if listening and self._loop is not None and not self._loop.is_closed():
+            for sock in listening:
+                self._loop.remove_reader(sock.fileno())
+        for sock in listening:
+            sock.close()
+        super().stop()
+
+    def _accept_ready(self, lsock: socket.socket) -> None:
+        for _ in range(self.backlog):
+            try:
+                conn, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting for a second rather than spin.
+                    logger.error("listener %s: cannot accept: %s", self._where(), exc)
+                    loop = self._loop
+                    if loop is not None and lsock in self._listening:
+                        loop.remove_reader(lsock.fileno())
+                        loop.call_later(1.0, self._resume_accepting, lsock)
+                return  # ECONNABORTED and the like: that client is gone
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._accept_socket(conn)
+            except Exception:
+                conn.close()
+                logger.exception("listener %s: failed to set up a connection", self._where())
+
+    def _resume_accepting(self, lsock: socket.socket) -> None:
+        if lsock in self._listening and self._loop is not None:
+            self._loop.add_reader(lsock.fileno(), self._accept_ready, lsock)
+
+    def _accept_socket(self, conn: socket.socket) -> None:
+        protocol = TCPListener._make_protocol(self)  # a comm's, with its preamble deadline
+        assert isinstance(protocol, TLSProtocol)
+        pending = _PendingSocket()
+        protocol.pending = pending
+        protocol.server_side = True
+        protocol.local = format_sockaddr(protocol.scheme, conn.getsockname())
+        protocol.peer = format_sockaddr(protocol.scheme, conn.getpeername())
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._upgrade_socket(conn, protocol, pending))
+        pending.task = task
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _upgrade_socket(
+        self, conn: socket.socket, protocol: TLSProtocol, pending: _PendingSocket
+    ) -> None:
+        """Run the TLS handshake on the accepted *conn*, then hand a transport to the comm."""
+        loop = asyncio.get_running_loop()
+        timeout = self.handshake_timeout
+        deadline = loop.time() + timeout
+        client = protocol.peer
+        watch = HandshakeWatch(None)
+        sock: socket.socket = conn
+        error: BaseException | None = None
+        try:
+            # A peer that does not speak TLS gets an alert saying so, and is dropped at
+            # once: OpenSSL would answer it with silence.
+            await wait_readable(conn, deadline)
+            watch.head = conn.recv(8, socket.MSG_PEEK)
+            if watch.head and watch.speaks_tls:
+                sock = self.ssl_context.wrap_socket(
+                    conn, server_side=True, do_handshake_on_connect=False
+                )
+                await handshake(sock, deadline)
+            elif watch.head:
+                with contextlib.suppress(OSError):
+                    conn.send(TLS_ALERT_PROTOCOL_VERSION)
+                    _discard_input(conn)
+        except asyncio.CancelledError:
+            protocol.pending = None
+            protocol.closing = True
+            sock.close()
+            raise
+        except Exception as exc:
+            error = exc
+        if protocol.pending is not pending:  # the listener stopped, or the deadline passed
+            sock.close()
+            return
+        protocol.pending = None
+        if error is not None or not watch.head or not watch.speaks_tls:
+            protocol.peer_gone = True
+            if isinstance(error, ssl.SSLError):
+                watch.error = error
+                if "ALERT" not in (error.reason or ""):
+                    # OpenSSL sent an alert saying why: let the client read it before the
+                    # connection closes (closing now, with its next bytes unread, could
+                    # reset the connection first).
+                    with contextlib.suppress(Exception):
+                        await wait_readable(sock, min(deadline, loop.time() + 1.0))
+                        _discard_input(sock)
+            sock.close()
+            self._log_failure(client, watch, error, timeout)
+            return
+        assert isinstance(sock, ssl.SSLSocket)
+        TLSTransport(loop, sock, protocol).start()
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         protocol = super()._make_protocol()  # a comm's, with its preamble deadline
@@ -157,7 +299,8 @@ class TLSListener(TCPListener):
                     format_sockaddr(self.scheme, raw.get_extra_info("peername")),
                 )
             else:
-                self._log_failure(raw, watch, error, timeout)
+                client = format_sockaddr(self.scheme, raw.get_extra_info("peername"))
+                self._log_failure(client, watch, error, timeout)
             return
         tls.set_protocol(protocol)
         protocol.connection_made(tls)
@@ -170,12 +313,11 @@ class TLSListener(TCPListener):
 
     def _log_failure(
         self,
-        raw: asyncio.BaseTransport,
+        client: str,
         watch: HandshakeWatch,
         error: BaseException | None,
         timeout: float,
     ) -> None:
-        client = format_sockaddr(self.scheme, raw.get_extra_info("peername"))
         where = f"listener {self._where()}"
         if not watch.speaks_tls:
             logger.warning(
@@ -214,3 +356,28 @@ class TLSListener(TCPListener):
             return self.contact_address
         except RuntimeError:
             return self.listen_address
+
+
+class _PendingSocket:
+    """Stands for an accepted socket's handshake in ``TLSProtocol.pending``: abort() ends it."""
+
+    __slots__ = ("task",)
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def abort(self) -> None:
+        if self.task is not None:
+            self.task.cancel()  # the task closes the socket once off the event loop
+
+
+def _discard_input(sock: socket.socket) -> None:
+    """Read and drop what *sock* received (the raw bytes, under TLS too), so that closing it
+    sends a FIN after what was sent, not a reset."""
+    fd = sock.fileno()
+    for _ in range(64):
+        try:
+            if not os.read(fd, 65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return

@@ -7,7 +7,10 @@ ticket the listener gave it last time (TLS 1.3 resumption): the listener
 recognizes its own ticket, both sides skip the certificates, and the
 connection is set up in about half the time.
 
-How it fits asyncio, which offers no way to pass a session to a connection:
+comm-tls's own transport (:mod:`comm_tls._transport`) wraps the socket itself,
+so the connector takes the ticket with :func:`take` and sets it on the socket
+before the handshake. asyncio's TLS layer, the fallback, offers no way to pass
+a session to a connection:
 
 * :class:`ResumingSSLObject` is installed as the client context's
   ``sslobject_class``. When the connector dials, it names the destination in a
@@ -32,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterator
 from contextvars import ContextVar
 
-__all__ = ["ResumingSSLObject", "SessionCache", "remember", "resuming"]
+__all__ = ["ResumingSSLObject", "SessionCache", "offer", "remember", "resuming"]
 
 
 class SessionCache:
@@ -100,11 +103,32 @@ class ResumingSSLObject(ssl.SSLObject):
         super().do_handshake()
 
 
-def remember(ssl_object: object) -> None:
-    """Keep the ticket of an established client connection for the next one (if it has one)."""
-    if not isinstance(ssl_object, ResumingSSLObject):
+def offer(sock: ssl.SSLSocket, cache: SessionCache | None, key: Hashable) -> _Slot | None:
+    """Before its handshake, give *sock* the ticket kept for *key*, if any.
+
+    Returns the slot to pass to :func:`remember` once the connection is established
+    (``None`` without a cache).
+    """
+    if cache is None:
+        return None
+    session = cache.take(key)
+    if session is not None:
+        with contextlib.suppress(ValueError, ssl.SSLError):
+            # ValueError: a ticket of another context; then: a full handshake.
+            sock.session = session
+    return (cache, key)
+
+
+def remember(ssl_object: object, slot: _Slot | None = None) -> None:
+    """Keep the ticket of an established client connection for the next one (if it has one).
+
+    *ssl_object* is a :class:`ResumingSSLObject` (asyncio's TLS layer), or an
+    :class:`ssl.SSLSocket` with the *slot* that :func:`offer` returned.
+    """
+    if isinstance(ssl_object, ResumingSSLObject):
+        slot = ssl_object._comm_slot
+    elif not isinstance(ssl_object, ssl.SSLSocket):
         return
-    slot = ssl_object._comm_slot
     if slot is None:
         return
     session = ssl_object.session
