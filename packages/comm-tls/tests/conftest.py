@@ -26,6 +26,21 @@ def loop_name(request: pytest.FixtureRequest) -> str:
     return name
 
 
+@pytest.fixture(params=["socket", "asyncio"])
+def tls_layer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test over comm-tls's own TLS transport, then over asyncio's TLS layer (the
+    fallback, ``COMM_TLS_TRANSPORT=asyncio``).
+
+    Modules that should run on both say ``pytestmark = pytest.mark.usefixtures("tls_layer")``.
+    """
+    name: str = request.param
+    if name == "asyncio":
+        monkeypatch.setenv("COMM_TLS_TRANSPORT", "asyncio")
+    else:
+        monkeypatch.delenv("COMM_TLS_TRANSPORT", raising=False)
+    return name
+
+
 @pytest.fixture(autouse=True)
 def _settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Default settings (no COMM_* variables), with fast connect retries."""

@@ -14,7 +14,7 @@ import pytest
 from comm_tls import Security, TLSComm
 from tls_support import IPV6, MiB, connected, needs_ipv6, ping, serving, within
 
-pytestmark = pytest.mark.usefixtures("loop_name")
+pytestmark = pytest.mark.usefixtures("loop_name", "tls_layer")
 
 
 async def test_extra_info_has_the_peer_certificate_cipher_and_version(temporary: Security) -> None:

@@ -1,4 +1,5 @@
-"""comm-core's backend conformance kit against tls, on IPv4 and IPv6, on asyncio and uvloop.
+"""comm-core's backend conformance kit against tls, on IPv4 and IPv6, on asyncio and uvloop,
+over comm-tls's own TLS transport, and (IPv4) over asyncio's TLS layer, the fallback.
 
 Both ends use one set of temporary mutual-TLS credentials. ``distribution``
 makes the kit check that the backend is found through comm-tls's entry point.
@@ -6,6 +7,7 @@ makes the kit check that the backend is found through comm-tls's entry point.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import MappingProxyType
 
 import pytest
@@ -43,3 +45,20 @@ class TestTLSv6Asyncio(TLSConformance):
 @pytest.mark.comm_loop("uvloop")
 class TestTLSv6Uvloop(TLSConformance):
     listen_address = f"tls://[{IPV6}]:0"
+
+
+class _OverAsyncioTLS(TLSConformance):
+    @pytest.fixture(autouse=True)
+    def _asyncio_tls(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+        monkeypatch.setenv("COMM_TLS_TRANSPORT", "asyncio")
+        yield
+
+
+@pytest.mark.comm_loop("asyncio")
+class TestTLSv4AsyncioOverAsyncioTLS(_OverAsyncioTLS):
+    listen_address = f"tls://{IPV4}:0"
+
+
+@pytest.mark.comm_loop("uvloop")
+class TestTLSv4UvloopOverAsyncioTLS(_OverAsyncioTLS):
+    listen_address = f"tls://{IPV4}:0"

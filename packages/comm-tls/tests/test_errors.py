@@ -36,7 +36,7 @@ from tls_support import (
     within,
 )
 
-pytestmark = pytest.mark.usefixtures("loop_name")
+pytestmark = pytest.mark.usefixtures("loop_name", "tls_layer")
 
 #: A failure that is not retried comes long before the connect budget is spent.
 PROMPT = LONG_CONNECT / 3

@@ -14,7 +14,7 @@ from comm_core.testing import echo_handler
 from comm_tls import Security
 from tls_support import IPV6, connect_fails, connected, needs_ipv6, ping, serving, within
 
-pytestmark = pytest.mark.usefixtures("loop_name")
+pytestmark = pytest.mark.usefixtures("loop_name", "tls_layer")
 
 
 async def _reused(

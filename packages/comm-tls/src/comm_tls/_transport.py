@@ -49,6 +49,8 @@ ENV = "COMM_TLS_TRANSPORT"
 
 #: The largest TLS record's payload: a read that returns less ended a burst.
 _RECORD = 16 * 1024
+#: The most bytes asked of OpenSSL in one read (it returns a record at most anyway).
+_READ_MAX = 1024 * 1024
 #: Bytes handed to OpenSSL in one write: one call encrypts and sends this many.
 _WRITE_SLICE = 1024 * 1024
 #: Bytes read, or written, per readiness callback before other callbacks get a turn.
@@ -179,6 +181,7 @@ class TLSTransport(asyncio.Transport):
         self._writer = False
         self._read_wants_write = False  # a read waits for the socket to be writable
         self._write_wants_read = False  # a write waits for the socket to be readable
+        self._retrying = False  # the head of the queue must go to OpenSSL again as it is
         self._closing = False  # close() or abort() was called, or the connection failed
         self._shutting_down = False  # sending / awaiting close_notify
         self._shutdown_timer: asyncio.TimerHandle | None = None
@@ -234,8 +237,6 @@ class TLSTransport(asyncio.Transport):
                 self._do_read()
         if self._queue and not self._write_wants_read:
             self._do_write()
-        elif self._shutting_down and not self._read_wants_write and not self._queue:
-            self._do_shutdown()
         else:
             self._update_writer(self._read_wants_write)
 
@@ -267,7 +268,7 @@ class TLSTransport(asyncio.Transport):
             error: BaseException | None = None
             while filled < size:
                 try:
-                    n = sock.recv_into(view[filled:] if filled else view)
+                    n = sock.recv_into(view[filled:], min(size - filled, _READ_MAX))
                 except ssl.SSLWantReadError:
                     more = False
                     break
@@ -412,17 +413,25 @@ class TLSTransport(asyncio.Transport):
         budget = _BUDGET
         while queue:
             head = queue[0]
-            if head.nbytes < _SMALL and len(queue) > 1 and queue[1].nbytes < _SMALL:
+            if (
+                not self._retrying
+                and head.nbytes < _SMALL
+                and len(queue) > 1
+                and queue[1].nbytes < _SMALL
+            ):
                 head = self._join_small()
             chunk = head if head.nbytes <= _WRITE_SLICE else head[:_WRITE_SLICE]
             try:
-                # OpenSSL sends all of chunk, or raises "want write" and must be called
-                # again with the same bytes: chunk is recomputed from the same head.
+                # OpenSSL sends all of chunk, or raises "want write" (or "want read") and
+                # must be called again with the same bytes: chunk is recomputed from the
+                # same head, which is not joined with others meanwhile.
                 sent = sock.send(chunk)
             except ssl.SSLWantWriteError:
+                self._retrying = True
                 self._update_writer(True)
                 return
             except ssl.SSLWantReadError:
+                self._retrying = True
                 self._write_wants_read = True
                 self._update_writer(self._read_wants_write)
                 self._update_reader()
@@ -430,6 +439,7 @@ class TLSTransport(asyncio.Transport):
             except (OSError, ValueError) as exc:
                 self._fatal(exc, "writing failed")
                 return
+            self._retrying = False
             self._queued -= sent
             if sent >= head.nbytes:
                 queue.popleft()
