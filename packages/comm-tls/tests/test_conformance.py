@@ -7,7 +7,6 @@ makes the kit check that the backend is found through comm-tls's entry point.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import MappingProxyType
 
 import pytest
@@ -49,9 +48,8 @@ class TestTLSv6Uvloop(TLSConformance):
 
 class _OverAsyncioTLS(TLSConformance):
     @pytest.fixture(autouse=True)
-    def _asyncio_tls(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    def _asyncio_tls(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("COMM_TLS_TRANSPORT", "asyncio")
-        yield
 
 
 @pytest.mark.comm_loop("asyncio")

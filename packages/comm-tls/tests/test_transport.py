@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import socket
 import ssl
@@ -21,10 +22,10 @@ import pytest
 
 import comm_core
 from comm_core import CommClosedError
+from comm_core.testing import until
 from comm_tls import Security, TLSComm
 from comm_tls import _transport as transport_module
 from comm_tls._transport import TLSTransport, handshake
-from comm_core.testing import until
 from tls_support import IPV4, MiB, connected, serving, within
 
 pytestmark = pytest.mark.usefixtures("loop_name")
@@ -282,7 +283,7 @@ async def test_a_write_that_blocks_is_retried_with_the_same_bytes(temporary: Sec
         await within(at_client.resumed, "resume_writing()")
         assert client.get_write_buffer_size() == 0
     sends = scripted[0].sends
-    for (size, outcome), (next_size, _) in zip(sends, sends[1:]):
+    for (size, outcome), (next_size, _) in itertools.pairwise(sends):
         if outcome == "SSLWantWriteError":
             assert next_size == size, sends
     assert max(size for size, _ in sends) <= 1024 * 1024
