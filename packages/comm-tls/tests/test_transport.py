@@ -426,3 +426,42 @@ async def test_the_old_path_stays_available(
         assert not isinstance((await served.accepted()).transport, TLSTransport)
     monkeypatch.delenv(transport_module.ENV)
     assert transport_module.available(asyncio.get_running_loop())
+
+
+class _Chunks(asyncio.Protocol):
+    """A plain (not buffered) protocol: the transport hands it ``bytes``."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        assert isinstance(data, bytes)
+        self.data += data
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set_result(exc)
+
+
+async def test_a_plain_protocol_gets_data_received(temporary: Security) -> None:
+    loop = asyncio.get_running_loop()
+    payload = os.urandom(3 * MiB)
+    client_sock, server_sock = await _socket_pair(temporary)
+    at_server = _Chunks()
+    server = TLSTransport(loop, server_sock, at_server)
+    server.start()
+    at_client = Recorder()
+    client = TLSTransport(loop, client_sock, at_client)
+    client.start()
+    client.write(payload)
+    client.close()
+    assert await within(at_server.lost, "the server's connection_lost()") is None
+    assert await within(at_client.lost, "the client's connection_lost()") is None
+    assert at_server.eof
+    assert bytes(at_server.data) == payload
+    assert server.is_closing()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -374,10 +373,10 @@ class _PendingSocket:
 def _discard_input(sock: socket.socket) -> None:
     """Read and drop what *sock* received (the raw bytes, under TLS too), so that closing it
     sends a FIN after what was sent, not a reset."""
-    fd = sock.fileno()
     for _ in range(64):
         try:
-            if not os.read(fd, 65536):
+            # socket.socket's own recv: under an SSLSocket, the raw bytes.
+            if not socket.socket.recv(sock, 65536):
                 return
         except (BlockingIOError, InterruptedError):
             return
