@@ -465,3 +465,19 @@ async def test_a_plain_protocol_gets_data_received(temporary: Security) -> None:
     assert at_server.eof
     assert bytes(at_server.data) == payload
     assert server.is_closing()
+
+
+async def test_close_while_the_peer_is_still_sending(temporary: Security) -> None:
+    """What arrives after close() is dropped, and both ends still end cleanly: the peer
+    sends what it had queued, answers the close_notify, and nobody is reset."""
+    payload = os.urandom(16 * MiB)
+    async with transports(temporary) as (client, at_client, server, at_server):
+        server.write(payload)
+        await at_client.received(1, "the first bytes")
+        client.close()
+        assert await within(at_client.lost, "the client's connection_lost()") is None
+        assert await within(at_server.lost, "the server's connection_lost()") is None
+        assert len(at_client.data) < len(payload)
+        assert "eof" in at_server.events
+        assert at_server.events[-1] == "lost"
+        assert server.get_write_buffer_size() == 0

@@ -189,7 +189,13 @@ class TLSTransport(asyncio.Transport):
 
     def start(self) -> None:
         """Connect the protocol (``connection_made()``, now) and start reading."""
-        self._protocol.connection_made(self)
+        try:
+            self._protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "connection_made() failed")
+            return
         if self._lost:
             return
         self._update_reader()
@@ -200,7 +206,9 @@ class TLSTransport(asyncio.Transport):
 
     def _update_reader(self) -> None:
         want = not self._lost and (
-            self._write_wants_read or self._shutting_down or (self._reading and not self._closing)
+            self._write_wants_read
+            or self._shutting_down
+            or (self._reading and not self._closing and not self._read_wants_write)
         )
         if want and not self._reader:
             self._loop.add_reader(self._fd, self._read_ready)
@@ -235,6 +243,7 @@ class TLSTransport(asyncio.Transport):
                 self._do_shutdown()
             elif self._reading and not self._closing:
                 self._do_read()
+            self._update_reader()
         if self._queue and not self._write_wants_read:
             self._do_write()
         else:
@@ -273,8 +282,9 @@ class TLSTransport(asyncio.Transport):
                     more = False
                     break
                 except ssl.SSLWantWriteError:
-                    self._read_wants_write = True
+                    self._read_wants_write = True  # _write_ready() reads again
                     self._update_writer(True)
+                    self._update_reader()
                     more = False
                     break
                 except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
@@ -320,6 +330,7 @@ class TLSTransport(asyncio.Transport):
             except ssl.SSLWantWriteError:
                 self._read_wants_write = True
                 self._update_writer(True)
+                self._update_reader()
                 return
             except (OSError, ValueError) as exc:
                 self._fatal(exc, "reading failed")
@@ -435,6 +446,19 @@ class TLSTransport(asyncio.Transport):
                 self._write_wants_read = True
                 self._update_writer(self._read_wants_write)
                 self._update_reader()
+                return
+            except ssl.SSLZeroReturnError:
+                # The peer sent its close_notify (we read it): it reads no more, so
+                # what is queued is dropped and our side ends too.
+                self._retrying = False
+                queue.clear()
+                self._queued = 0
+                self._maybe_resume()
+                self._closing = True
+                self._update_writer(self._read_wants_write)
+                self._update_reader()
+                if not self._shutting_down:
+                    self._start_shutdown()
                 return
             except (OSError, ValueError) as exc:
                 self._fatal(exc, "writing failed")
