@@ -313,6 +313,25 @@ async def test_a_write_that_wants_read_waits_for_the_socket_to_be_readable(
         assert scripted[0].sends[1][0] == 5  # the same bytes again, first
 
 
+async def test_a_small_write_that_blocks_is_retried_with_the_same_bytes(
+    temporary: Security,
+) -> None:
+    scripted: list[Scripted] = []
+
+    def wrap(sock: ssl.SSLSocket) -> Scripted:
+        wrapped = Scripted(sock)
+        wrapped.send_errors.append(ssl.SSLWantWriteError(ssl.SSL_ERROR_WANT_WRITE, "scripted"))
+        scripted.append(wrapped)
+        return wrapped
+
+    async with transports(temporary, wrap=wrap) as (client, _, _, at_server):
+        client.write(b"hello")
+        client.write(bytearray(b" world"))  # queued behind it, not joined with it
+        assert await at_server.received(11) == b"hello world"
+        sizes = [size for size, _ in scripted[0].sends]
+        assert sizes[:2] == [5, 5]
+
+
 async def test_a_read_that_wants_write_waits_for_the_socket_to_be_writable(
     temporary: Security,
 ) -> None:

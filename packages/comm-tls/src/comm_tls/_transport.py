@@ -227,6 +227,10 @@ class TLSTransport(asyncio.Transport):
             self._writer = False
 
     def _read_ready(self) -> None:
+        if not (self._write_wants_read or self._shutting_down):
+            if self._reading and not self._closing:
+                self._do_read()  # which updates the registration if anything changes
+            return
         if self._write_wants_read:
             self._write_wants_read = False
             self._do_write()
@@ -276,8 +280,9 @@ class TLSTransport(asyncio.Transport):
             eof = False
             error: BaseException | None = None
             while filled < size:
+                asked = min(size - filled, _READ_MAX)
                 try:
-                    n = sock.recv_into(view[filled:], min(size - filled, _READ_MAX))
+                    n = sock.recv_into(view[filled:] if filled else view, asked)
                 except ssl.SSLWantReadError:
                     more = False
                     break
@@ -294,8 +299,11 @@ class TLSTransport(asyncio.Transport):
                     eof = True
                     break
                 filled += n
-                if n < _RECORD and not sock.pending():
-                    more = False  # a short record, nothing left decrypted: the burst ended
+                if n < asked and n < _RECORD:
+                    # OpenSSL returned a whole record (it returns less than asked only at
+                    # a record's end, and reads no further), and a short one: the burst
+                    # most likely ended.
+                    more = False
                     break
             del view
             if filled:
@@ -389,6 +397,27 @@ class TLSTransport(asyncio.Transport):
     def write(self, data: Any) -> None:
         if self._closing:
             return
+        sock = self._sock
+        if (
+            type(data) is bytes
+            and sock is not None
+            and not self._queue
+            and not self._writer
+            and not self._write_wants_read
+            and 0 < len(data) <= _WRITE_SLICE
+        ):
+            # Nothing waits: hand it to OpenSSL now (the common case of a small message).
+            try:
+                sent = sock.send(data)
+            except (OSError, ValueError) as exc:
+                self._queue.append(memoryview(data))
+                self._queued += len(data)
+                self._send_failed(exc)
+                self._maybe_pause()
+                return
+            if sent >= len(data):
+                return
+            data = memoryview(data)[sent:]
         view = memoryview(data)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
@@ -437,31 +466,8 @@ class TLSTransport(asyncio.Transport):
                 # must be called again with the same bytes: chunk is recomputed from the
                 # same head, which is not joined with others meanwhile.
                 sent = sock.send(chunk)
-            except ssl.SSLWantWriteError:
-                self._retrying = True
-                self._update_writer(True)
-                return
-            except ssl.SSLWantReadError:
-                self._retrying = True
-                self._write_wants_read = True
-                self._update_writer(self._read_wants_write)
-                self._update_reader()
-                return
-            except ssl.SSLZeroReturnError:
-                # The peer sent its close_notify (we read it): it reads no more, so
-                # what is queued is dropped and our side ends too.
-                self._retrying = False
-                queue.clear()
-                self._queued = 0
-                self._maybe_resume()
-                self._closing = True
-                self._update_writer(self._read_wants_write)
-                self._update_reader()
-                if not self._shutting_down:
-                    self._start_shutdown()
-                return
-            except (OSError, ValueError) as exc:
-                self._fatal(exc, "writing failed")
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                self._send_failed(exc)
                 return
             self._retrying = False
             self._queued -= sent
@@ -478,6 +484,31 @@ class TLSTransport(asyncio.Transport):
         self._maybe_resume()
         if self._closing and not self._shutting_down and not self._lost:
             self._start_shutdown()
+
+    def _send_failed(self, exc: BaseException) -> None:
+        """OpenSSL did not take the head of the queue: wait for what it needs, or end."""
+        if isinstance(exc, ssl.SSLWantWriteError):
+            self._retrying = True
+            self._update_writer(True)
+        elif isinstance(exc, ssl.SSLWantReadError):
+            self._retrying = True
+            self._write_wants_read = True
+            self._update_writer(self._read_wants_write)
+            self._update_reader()
+        elif isinstance(exc, ssl.SSLZeroReturnError):
+            # The peer sent its close_notify (we read it): it reads no more, so what is
+            # queued is dropped, and our side ends too.
+            self._retrying = False
+            self._queue.clear()
+            self._queued = 0
+            self._maybe_resume()
+            self._closing = True
+            self._update_writer(self._read_wants_write)
+            self._update_reader()
+            if not self._shutting_down:
+                self._start_shutdown()
+        else:
+            self._fatal(exc, "writing failed")
 
     def _join_small(self) -> memoryview:
         """Join the small buffers at the head of the queue into one (one record, one send)."""
