@@ -210,6 +210,8 @@ async def test_extra_info(temporary: Security) -> None:
             assert transport.get_extra_info("sockname")[0] == IPV4
             assert transport.get_extra_info("peername")[0] == IPV4
             assert transport.get_extra_info("nothing", "default") == "default"
+            assert transport.get_extra_info("tls_version") == "TLSv1.3"
+            assert transport.get_extra_info("session_reused") is False
         assert client.get_extra_info("sockname") == server.get_extra_info("peername")
         assert client.can_write_eof() is False
         with pytest.raises(NotImplementedError):

@@ -106,6 +106,10 @@ class TLSComm(TCPComm):
         ssl_object = transport.get_extra_info("ssl_object")
         info["peercert"] = transport.get_extra_info("peercert") or {}
         info["cipher"] = transport.get_extra_info("cipher")
-        info["tls_version"] = ssl_object.version() if ssl_object is not None else None
-        info["tls_session_reused"] = bool(ssl_object is not None and ssl_object.session_reused)
+        if isinstance(transport, TLSTransport):
+            info["tls_version"] = transport.get_extra_info("tls_version")
+            info["tls_session_reused"] = transport.get_extra_info("session_reused")
+        else:
+            info["tls_version"] = ssl_object.version() if ssl_object is not None else None
+            info["tls_session_reused"] = bool(ssl_object is not None and ssl_object.session_reused)
         return info

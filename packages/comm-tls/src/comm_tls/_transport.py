@@ -161,6 +161,9 @@ class TLSTransport(asyncio.Transport):
             "peercert": sock.getpeercert(),
             "cipher": sock.cipher(),
             "compression": sock.compression(),
+            # What the socket forgets once closed, for comms that report it later.
+            "tls_version": sock.version(),
+            "session_reused": bool(sock.session_reused),
         }
         try:
             self._info["sockname"] = sock.getsockname()
