@@ -273,6 +273,10 @@ async def test_a_write_that_blocks_is_retried_with_the_same_bytes(temporary: Sec
         server.pause_reading()  # the peer does not read
         client.set_write_buffer_limits(high=4 * MiB)
         client.write(payload)
+        sock = client.get_extra_info("socket")
+        if hasattr(socket, "TCP_CORK"):
+            # Corked only while a large write is handed to the kernel, never in between.
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
         await within(at_client.paused, "pause_writing()")
         assert client.get_write_buffer_size() > 4 * MiB
         await until(
