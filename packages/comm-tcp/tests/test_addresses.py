@@ -138,4 +138,7 @@ async def test_wildcard_port_in_use_on_one_family(host: str) -> None:
             return
         family = socket.AF_INET6 if ":" in other else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: earlier tests' connections may have left this port in
+            # TIME_WAIT as a client port; a socket still listening on it is refused anyway.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((other, served.port))  # EADDRINUSE if the failed start kept a socket
