@@ -126,17 +126,25 @@ class TCPListener(Listener):
             return socks
         raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
 
-    async def start(self) -> None:
-        if self._servers or self._accept_loops or self._stopped:
-            return
-        loop = asyncio.get_running_loop()
+    def _open_sockets(self) -> list[socket.socket]:
+        """Bound, listening sockets for this listener's address.
+
+        Raises:
+            ConnectError: the address cannot be bound, naming it and the OS's reason.
+        """
         try:
-            socks = self._sockets()
+            return self._sockets()
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(
                 f"cannot listen on {self.listen_address_for(self.port)}: {reason}"
             ) from exc
+
+    async def start(self) -> None:
+        if self._servers or self._accept_loops or self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        socks = self._open_sockets()
         make_transport = _direct.socket_transport_factory(loop)
         try:
             for sock in socks:

@@ -10,7 +10,6 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any
 
-from comm_core import ConnectError
 from comm_core.abc import CommHandler
 from comm_core.protocol import MAGIC
 from comm_core.stream import format_sockaddr
@@ -113,13 +112,7 @@ class TLSListener(TCPListener):
             return
         if self._servers or self._listening or self._stopped:
             return
-        try:
-            socks = self._sockets()
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ConnectError(
-                f"cannot listen on {self.listen_address_for(self.port)}: {reason}"
-            ) from exc
+        socks = self._open_sockets()
         self._loop = loop
         self._listening = socks
         for sock in socks:
