@@ -202,11 +202,8 @@ def rss() -> int | None:
         return None
 
 
-def server_greeting(data: bytes) -> dict[str, Any]:
-    """What a listener sends before hearing from its peer: the preamble, then its handshake.
-
-    Fails the test unless *data* is exactly that.
-    """
+def stream_messages(data: bytes) -> list[Any]:
+    """The messages in *data*, which must be the comm preamble and whole messages."""
     messages: list[list[Any]] = []
     decoder = FrameDecoder(messages.append, max_message_size=1 << 20)
     view = memoryview(data)
@@ -217,8 +214,17 @@ def server_greeting(data: bytes) -> dict[str, Any]:
         decoder.buffer_updated(n)
         view = view[n:]
     assert data.startswith(PREAMBLE), data[:16]
+    return [decode_message(frames) for frames in messages]
+
+
+def server_greeting(data: bytes) -> dict[str, Any]:
+    """What a listener sends before hearing from its peer: the preamble, then its handshake.
+
+    Fails the test unless *data* is exactly that.
+    """
+    messages = stream_messages(data)
     assert len(messages) == 1, f"{len(messages)} messages after the preamble"
-    info = decode_message(messages[0])
+    info = messages[0]
     assert isinstance(info, dict), info
     assert info["protocol"] == 1, info
     return info

@@ -9,8 +9,17 @@ from collections.abc import Callable
 import pytest
 
 import comm_core
-from comm_core.protocol import PREAMBLE
-from tcp_support import IPV4, read_until_closed, server_greeting, serving, tcp_address, within
+from comm_core import PROTOCOL_VERSION
+from comm_core.protocol import PREAMBLE, encode_message
+from tcp_support import (
+    IPV4,
+    read_until_closed,
+    server_greeting,
+    serving,
+    stream_messages,
+    tcp_address,
+    within,
+)
 
 pytestmark = pytest.mark.usefixtures("loop_name")
 
@@ -46,15 +55,98 @@ async def test_listener_greets_before_hearing_from_the_client(raw_socket: RawSoc
     assert info["library"] == "comm-core"
 
 
-async def test_client_sends_preamble_and_handshake_together(raw_socket: RawSocket) -> None:
+def _greeting() -> bytes:
+    """What a comm listener sends on accepting: the preamble and its handshake message."""
+    [handshake], _ = encode_message({"protocol": PROTOCOL_VERSION, "library": "raw"})
+    return PREAMBLE + handshake
+
+
+def _nothing_received(sock: socket.socket) -> bool:
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    return False
+
+
+async def test_client_handshake_leaves_with_its_first_message(raw_socket: RawSocket) -> None:
+    """A listener that greets first hears the client's preamble, handshake and first
+    message in one write, so that it wakes once for them, not twice."""
+    loop = asyncio.get_running_loop()
+    server, address = await _raw_server(raw_socket)
+
+    async def accept_and_greet() -> socket.socket:
+        conn, _ = await loop.sock_accept(server)
+        conn.setblocking(False)
+        await loop.sock_sendall(conn, _greeting())
+        return conn
+
+    greeting = asyncio.ensure_future(accept_and_greet())
+    try:
+        # Awaited here, not in a task of its own, so that nothing runs between
+        # connect() and write(); connect()'s timeout bounds it.
+        comm = await comm_core.connect(address, timeout=5)
+    except BaseException:
+        greeting.cancel()
+        raise
+    # It greeted, so it is done; awaiting it would let the loop run.
+    conn = greeting.result()
+    try:
+        assert comm.handshake_info["library"] == "raw"
+        # Loopback delivers a send before the call returns: had the client sent its
+        # handshake during connect(), it would be here.
+        assert _nothing_received(conn)
+        await comm.write({"op": "ping"})
+        data = b""
+        while not data.endswith(b"ping"):
+            data += await within(loop.sock_recv(conn, 65536), "the client's bytes")
+        info, message = stream_messages(data)
+        assert info["library"] == "comm-core"
+        assert message == {"op": "ping"}
+    finally:
+        conn.close()
+        await comm.close()
+
+
+async def test_a_client_that_stays_silent_still_sends_its_handshake(
+    raw_socket: RawSocket,
+) -> None:
+    """The handshake is held only until the end of the loop iteration that completed it:
+    a listener would drop a client that never completes it."""
     loop = asyncio.get_running_loop()
     server, address = await _raw_server(raw_socket)
     connecting = asyncio.ensure_future(comm_core.connect(address, timeout=5))
     try:
         conn, _ = await within(loop.sock_accept(server), "the client's connection")
         conn.setblocking(False)
+        await loop.sock_sendall(conn, _greeting())
+        comm = await within(connecting, "connect() to finish the handshake")
+        data = b""
+        while len(stream_messages(data) if data else ()) < 1:
+            data += await within(loop.sock_recv(conn, 65536), "the client's handshake")
+        [info] = stream_messages(data)
+        assert info["library"] == "comm-core"
+        conn.close()
+        await comm.close()
+    finally:
+        connecting.cancel()
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            connecting.result().abort()
+
+
+async def test_client_speaks_first_to_a_peer_that_waits(raw_socket: RawSocket) -> None:
+    """A peer that waits to be spoken to gets the preamble and handshake in one write
+    after a short wait, not after the handshake timeout."""
+    loop = asyncio.get_running_loop()
+    server, address = await _raw_server(raw_socket)
+    started = loop.time()
+    connecting = asyncio.ensure_future(comm_core.connect(address, timeout=60, handshake_timeout=30))
+    try:
+        conn, _ = await within(loop.sock_accept(server), "the client's connection")
+        conn.setblocking(False)
         # One write: the first receive holds both (they are a few dozen bytes).
         first = await within(loop.sock_recv(conn, 65536), "the client's first bytes")
+        assert loop.time() - started < 10  # well before the handshake timeout
         info = server_greeting(first)
         assert info["library"] == "comm-core"
         await loop.sock_sendall(conn, first)  # answer with the same greeting
@@ -66,6 +158,28 @@ async def test_client_sends_preamble_and_handshake_together(raw_socket: RawSocke
         connecting.cancel()
         if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
             connecting.result().abort()
+
+
+async def test_a_peer_that_is_not_a_comm_endpoint_is_found_out_quickly(
+    raw_socket: RawSocket,
+) -> None:
+    """An HTTP server answers the client's held handshake with an error page: connect()
+    fails with ProtocolError naming what the peer is, long before its timeouts."""
+    loop = asyncio.get_running_loop()
+    server, address = await _raw_server(raw_socket)
+    started = loop.time()
+    connecting = asyncio.ensure_future(comm_core.connect(address, timeout=60, handshake_timeout=30))
+    try:
+        conn, _ = await within(loop.sock_accept(server), "the client's connection")
+        conn.setblocking(False)
+        await within(loop.sock_recv(conn, 65536), "the client's first bytes")
+        await loop.sock_sendall(conn, b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        with pytest.raises(comm_core.ProtocolError, match="looks like HTTP"):
+            await within(connecting, "connect() to fail")
+        assert loop.time() - started < 10
+        conn.close()
+    finally:
+        connecting.cancel()
 
 
 @pytest.mark.parametrize("first_call", ["read", "close"])

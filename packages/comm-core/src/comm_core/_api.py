@@ -119,7 +119,7 @@ async def _handshake(
         else:
             async with timeout_after(timeout):
                 if sent is None:
-                    await comm.write(local)
+                    await comm._send_handshake(local)
                 peer = await comm.read()
     except TimeoutError as exc:
         comm.abort()

@@ -205,6 +205,15 @@ class Comm(ABC):
         """
         return False
 
+    async def _send_handshake(self, info: Mapping[str, Any]) -> None:
+        """Send this side's handshake message *info*, for a comm that dialed.
+
+        The default writes it. comm-core's stream comms queue it behind their
+        preamble instead, so that it leaves with the first message the user
+        writes (a comm listener speaks first, so the client need not).
+        """
+        await self.write(info)
+
     # -- what comm-core provides ----------------------------------------------------
 
     @property

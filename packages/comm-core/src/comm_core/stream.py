@@ -46,6 +46,10 @@ _WRITELINES_ZERO_COPY = sys.version_info >= (3, 12)
 #: Large buffers go to a transport that copies (Python < 3.12) in slices this big.
 _SLICE = 1024 * 1024
 _LARGE = 1024 * 1024  # buffers at least this long are written apart from small ones
+#: How long a dialing comm holds its preamble and handshake while it waits for the
+#: listener's (comm listeners speak first); then they go out anyway, for a peer that
+#: waits to be spoken to (and is then found not to be a comm endpoint, at once).
+_HOLD_HANDSHAKE = 0.05
 
 
 def format_sockaddr(scheme: str, sockaddr: Any) -> str:
@@ -119,6 +123,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
         # The preamble waits in self.out for the first write (or read, or close),
         # so that it leaves with it in one system call.
         self.preamble_pending = False
+        # Set by StreamComm._send_handshake(): the next read does not flush at once.
+        self.hold_handshake = False
         self.flush_handle: asyncio.Handle | None = None
         # True once a write went out since the last read or flush: later writes gather.
         self.burst = False
@@ -502,8 +508,13 @@ class StreamComm(Comm):
                 raise p.read_error()
             if p.waiter is not None:
                 raise RuntimeError(f"{self!r}: read() called while another read() is waiting")
+            hold = None
             if p.preamble_pending:
-                p.flush()  # the peer may be waiting for it before it says anything
+                if p.hold_handshake:  # see _send_handshake()
+                    p.hold_handshake = False
+                    hold = p.loop.call_later(_HOLD_HANDSHAKE, p.flush)
+                else:
+                    p.flush()  # the peer may be waiting for it before it says anything
             waiter = p.waiter = p.loop.create_future()
             try:
                 frames = await waiter
@@ -514,12 +525,43 @@ class StreamComm(Comm):
                 # An error's traceback holds this frame: without the waiter (which holds
                 # the error), so that they are not a reference cycle.
                 del waiter
+                if hold is not None:
+                    hold.cancel()
+            if hold is not None and p.preamble_pending and p.flush_handle is None:
+                # The handshake is done: what it held leaves with a write made in
+                # this loop iteration, or else at its end (a listener drops a
+                # dialer that stays silent past its handshake timeout).
+                p.flush_handle = p.loop.call_soon(p.flush)
         try:
             return self._decoder.decode(frames, deserializers)
         except ProtocolError as exc:
             p.error = exc
             self.abort()
             raise
+
+    async def _send_handshake(self, info: Mapping[str, Any]) -> None:
+        """Queue the handshake behind the preamble, to leave with the first write.
+
+        A comm listener sends its preamble and handshake without waiting for the
+        dialer's, so the dialer's can wait for its first message (or read, or
+        close) and leave with it in one segment: the listener then wakes once
+        for both, not twice. They are held for at most ``_HOLD_HANDSHAKE``
+        seconds while the handshake waits for the listener's (for a peer that
+        waits to be spoken to), and only until the end of the loop iteration in
+        which the handshake completes.
+        """
+        p = self.protocol
+        if not p.preamble_pending or p.closing or p.peer_gone or p.transport is None:
+            await self.write(info)
+            return
+        buffers, nbytes = self._encoder_for(None, "raise").encode(info)
+        p.out.extend(buffers)
+        p.out_size += nbytes
+        if not p.ready:
+            p.hold_handshake = True  # read() sees to the rest
+        elif p.flush_handle is None:  # the listener's is here: the read will not wait
+            assert p.loop is not None
+            p.flush_handle = p.loop.call_soon(p.flush)
 
     def _encoder_for(self, serializers: Collection[str] | None, on_error: OnError) -> Encoder:
         if serializers is None and on_error == "raise":
