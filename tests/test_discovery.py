@@ -85,6 +85,49 @@ def test_finding_tcp_imports_no_importlib_metadata() -> None:
     assert out.strip() == "[]"
 
 
+_LIGHT_PROBE = """
+import json, sys
+import comm_core
+
+lookup = sys.argv[1]
+if lookup == "backends":
+    comm_core.backends()  # every installed plugin and backend class
+else:
+    comm_core.get_backend(lookup)
+heavy = sorted(m for m in ("asyncio", "ssl", "msgpack") if m in sys.modules)
+
+import asyncio
+
+async def echo(comm):
+    async for msg in comm:
+        await comm.write(msg)
+
+async def round_trip():
+    async with comm_core.listen("tcp://127.0.0.1:0", echo) as listener:
+        async with await comm_core.connect(listener.contact_address, timeout=10) as comm:
+            await comm.write({"op": "ping", "data": b"x" * 100_000})
+            reply = await comm.read()
+    return [reply["op"], len(reply["data"])]
+
+print(json.dumps({"heavy": heavy, "reply": asyncio.run(round_trip())}))
+"""
+
+
+@pytest.mark.parametrize("lookup", ["tcp", "tls", "inproc", "backends"])
+def test_looking_up_a_backend_imports_no_asyncio_ssl_or_msgpack(lookup: str) -> None:
+    # With every transport installed, importing comm_core and looking up one backend
+    # (or listing them all, which imports every backend class) imports none of them:
+    # the first connect() or listen() does, and then works.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _LIGHT_PROBE, lookup],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"heavy": [], "reply": ["ping", 100_000]}
+
+
 def test_no_scheme_is_claimed_twice() -> None:
     assert dict(comm_core.get_registry().conflicts()) == {}
 

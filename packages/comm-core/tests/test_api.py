@@ -25,6 +25,7 @@ from comm_core import (
     IncompatibleProtocolError,
     Registry,
 )
+from comm_core._handshake import handshake
 from memory_backend import (
     EncryptedMemoryBackend,
     InProcessMemoryBackend,
@@ -264,8 +265,8 @@ async def test_handshake_options_of_the_transport(memory: MemoryBackend) -> None
     a, b = OptionsComm.pair("memory://a", "memory://b")
     overrides = {"role": "mine"}
     await asyncio.gather(
-        comm_core._api._handshake(a, overrides, 5, "a"),
-        comm_core._api._handshake(b, None, 5, "b"),
+        handshake(a, overrides, 5, "a"),
+        handshake(b, None, 5, "b"),
     )
     assert b.handshake_info["transport"] == "memory"
     assert b.handshake_info["role"] == "mine"  # overrides win over the transport's options
@@ -338,7 +339,7 @@ async def test_not_a_handshake(memory: MemoryBackend, reply: object) -> None:
     a, b = MemoryComm.pair("memory://a", "memory://b")
     await b.write(reply)
     with pytest.raises(HandshakeError, match="instead of a comm handshake"):
-        await comm_core._api._handshake(a, None, 5, "test")
+        await handshake(a, None, 5, "test")
     assert a.closed()
     await b.close()
 

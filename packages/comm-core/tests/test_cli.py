@@ -87,6 +87,30 @@ def test_importing_comm_core_does_not_import_the_cli() -> None:
     assert result.stdout.strip() == "[]"
 
 
+_LIGHT_COMMANDS = """
+import contextlib, io, sys
+from comm_core.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    main(["backends"])
+    main(["backends", "--json"])
+    with contextlib.suppress(SystemExit):
+        main(["--help"])
+print(sorted(m for m in ("asyncio", "ssl", "msgpack") if m in sys.modules))
+"""
+
+
+def test_listing_backends_imports_no_asyncio() -> None:
+    # `comm backends` and `comm --help` start fast: no event loop, no TLS, no codec.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _LIGHT_COMMANDS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_console_script_is_declared() -> None:
     [script] = importlib.metadata.entry_points(group="console_scripts", name="comm")
     assert script.value == "comm_core.cli:main"

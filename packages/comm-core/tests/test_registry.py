@@ -392,6 +392,76 @@ def test_import_is_lazy(fake_dists: FakeDistributions) -> None:
     assert "lazy" in result["after"]["schemes"]
 
 
+_LIGHT_PROBE = f"""
+import json, sys
+import comm_core
+{plugin_source("light")}
+comm_core.register_backend(Backend_0)
+comm_core.get_backend("light")
+comm_core.backends()
+comm_core.get_address_host("light://somewhere")
+comm_core.get_local_address_for("light://somewhere")
+comm_core.resolve_address("light://somewhere")
+heavy = ("asyncio", "ssl", "msgpack", "logging", "socket", "comm_core.protocol",
+         "comm_core.stream", "comm_core._handshake")
+print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
+"""
+
+
+def test_looking_up_a_backend_imports_no_asyncio() -> None:
+    # comm-core's own part: connect() and listen() import asyncio and the wire protocol,
+    # importing comm_core and looking up a (light) backend do not. The transports' part
+    # is checked in the repository's tests/test_discovery.py.
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _LIGHT_PROBE],
+        env={**os.environ, "COMM_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert json.loads(out) == []
+
+
+_SUBMODULES_PROBE = """
+import json, sys
+import comm_core
+before = sorted(m for m in ("comm_core.protocol", "comm_core.stream") if m in sys.modules)
+protocol, stream = comm_core.protocol, comm_core.stream
+print(json.dumps({
+    "before": before,
+    "same": [protocol is sys.modules["comm_core.protocol"],
+             stream is sys.modules["comm_core.stream"]],
+    "names": [protocol.__name__, stream.StreamComm.__qualname__],
+}))
+"""
+
+
+def test_protocol_and_stream_are_attributes_imported_on_first_access() -> None:
+    # They were imported with comm_core once; code that reached them as attributes still can.
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _SUBMODULES_PROBE],
+        env={**os.environ, "COMM_DISABLE_PLUGIN_AUTOLOAD": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert json.loads(out) == {
+        "before": [],
+        "same": [True, True],
+        "names": ["comm_core.protocol", "StreamComm"],
+    }
+
+
+def test_unknown_attribute_of_comm_core() -> None:
+    with pytest.raises(AttributeError, match=r"^module 'comm_core' has no attribute 'nope'$"):
+        comm_core.nope  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(ImportError, match="cannot import name 'nope'"):
+        from comm_core import nope  # type: ignore[attr-defined]  # noqa: F401
+    assert set(comm_core.__all__) <= set(dir(comm_core))
+
+
 def test_fake_distributions_are_gone_after_their_test(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

@@ -1,4 +1,5 @@
-"""What the conformance kit does not cover: socket paths, their files and directories.
+"""What the conformance kit does not cover: socket paths, their files and directories,
+and what importing the backend costs.
 
 The ``async def`` tests run in a fresh event loop each, through comm-core's
 pytest plugin (enabled in pyproject.toml).
@@ -6,9 +7,12 @@ pytest plugin (enabled in pyproject.toml).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -139,3 +143,25 @@ async def test_connection_arguments(socket_dir: str) -> None:
             await comm.write({"data": b"x" * 1500})  # more than the server accepts
             with pytest.raises(comm_core.CommClosedError):
                 await comm.read()
+
+
+_IMPORT_PROBE = """
+import json, sys
+import comm_core
+backend = comm_core.get_backend("unix")
+heavy = ("asyncio", "socket", "comm_core.stream", "comm_unix._connector", "comm_unix._listener")
+print(json.dumps([type(backend).__name__, sorted(m for m in heavy if m in sys.modules)]))
+"""
+
+
+def test_looking_up_the_backend_imports_no_asyncio() -> None:
+    # comm-core imports every installed transport's plugin and backend class the first
+    # time it needs any backend: those of comm-unix import neither asyncio nor socket.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _IMPORT_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["UnixBackend", []]

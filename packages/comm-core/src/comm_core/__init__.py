@@ -16,8 +16,11 @@ Connect to an address and exchange Python objects::
 Transports are separate distributions (comm-tcp, comm-tls, comm-inproc, or a
 third party's comm-<name>) found through the ``comm_core.backends`` entry
 point group. Importing comm_core imports no transport and scans nothing; the
-registry is built on first use.
+registry is built on first use. Neither importing it nor looking up a backend
+imports asyncio, ssl or msgpack: the first connect() or listen() does.
 """
+
+from typing import TYPE_CHECKING
 
 from comm_core import exceptions
 from comm_core._addressing import (
@@ -121,3 +124,20 @@ __all__ = [
     "unparse_address",
     "unparse_host_port",
 ]
+
+#: Submodules reachable as attributes without being imported first (they were once
+#: imported with comm_core; now the first comm imports them: they need msgpack or asyncio).
+_SUBMODULES = frozenset({"protocol", "stream"})
+
+
+def _import_submodule(name: str) -> object:
+    """``comm_core.protocol`` and ``comm_core.stream``, imported on first access."""
+    if name in _SUBMODULES:
+        from importlib import import_module
+
+        return import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if not TYPE_CHECKING:  # type checkers see the real submodules, and no catch-all
+    __getattr__ = _import_submodule

@@ -8,8 +8,6 @@ An address without ``://`` uses the default scheme (``tcp`` unless the
 
 from __future__ import annotations
 
-import string
-
 from comm_core._config import get_setting
 from comm_core.exceptions import AddressError
 
@@ -21,8 +19,10 @@ __all__ = [
     "unparse_host_port",
 ]
 
-_SCHEME_FIRST = frozenset(string.ascii_letters)
-_SCHEME_REST = frozenset(string.ascii_letters + string.digits + "+-.")
+# string.ascii_letters and string.digits, written out: importing string compiles a regex.
+_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_SCHEME_FIRST = frozenset(_LETTERS)
+_SCHEME_REST = frozenset(_LETTERS + "0123456789+-.")
 
 
 def _check_str(value: object, what: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import string
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from types import MappingProxyType, TracebackType
@@ -49,7 +48,8 @@ def _parse_size(text: str) -> int:
     return value
 
 
-_SCHEME_CHARS = frozenset(string.ascii_lowercase + string.digits + "+-.")
+# Not from the string module: importing it compiles a regex, at every start-up.
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
 
 
 def _parse_scheme(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
 
@@ -15,7 +15,10 @@ from comm_core._entrypoints import EntryPoint, entry_points
 from comm_core._record import Record
 from comm_core.abc import Backend
 from comm_core.exceptions import BackendConflictError, PluginError, UnknownSchemeError
-from comm_core.protocol import SerializerFamily, pickle_family
+
+if TYPE_CHECKING:
+    # The wire protocol (and msgpack) is imported when a stream comm first needs it.
+    from comm_core.protocol import SerializerFamily
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -285,6 +288,8 @@ class Registry:
         families = self._families
         if families is not None:
             return families
+        from comm_core.protocol import pickle_family
+
         with self._lock:
             pm = self._plugin_manager()
             found: dict[str, SerializerFamily] = {pickle_family.name: pickle_family}

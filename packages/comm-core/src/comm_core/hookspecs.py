@@ -58,8 +58,10 @@ def comm_register_backends() -> Sequence[type[Backend]]:  # type: ignore[empty-b
     """Return the :class:`~comm_core.Backend` subclasses this plugin provides.
 
     Each class names its URI scheme in its ``scheme`` attribute. Called once,
-    when comm first needs a backend; keep the plugin module light and import
-    heavy dependencies inside this hook or in the backend's methods.
+    when comm first needs a backend, whichever scheme that is: keep the plugin
+    module and the module of each returned class light, and import heavy
+    dependencies (asyncio, the transport's libraries) in the backend's methods,
+    such as ``get_connector()`` and ``get_listener()``.
 
     Two plugins that return backends for the same scheme make that scheme
     unusable with :class:`~comm_core.exceptions.BackendConflictError`, naming

@@ -16,12 +16,49 @@ serialization and no I/O. Messages are passed by reference, not copied::
 
 comm-core finds this backend through its ``comm_core.backends`` entry point;
 nothing needs to be imported from here to use ``inproc://`` addresses.
+
+The names are imported on first access (PEP 562), so that importing this
+package, as comm-core does to list the installed backends, imports no asyncio.
 """
 
-from comm_inproc._backend import InProcBackend
-from comm_inproc._comm import InProcComm
-from comm_inproc._connector import InProcConnector
-from comm_inproc._listener import InProcListener
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from comm_inproc._version import __version__
 
+if TYPE_CHECKING:
+    from comm_inproc._backend import InProcBackend
+    from comm_inproc._comm import InProcComm
+    from comm_inproc._connector import InProcConnector
+    from comm_inproc._listener import InProcListener
+
 __all__ = ["InProcBackend", "InProcComm", "InProcConnector", "InProcListener", "__version__"]
+
+#: The module that defines each public name.
+_MODULES = {
+    "InProcBackend": "comm_inproc._backend",
+    "InProcComm": "comm_inproc._comm",
+    "InProcConnector": "comm_inproc._connector",
+    "InProcListener": "comm_inproc._listener",
+}
+
+
+def _load(name: str) -> object:
+    """Import the public *name* from its module, and keep it in this module."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+    __getattr__ = _load

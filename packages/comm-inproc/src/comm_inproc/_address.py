@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-import socket
 import sys
 import threading
 from typing import Final
@@ -53,6 +52,8 @@ if sys.platform != "win32":
 @functools.cache
 def local_host() -> str:
     """This machine's name as used in inproc addresses (read once per process)."""
+    import socket  # here: importing this module must stay cheap (comm-core lists backends)
+
     try:
         name = socket.gethostname()
     except OSError:  # pragma: no cover - gethostname practically never fails

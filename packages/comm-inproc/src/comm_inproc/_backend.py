@@ -1,8 +1,13 @@
-"""The inproc backend: what comm-core asks for ``inproc://`` addresses."""
+"""The inproc backend: what comm-core asks for ``inproc://`` addresses.
+
+This module stays light (no asyncio): comm-core imports every installed backend
+the first time any backend is needed. The connector and the listener are
+imported by the first ``connect()`` or ``listen()`` on ``inproc://``.
+"""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core.abc import Backend, Capability, CommHandler
 from comm_inproc._address import (
@@ -12,8 +17,10 @@ from comm_inproc._address import (
     parse_location,
     process_location,
 )
-from comm_inproc._connector import InProcConnector
-from comm_inproc._listener import InProcListener
+
+if TYPE_CHECKING:
+    from comm_inproc._connector import InProcConnector
+    from comm_inproc._listener import InProcListener
 
 __all__ = ["InProcBackend"]
 
@@ -31,11 +38,16 @@ class InProcBackend(Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({Capability.IN_PROCESS})
 
     def __init__(self) -> None:
-        self._connector = InProcConnector()
+        self._connector: InProcConnector | None = None
 
     def get_connector(self) -> InProcConnector:
         """Return the (shared, stateless) :class:`InProcConnector`."""
-        return self._connector
+        connector = self._connector
+        if connector is None:  # stateless: a race makes a spare one, harmlessly
+            from comm_inproc._connector import InProcConnector
+
+            connector = self._connector = InProcConnector()
+        return connector
 
     def get_listener(
         self,
@@ -49,6 +61,8 @@ class InProcBackend(Backend):
         Raises:
             AddressError: *loc* is malformed.
         """
+        from comm_inproc._listener import InProcListener
+
         return InProcListener(loc, handle_comm, deserialize)
 
     def get_address_host(self, loc: str) -> str:

@@ -2,13 +2,24 @@
 
 Users reach it through :func:`comm_core.connect` and :func:`comm_core.listen`;
 the classes here are public for subclassing (comm-tls builds on them).
+
+The names are imported on first access (PEP 562), so that importing this
+package, as comm-core does to list the installed backends, imports neither
+asyncio nor the machinery of connections.
 """
 
-from comm_tcp._backend import TCPBackend, TCPConnector
-from comm_tcp._comm import TCPComm, TCPProtocol
-from comm_tcp._listener import TCPListener
-from comm_tcp._options import SocketOptions
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from comm_tcp._version import __version__
+
+if TYPE_CHECKING:
+    from comm_tcp._backend import TCPBackend
+    from comm_tcp._comm import TCPComm, TCPProtocol
+    from comm_tcp._connector import TCPConnector
+    from comm_tcp._listener import TCPListener
+    from comm_tcp._options import SocketOptions
 
 __all__ = [
     "SocketOptions",
@@ -19,3 +30,33 @@ __all__ = [
     "TCPProtocol",
     "__version__",
 ]
+
+#: The module that defines each public name.
+_MODULES = {
+    "SocketOptions": "comm_tcp._options",
+    "TCPBackend": "comm_tcp._backend",
+    "TCPComm": "comm_tcp._comm",
+    "TCPConnector": "comm_tcp._connector",
+    "TCPListener": "comm_tcp._listener",
+    "TCPProtocol": "comm_tcp._comm",
+}
+
+
+def _load(name: str) -> object:
+    """Import the public *name* from its module, and keep it in this module."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+    __getattr__ = _load

@@ -1,130 +1,74 @@
-"""The tcp backend and its connector."""
+"""The tcp backend: what comm-core loads to list and look up the ``tcp`` scheme.
+
+This module stays light (no asyncio, no socket, no msgpack): comm-core imports
+every installed backend the first time any backend is needed. The connector
+and listener classes, and what they import, are imported by the first
+``connect()`` or ``listen()``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-from collections.abc import Callable
-from typing import Any, ClassVar
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from comm_core import (
-    AddressError,
-    CommError,
-    ConnectError,
-    parse_host_port,
-    unparse_host_port,
-)
-from comm_core.abc import Backend, Comm, CommHandler, Connector, Listener
-from comm_core.stream import StreamComm
-from comm_tcp import _direct
-from comm_tcp._comm import TCPComm
-from comm_tcp._listener import TCPListener
-from comm_tcp._options import SocketOptions
+from comm_core import AddressError, parse_host_port, unparse_host_port
+from comm_core.abc import Backend, CommHandler, Connector, Listener
 
-__all__ = ["TCPBackend", "TCPConnector"]
+if TYPE_CHECKING:
+    from comm_tcp._connector import TCPConnector
+    from comm_tcp._listener import TCPListener
 
-_COMM_ARGS = ("max_message_size", "write_high_water", "read_high_water")
+__all__ = ["TCPBackend"]
 
 
-def comm_kwargs(args: dict[str, Any]) -> dict[str, Any]:
-    """The connection arguments that configure a comm (the rest are ignored)."""
-    return {name: args[name] for name in _COMM_ARGS if args.get(name) is not None}
+class _Imported:
+    """A class attribute naming a class that is imported when the attribute is read.
+
+    A subclass may still set the attribute to a class of its own.
+    """
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return getattr(import_module(self.module), self.name)
+
+    def __repr__(self) -> str:
+        return f"<{self.module}.{self.name}, imported on first use>"
 
 
-def dial_target(scheme: str, address: str) -> tuple[str, int]:
-    """``(host, port)`` of a location to connect to; wildcards are refused."""
-    # A default port, so that 'tcp://' and 'tcp://0.0.0.0' get the message below.
-    host, port = parse_host_port(address, default_port=0)
-    if not host or host in {"0.0.0.0", "::"} or port == 0:
-        raise AddressError(
-            f"cannot connect to {scheme}://{address}: it names no concrete host and port "
-            "(addresses such as 'tcp://' or 'tcp://0.0.0.0:0' are only for listening)"
-        )
-    return host, port
-
-
-class TCPConnector(Connector):
-    """Dials ``host:port`` locations."""
-
-    scheme: ClassVar[str] = "tcp"
-    #: The class of the comms this connector (and its backend's listeners) make.
-    comm_class: ClassVar[type[TCPComm]] = TCPComm
-
-    def make_comm(
-        self,
-        deserialize: bool,
-        args: dict[str, Any],
-        on_established: Callable[[StreamComm], None] | None = None,
-    ) -> TCPComm:
-        """A new, unconnected comm configured by the connection arguments *args*."""
-        return self.comm_class(
-            scheme=self.scheme,
-            deserialize=deserialize,
-            options=SocketOptions.from_args(args),
-            on_established=on_established,
-            **comm_kwargs(args),
-        )
-
-    async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
-        """Open the transport for *comm*; comm-tls overrides this to add TLS.
-
-        A numeric address on one of asyncio's selector loops is dialled
-        directly (see ``comm_tcp._direct``); a name, or another loop, goes
-        through the loop's ``create_connection``.
-        """
-        loop = asyncio.get_running_loop()
-        make_transport = _direct.socket_transport_factory(loop)
-        family = _direct.ip_family(host) if make_transport is not None else None
-        if make_transport is None or family is None:
-            await loop.create_connection(lambda: comm.protocol, host, port)
-        else:
-            await _direct.dial(loop, make_transport, comm.protocol, family, host, port)
-
-    def on_established(self, comm: StreamComm) -> None:
-        """Called once a comm this connector dialed has the peer's valid preamble.
-
-        Does nothing; a hook for subclasses (comm-tls keeps the TLS session
-        ticket there).
-        """
-
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
-        host, port = dial_target(self.scheme, address)
-        comm = self.make_comm(deserialize, connection_args, on_established=self.on_established)
-        try:
-            await self.open(comm, host, port, connection_args)
-        except CommError:  # already translated by open() (comm-tls: FatalCommClosedError)
-            comm.abort()
-            raise
-        except OSError as exc:
-            comm.abort()
-            # asyncio words a refusal "Connect call failed (...)": say what the OS said.
-            reason = (os.strerror(exc.errno) if exc.errno else "") or str(exc) or type(exc).__name__
-            raise ConnectError(f"could not connect to {self.scheme}://{address}: {reason}") from exc
-        except BaseException:
-            comm.abort()
-            raise
-        return comm
+def _imported(module: str, name: str) -> Any:
+    # Typed Any, so that type checkers take the attribute's declared type.
+    return _Imported(module, name)
 
 
 class TCPBackend(Backend):
     """The ``tcp://`` backend: ``host:port`` locations, IPv4 and IPv6."""
 
     scheme: ClassVar[str] = "tcp"
-    connector_class: ClassVar[type[TCPConnector]] = TCPConnector
-    listener_class: ClassVar[type[TCPListener]] = TCPListener
+    #: The class of the backend's connector (imported when first read).
+    connector_class: ClassVar[type[TCPConnector]] = _imported("comm_tcp._connector", "TCPConnector")
+    #: The class of the backend's listeners (imported when first read).
+    listener_class: ClassVar[type[TCPListener]] = _imported("comm_tcp._listener", "TCPListener")
 
     def __init__(self) -> None:
-        self._connector = self.connector_class()
+        self._connector: TCPConnector | None = None
 
     def get_connector(self) -> Connector:
-        return self._connector
+        return self._get_connector()
+
+    def _get_connector(self) -> TCPConnector:
+        connector = self._connector
+        if connector is None:  # connectors are stateless: a race makes a spare one, harmlessly
+            connector = self._connector = self.connector_class()
+        return connector
 
     def get_listener(
         self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
     ) -> Listener:
         return self.listener_class(
-            loc, handle_comm, deserialize, connector=self._connector, **connection_args
+            loc, handle_comm, deserialize, connector=self._get_connector(), **connection_args
         )
 
     def get_address_host(self, loc: str) -> str:
@@ -134,6 +78,8 @@ class TCPBackend(Backend):
         return parse_host_port(loc)
 
     def resolve_address(self, loc: str) -> str:
+        import socket
+
         host, port = parse_host_port(loc, default_port=0)
         if not host:
             return loc
@@ -144,6 +90,8 @@ class TCPBackend(Backend):
         return unparse_host_port(str(infos[0][4][0]), port)
 
     def get_local_address_for(self, loc: str) -> str:
+        import socket
+
         host, _ = parse_host_port(loc, default_port=0)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         target = host or ("::1" if family == socket.AF_INET6 else "127.0.0.1")

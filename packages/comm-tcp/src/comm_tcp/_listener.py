@@ -21,7 +21,7 @@ from comm_tcp import _direct
 from comm_tcp._options import SocketOptions
 
 if TYPE_CHECKING:
-    from comm_tcp._backend import TCPConnector
+    from comm_tcp._connector import TCPConnector
 
 __all__ = ["TCPListener"]
 

@@ -9,14 +9,25 @@ to :func:`comm_core.listen` and :func:`comm_core.connect`::
 
 The classes are public for subclassing and for type checks; users reach the
 transport through comm_core.
+
+The names are imported on first access (PEP 562), so that importing this
+package, as comm-core does to list the installed backends, imports neither
+ssl nor asyncio.
 """
 
-from comm_tls._backend import TLSBackend, TLSConnector
-from comm_tls._comm import TLSComm
-from comm_tls._errors import TLSConfigurationError
-from comm_tls._listener import TLSListener
-from comm_tls._security import Security
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from comm_tls._version import __version__
+
+if TYPE_CHECKING:
+    from comm_tls._backend import TLSBackend
+    from comm_tls._comm import TLSComm
+    from comm_tls._connector import TLSConnector
+    from comm_tls._errors import TLSConfigurationError
+    from comm_tls._listener import TLSListener
+    from comm_tls._security import Security
 
 __all__ = [
     "Security",
@@ -27,3 +38,33 @@ __all__ = [
     "TLSListener",
     "__version__",
 ]
+
+#: The module that defines each public name.
+_MODULES = {
+    "Security": "comm_tls._security",
+    "TLSBackend": "comm_tls._backend",
+    "TLSComm": "comm_tls._comm",
+    "TLSConfigurationError": "comm_tls._errors",
+    "TLSConnector": "comm_tls._connector",
+    "TLSListener": "comm_tls._listener",
+}
+
+
+def _load(name: str) -> object:
+    """Import the public *name* from its module, and keep it in this module."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+    __getattr__ = _load

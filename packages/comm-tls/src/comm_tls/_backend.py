@@ -1,177 +1,45 @@
-"""The tls backend and its connector: comm-tcp's, with TLS on every connection."""
+"""The tls backend: what comm-core loads to list and look up the ``tls`` scheme.
+
+This module stays light (no asyncio, no ssl): comm-core imports every installed
+backend the first time any backend is needed. The connector and listener
+classes, and ssl with them, are imported by the first ``connect()`` or
+``listen()`` on ``tls://``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import ssl
-from typing import Any, ClassVar
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from comm_core import (
-    Capability,
-    ConnectError,
-    FatalCommClosedError,
-    get_setting,
-    unparse_host_port,
-)
-from comm_core.stream import StreamComm
-from comm_tcp import TCPBackend, TCPComm, TCPConnector, TCPListener
-from comm_tls._comm import TLSComm, TLSProtocol
-from comm_tls._errors import describe_failure
-from comm_tls._listener import TLSListener
-from comm_tls._resume import offer, remember, resuming
-from comm_tls._security import Security, context_for
-from comm_tls._transport import TLSTransport, available, handshake
+from comm_core import Capability
+from comm_tcp import TCPBackend
 
-__all__ = ["TLSBackend", "TLSConnector"]
+if TYPE_CHECKING:
+    from comm_tcp import TCPConnector, TCPListener
+
+__all__ = ["TLSBackend"]
 
 
-class TLSConnector(TCPConnector):
-    """Dials ``host:port`` locations over TLS.
+class _Imported:
+    """A class attribute naming a class that is imported when the attribute is read.
 
-    Connection arguments: ``security`` (a :class:`comm_tls.Security`) or
-    ``ssl_context`` (a client-side :class:`ssl.SSLContext`), and
-    ``server_hostname``, the name to check the server's certificate against
-    (default: the host dialled, a name or an IP address).
+    (As comm-tcp's :class:`~comm_tcp.TCPBackend` declares its own.)
     """
 
-    scheme: ClassVar[str] = "tls"
-    comm_class: ClassVar[type[TCPComm]] = TLSComm
-    #: Whether comms (of this connector and its backend's listeners) run over comm-tls's
-    #: own TLS transport (an :class:`ssl.SSLSocket` on the event loop), where the loop
-    #: allows, rather than over asyncio's TLS layer. The environment variable
-    #: ``COMM_TLS_TRANSPORT=asyncio`` turns it off too.
-    use_ssl_socket: ClassVar[bool] = True
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
 
-    def socket_transport(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Whether comms on *loop* use comm-tls's own transport (see :attr:`use_ssl_socket`)."""
-        return self.use_ssl_socket and available(loop)
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return getattr(import_module(self.module), self.name)
 
-    def on_established(self, comm: StreamComm) -> None:
-        """Keep the session ticket the server sent, to resume the next connection to it."""
-        transport = comm.transport
-        if transport is not None:
-            slot = getattr(comm.protocol, "resume_slot", None)
-            remember(transport.get_extra_info("ssl_object"), slot)
-
-    async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
-        """Open a TCP connection and run the TLS handshake as the client.
-
-        Raises:
-            TLSConfigurationError: no usable ``security`` or ``ssl_context``.
-            FatalCommClosedError: the handshake failed for a reason no retry
-                fixes (a certificate rejected by either side, no TLS at the
-                other end, ...); the message says what to fix.
-            ConnectError: the server closed the connection during the handshake.
-        """
-        address = f"{self.scheme}://{unparse_host_port(host, port)}"
-        context = context_for(args, server_side=False, address=address)
-        hostname = args.get("server_hostname") or host
-        security = args.get("security")
-        sessions = security.session_cache if isinstance(security, Security) else None
-        loop = asyncio.get_running_loop()
-        if self.socket_transport(loop):
-            await self._open_socket(comm, host, port, context, hostname, sessions, address)
-            return
-        try:
-            with resuming(sessions, (hostname, host, port)):
-                await loop.create_connection(
-                    lambda: comm.protocol,
-                    host,
-                    port,
-                    ssl=context,
-                    server_hostname=hostname,
-                    ssl_handshake_timeout=float(get_setting("handshake_timeout")),
-                )
-        except ssl.SSLError as exc:
-            message = describe_failure(exc, peer="server", address=address, hostname=hostname)
-            raise FatalCommClosedError(message) from exc
-        except (ConnectionResetError, ConnectionAbortedError) as exc:
-            # Reset or aborted once connected: during the TLS handshake.
-            message = describe_failure(exc, peer="server", address=address, hostname=hostname)
-            raise ConnectError(message) from exc
-
-    async def _open_socket(
-        self,
-        comm: TCPComm,
-        host: str,
-        port: int,
-        context: ssl.SSLContext,
-        hostname: str,
-        sessions: Any,
-        address: str,
-    ) -> None:
-        """:meth:`open` over comm-tls's own transport."""
-        loop = asyncio.get_running_loop()
-        timeout = float(get_setting("handshake_timeout"))
-        raw = await _dial(loop, host, port)
-        try:
-            sock = context.wrap_socket(raw, server_hostname=hostname, do_handshake_on_connect=False)
-        except BaseException:
-            raw.close()
-            raise
-        try:
-            slot = offer(sock, sessions, (hostname, host, port))
-            await handshake(sock, loop.time() + timeout)
-        except BaseException as exc:
-            sock.close()
-            if isinstance(exc, ssl.SSLError) and not isinstance(
-                exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
-            ):
-                message = describe_failure(exc, peer="server", address=address, hostname=hostname)
-                raise FatalCommClosedError(message) from exc
-            if isinstance(exc, TimeoutError):
-                error = ConnectionAbortedError(
-                    f"the TLS handshake took longer than {timeout:g}s: aborting the connection"
-                )
-                message = describe_failure(error, peer="server", address=address)
-                raise ConnectError(message) from exc
-            if isinstance(exc, (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
-                # The server closed the connection during the handshake: worth a retry.
-                message = describe_failure(exc, peer="server", address=address, hostname=hostname)
-                raise ConnectError(message) from exc
-            raise
-        assert isinstance(comm.protocol, TLSProtocol)
-        comm.protocol.resume_slot = slot
-        TLSTransport(loop, sock, comm.protocol).start()
+    def __repr__(self) -> str:
+        return f"<{self.module}.{self.name}, imported on first use>"
 
 
-async def _dial(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A non-blocking TCP socket connected to *host*:*port* (each address in turn).
-
-    Raises:
-        OSError: no address could be reached (the error of the last, or of all).
-    """
-    infos: list[tuple[Any, ...]] = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
-        break
-    if not infos:  # a name: resolve it (in a thread, as asyncio does)
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    errors: list[OSError] = []
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, sockaddr)
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    if not errors:
-        raise OSError(f"getaddrinfo({host!r}) returned no address")
-    if len(errors) == 1 or len({str(exc) for exc in errors}) == 1:
-        raise errors[-1]
-    raise OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")
+def _imported(module: str, name: str) -> Any:
+    # Typed Any, so that type checkers take the attribute's declared type.
+    return _Imported(module, name)
 
 
 class TLSBackend(TCPBackend):
@@ -179,5 +47,7 @@ class TLSBackend(TCPBackend):
 
     scheme: ClassVar[str] = "tls"
     capabilities: ClassVar[frozenset[str]] = frozenset({Capability.ENCRYPTED})
-    connector_class: ClassVar[type[TCPConnector]] = TLSConnector
-    listener_class: ClassVar[type[TCPListener]] = TLSListener
+    #: :class:`~comm_tls.TLSConnector` (imported when first read).
+    connector_class: ClassVar[type[TCPConnector]] = _imported("comm_tls._connector", "TLSConnector")
+    #: :class:`~comm_tls.TLSListener` (imported when first read).
+    listener_class: ClassVar[type[TCPListener]] = _imported("comm_tls._listener", "TLSListener")

@@ -104,7 +104,7 @@ class TLSListener(TCPListener):
             ConnectError: the address cannot be bound.
         """
         loop = asyncio.get_running_loop()
-        from comm_tls._backend import TLSConnector
+        from comm_tls._connector import TLSConnector
 
         connector = self.connector
         if not (isinstance(connector, TLSConnector) and connector.socket_transport(loop)):

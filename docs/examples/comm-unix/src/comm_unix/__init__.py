@@ -13,9 +13,16 @@ comm-core finds the backend through the ``unix`` entry point of the
 ``comm_core.backends`` group. The classes are exported for subclassing.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from comm_unix._address import MAX_PATH_BYTES, SCHEME, check_path
-from comm_unix._backend import UnixBackend, UnixComm, UnixConnector
-from comm_unix._listener import UnixListener
+
+if TYPE_CHECKING:
+    from comm_unix._backend import UnixBackend
+    from comm_unix._connector import UnixComm, UnixConnector
+    from comm_unix._listener import UnixListener
 
 __version__ = "0.1.0"
 
@@ -29,3 +36,32 @@ __all__ = [
     "__version__",
     "check_path",
 ]
+
+# comm-core imports this package (for its plugin) whenever it lists the backends:
+# the classes that need asyncio are imported when first used, not here (PEP 562).
+_MODULES = {
+    "UnixBackend": "comm_unix._backend",
+    "UnixComm": "comm_unix._connector",
+    "UnixConnector": "comm_unix._connector",
+    "UnixListener": "comm_unix._listener",
+}
+
+
+def _load(name: str) -> object:
+    """Import the public *name* from its module, and keep it in this module."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
+    __getattr__ = _load

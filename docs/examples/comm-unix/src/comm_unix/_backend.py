@@ -1,72 +1,23 @@
-"""The unix backend, its connector and its comm."""
+"""The unix backend: the one class comm-core needs in order to list the scheme.
+
+comm-core imports every installed backend the first time any backend is needed,
+so this module stays light: it imports neither asyncio nor socket. The
+connector, the comm and the listener are imported by the first ``connect()``
+or ``listen()`` on ``unix://``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from comm_core import ConnectError, FatalCommClosedError
-from comm_core.abc import Backend, Comm, CommHandler, Connector, Listener
-from comm_core.stream import StreamComm
+from comm_core.abc import Backend, CommHandler, Connector, Listener
 from comm_unix._address import SCHEME, check_path
-from comm_unix._listener import UnixListener
 
-__all__ = ["UnixBackend", "UnixComm", "UnixConnector", "comm_options"]
+if TYPE_CHECKING:
+    from comm_core.stream import StreamComm
 
-#: The connection arguments that configure a comm; the others are ignored.
-COMM_OPTIONS = ("max_message_size", "write_high_water", "read_high_water")
-
-
-def comm_options(connection_args: dict[str, Any]) -> dict[str, Any]:
-    """Pick the :class:`~comm_core.stream.StreamComm` options out of *connection_args*."""
-    return {
-        name: connection_args[name]
-        for name in COMM_OPTIONS
-        if connection_args.get(name) is not None
-    }
-
-
-class UnixComm(StreamComm):
-    """A comm over one Unix domain socket connection.
-
-    Everything (framing, flow control, serialization) comes from
-    :class:`~comm_core.stream.StreamComm`. The listening end's address is its
-    socket path; a connecting end has no path, so its address is ``unix://``.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(scheme=SCHEME, **options)
-
-    @property
-    def same_host(self) -> bool:
-        """Always true: a Unix socket never leaves the machine."""
-        return True
-
-
-class UnixConnector(Connector):
-    """Dials socket paths."""
-
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
-        path = check_path(address, listening=False)
-        comm = UnixComm(deserialize=deserialize, **comm_options(connection_args))
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.create_unix_connection(lambda: comm.protocol, path)
-        except PermissionError as exc:
-            comm.abort()
-            # Retrying will not change the socket's permissions: fail at once.
-            raise FatalCommClosedError(f"cannot connect to {SCHEME}://{path}: {exc}") from exc
-        except OSError as exc:
-            comm.abort()
-            # Nobody listens (yet): ENOENT, ECONNREFUSED... connect() retries these.
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise ConnectError(f"could not connect to {SCHEME}://{path}: {reason}") from exc
-        except BaseException:  # cancelled: leave nothing half-open
-            comm.abort()
-            raise
-        return comm
+__all__ = ["UnixBackend"]
 
 
 class UnixBackend(Backend):
@@ -75,14 +26,21 @@ class UnixBackend(Backend):
     scheme: ClassVar[str] = SCHEME
 
     def __init__(self) -> None:
-        self._connector = UnixConnector()
+        self._connector: Connector | None = None
 
     def get_connector(self) -> Connector:
+        if self._connector is None:
+            from comm_unix._connector import UnixConnector
+
+            self._connector = UnixConnector()
         return self._connector
 
     def get_listener(
         self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
     ) -> Listener:
+        from comm_unix._connector import UnixComm, comm_options
+        from comm_unix._listener import UnixListener
+
         path = check_path(loc, listening=True)
         options = comm_options(connection_args)
 
@@ -93,6 +51,8 @@ class UnixBackend(Backend):
         return UnixListener(path, handle_comm, make_comm, backlog=backlog)
 
     def get_address_host(self, loc: str) -> str:
+        import socket
+
         # Every unix comm stays on this machine.
         check_path(loc, listening=True)
         return socket.gethostname()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import errno
 import importlib
@@ -25,6 +24,8 @@ from comm_core.abc import Capability, Comm
 from comm_core.exceptions import BackendError, CommError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from comm_core.abc import Backend
 
 __all__ = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import sys
@@ -13,7 +12,6 @@ from typing import Any
 
 import comm_core
 from comm_core._addressing import unparse_address
-from comm_core._compat import timeout_after
 from comm_core._registry import get_registry
 from comm_core._version import __version__
 from comm_core.abc import Backend, Capability, Comm
@@ -215,6 +213,8 @@ class _Bench:
             raise _NotEcho(reply)
 
     async def measure(self, comm: Comm, label: str, nbytes: int) -> Measurement:
+        import asyncio
+
         duration = self.args.duration
         payload = b"\x00" * nbytes
         loop = asyncio.get_running_loop()
@@ -267,6 +267,8 @@ class _Bench:
             await self.client(target, listener.contact_address, result)
 
     async def client(self, target: Target, address: str, result: Result) -> None:
+        from comm_core._compat import timeout_after
+
         args = self.args
         self.progress(f"{target.name}: connecting to {address}")
         start = time.perf_counter()
@@ -287,6 +289,8 @@ class _Bench:
                     ) from exc
 
     async def run(self, targets: list[Target]) -> list[Result]:
+        import asyncio
+
         results = []
         loop = asyncio.get_running_loop()
         with stop_on_signals(loop, self.stop):
@@ -320,6 +324,8 @@ class _NotEcho(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio  # here: `comm backends` and `comm --help` need no event loop
+
     targets = _targets(args)
     bench = _Bench(args)
     try:

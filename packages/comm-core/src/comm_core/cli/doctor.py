@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import socket
-import ssl
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import comm_core
 from comm_core._addressing import parse_address, unparse_address, unparse_host_port
@@ -39,6 +37,9 @@ from comm_core.exceptions import (
     ProtocolError,
     UnknownSchemeError,
 )
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["add_parser", "run"]
 
@@ -343,6 +344,8 @@ def _step_tcp(state: _State, args: argparse.Namespace, report: _Report) -> str:
 
 
 def _tls_hint(exc: ssl.SSLError, state: _State) -> str:
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = exc.verify_code
         if code in _UNKNOWN_ISSUER or code == _SELF_SIGNED:
@@ -377,6 +380,8 @@ def _tls_hint(exc: ssl.SSLError, state: _State) -> str:
 
 
 def _step_tls(state: _State, args: argparse.Namespace, report: _Report) -> str:
+    import ssl  # here: only tls:// addresses need it
+
     assert state.sock is not None
     security = (state.connection_args or {}).get("security")
     if security is None:
@@ -419,6 +424,8 @@ def _step_tls(state: _State, args: argparse.Namespace, report: _Report) -> str:
 
 
 def _step_comm(state: _State, args: argparse.Namespace, report: _Report) -> str:
+    import asyncio  # here: the steps before this one need no event loop
+
     if state.sock is not None:  # tcp:// : the probe connection is no longer needed
         state.sock.close()
         state.sock = None

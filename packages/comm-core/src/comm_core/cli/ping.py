@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import time
 from collections.abc import Sequence
@@ -99,6 +98,8 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio  # here: `comm backends` and `comm --help` need no event loop
+
     address, _, backend = backend_for(args.address)
     connection_args = TLSOptions.from_args(args).connection_args(backend, server_side=False)
     try:
@@ -111,6 +112,8 @@ class _Pinger:
     """Sends numbered messages and matches the replies that a reader task queues."""
 
     def __init__(self, comm: Comm, address: str, args: argparse.Namespace) -> None:
+        import asyncio
+
         self.comm = comm
         self.address = address
         self.args = args
@@ -137,6 +140,8 @@ class _Pinger:
 
     async def next_event(self, deadline: float) -> tuple[str, Any, int] | None:
         """The next event before *deadline* (``time.monotonic()``), or ``None``."""
+        import asyncio
+
         remaining = deadline - time.monotonic()
         if self.events.empty() and remaining <= 0:
             return None
@@ -211,6 +216,8 @@ class _Pinger:
 
 
 async def _ping(address: str, args: argparse.Namespace, connection_args: dict[str, Any]) -> int:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     try:

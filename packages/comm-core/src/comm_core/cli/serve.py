@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
@@ -68,6 +67,8 @@ def _say(text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio  # here: `comm backends` and `comm --help` need no event loop
+
     address, _, backend = backend_for(args.address)
     tls = TLSOptions.from_args(args)
     connection_args = tls.connection_args(backend, server_side=True)
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(address: str, args: argparse.Namespace, connection_args: dict[str, Any]) -> int:
+    import asyncio
+
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     handlers: set[asyncio.Task[Any]] = set()

@@ -1,0 +1,99 @@
+"""The tcp connector: dials ``host:port`` locations and makes the comms of the tcp backend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from comm_core import AddressError, CommError, ConnectError, parse_host_port
+from comm_core.abc import Comm, Connector
+from comm_core.stream import StreamComm
+from comm_tcp import _direct
+from comm_tcp._comm import TCPComm
+from comm_tcp._options import SocketOptions
+
+__all__ = ["TCPConnector", "comm_kwargs", "dial_target"]
+
+_COMM_ARGS = ("max_message_size", "write_high_water", "read_high_water")
+
+
+def comm_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """The connection arguments that configure a comm (the rest are ignored)."""
+    return {name: args[name] for name in _COMM_ARGS if args.get(name) is not None}
+
+
+def dial_target(scheme: str, address: str) -> tuple[str, int]:
+    """``(host, port)`` of a location to connect to; wildcards are refused."""
+    # A default port, so that 'tcp://' and 'tcp://0.0.0.0' get the message below.
+    host, port = parse_host_port(address, default_port=0)
+    if not host or host in {"0.0.0.0", "::"} or port == 0:
+        raise AddressError(
+            f"cannot connect to {scheme}://{address}: it names no concrete host and port "
+            "(addresses such as 'tcp://' or 'tcp://0.0.0.0:0' are only for listening)"
+        )
+    return host, port
+
+
+class TCPConnector(Connector):
+    """Dials ``host:port`` locations."""
+
+    scheme: ClassVar[str] = "tcp"
+    #: The class of the comms this connector (and its backend's listeners) make.
+    comm_class: ClassVar[type[TCPComm]] = TCPComm
+
+    def make_comm(
+        self,
+        deserialize: bool,
+        args: dict[str, Any],
+        on_established: Callable[[StreamComm], None] | None = None,
+    ) -> TCPComm:
+        """A new, unconnected comm configured by the connection arguments *args*."""
+        return self.comm_class(
+            scheme=self.scheme,
+            deserialize=deserialize,
+            options=SocketOptions.from_args(args),
+            on_established=on_established,
+            **comm_kwargs(args),
+        )
+
+    async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
+        """Open the transport for *comm*; comm-tls overrides this to add TLS.
+
+        A numeric address on one of asyncio's selector loops is dialled
+        directly (see ``comm_tcp._direct``); a name, or another loop, goes
+        through the loop's ``create_connection``.
+        """
+        loop = asyncio.get_running_loop()
+        make_transport = _direct.socket_transport_factory(loop)
+        family = _direct.ip_family(host) if make_transport is not None else None
+        if make_transport is None or family is None:
+            await loop.create_connection(lambda: comm.protocol, host, port)
+        else:
+            await _direct.dial(loop, make_transport, comm.protocol, family, host, port)
+
+    def on_established(self, comm: StreamComm) -> None:
+        """Called once a comm this connector dialed has the peer's valid preamble.
+
+        Does nothing; a hook for subclasses (comm-tls keeps the TLS session
+        ticket there).
+        """
+
+    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+        host, port = dial_target(self.scheme, address)
+        comm = self.make_comm(deserialize, connection_args, on_established=self.on_established)
+        try:
+            await self.open(comm, host, port, connection_args)
+        except CommError:  # already translated by open() (comm-tls: FatalCommClosedError)
+            comm.abort()
+            raise
+        except OSError as exc:
+            comm.abort()
+            # asyncio words a refusal "Connect call failed (...)": say what the OS said.
+            reason = (os.strerror(exc.errno) if exc.errno else "") or str(exc) or type(exc).__name__
+            raise ConnectError(f"could not connect to {self.scheme}://{address}: {reason}") from exc
+        except BaseException:
+            comm.abort()
+            raise
+        return comm
