@@ -40,11 +40,13 @@ _W1 = [
 _W2 = [Metric("messages_per_s", "messages/s", UP)]
 _W3_ONE = [
     Metric("mb_per_s", "MB/s one-way", UP),
+    Metric("first_put_mb_per_s", "first put MB/s", UP),
     Metric("pct_raw", "% of raw socket", UP),
     Metric("rss_growth", "peak RSS growth (x payload)", DOWN),
 ]
 _W3_TWO = [
     Metric("mb_per_s", "MB/s one-way", UP),
+    Metric("first_put_mb_per_s", "first put MB/s", UP),
     Metric("pct_raw", "% of raw socket", UP),
     Metric("rss_growth", "client peak RSS growth (x payload)", DOWN),
     Metric("server_rss_growth", "server peak RSS growth (x payload)", DOWN),
@@ -168,7 +170,7 @@ def _table(workload: str, rows: list[dict[str, Any]]) -> list[str]:
                 raw = row["impls"].get("raw")
                 if metric.key == "pct_raw" and raw and raw["median"]:
                     cells.append("100")
-                elif metric.key == "mb_per_s":
+                elif metric.key in {"mb_per_s", "first_put_mb_per_s"}:
                     cells.append(_cell(raw, metric.key)[0])
                 else:
                     cells.append("—")

@@ -121,6 +121,39 @@ async def test_peer_that_sends_no_preamble_is_dropped_after_the_handshake_timeou
             await ping(comm)
 
 
+async def test_silent_peers_are_each_dropped_at_their_own_deadline(
+    raw_socket: RawSocket,
+) -> None:
+    """A peer that connected after another is not dropped with it, and a peer that
+    connects after every earlier one was dropped or handshaken still has a deadline."""
+    loop = asyncio.get_running_loop()
+    timeout = 0.4
+    async with serving(handshake_timeout=timeout) as served:
+        first, _ = await raw_connect(raw_socket, served.port)
+        first_start = loop.time()
+        await within(loop.sock_recv(first, len(PREAMBLE)), "the listener to accept")
+        async with connected(served.address()) as comm:  # a good client in between
+            await ping(comm)
+        # Not a wait for an event: the second peer must come half a timeout later,
+        # so that dropping it with the first would show.
+        await asyncio.sleep(timeout / 2)
+        second, _ = await raw_connect(raw_socket, served.port)
+        second_start = loop.time()
+        await within(loop.sock_recv(second, len(PREAMBLE)), "the listener to accept")
+        await read_until_closed(first, limit=4096)
+        first_elapsed = loop.time() - first_start
+        await read_until_closed(second, limit=4096)
+        second_elapsed = loop.time() - second_start
+        assert timeout - 0.05 <= first_elapsed <= timeout + 5, first_elapsed
+        assert timeout - 0.01 <= second_elapsed <= timeout + 5, second_elapsed
+        # Every earlier peer is gone: a new silent one is still dropped in time.
+        third, _ = await raw_connect(raw_socket, served.port)
+        third_start = loop.time()
+        await read_until_closed(third, limit=4096)
+        assert timeout - 0.05 <= loop.time() - third_start <= timeout + 5
+        assert served.calls == 1
+
+
 async def test_stop_drops_connections_that_sent_no_preamble(raw_socket: RawSocket) -> None:
     loop = asyncio.get_running_loop()
     async with serving(handshake_timeout=60) as served:

@@ -688,7 +688,12 @@ class StreamAcceptor:
         self.listener = listener
         self.handle_comm = handle_comm
         self.closed = False
-        self._waiting: dict[StreamComm, asyncio.TimerHandle] = {}
+        # The comms still waiting for their preamble, with their deadlines (loop time),
+        # in the order they came. One timer serves them all: it fires at the first
+        # deadline and is armed again for the next (a timer per connection would be
+        # made and cancelled again for almost every connection).
+        self._waiting: dict[StreamComm, float] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def accept(self, comm: StreamComm) -> StreamComm:
@@ -709,27 +714,40 @@ class StreamAcceptor:
             else:
                 comm.protocol.greeting = b"".join(buffers)
                 comm._handshake_sent = info
-        timeout = self.listener.handshake_timeout
         loop = asyncio.get_running_loop()
-        self._waiting[comm] = loop.call_later(timeout, self._expire, comm, timeout)
+        deadline = loop.time() + self.listener.handshake_timeout
+        self._waiting[comm] = deadline
+        if self._sweep is None:
+            self._sweep = loop.call_at(deadline, self._expire)
         return comm
 
-    def _expire(self, comm: StreamComm, timeout: float) -> None:
-        del self._waiting[comm]
-        if not comm.closed():
-            logger.info(
-                "%s dropped a connection from %s that sent no comm preamble within %gs",
-                self.listener.listen_address,
-                comm.peer_address,
-                timeout,
-            )
-            comm.abort()
+    def _expire(self) -> None:
+        """Drop the comms whose deadline has passed; arm the timer for the next one."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.listener.handshake_timeout
+        waiting = self._waiting
+        for comm, deadline in list(waiting.items()):
+            if deadline > now:
+                # Deadlines come in order while the timeout stays the same; should it
+                # change, a later comm's deadline waits for this one's (never longer
+                # than the old timeout).
+                self._sweep = loop.call_at(deadline, self._expire)
+                return
+            del waiting[comm]
+            if not comm.closed():
+                logger.info(
+                    "%s dropped a connection from %s that sent no comm preamble within %gs",
+                    self.listener.listen_address,
+                    comm.peer_address,
+                    timeout,
+                )
+                comm.abort()
 
     def established(self, comm: StreamComm) -> None:
         """The peer of *comm* sent a valid preamble: run the handler on it."""
-        handle = self._waiting.pop(comm, None)
-        if handle is not None:
-            handle.cancel()
+        self._waiting.pop(comm, None)
         if self.closed:
             comm.abort()
             return
@@ -740,7 +758,9 @@ class StreamAcceptor:
     def close(self) -> None:
         """Drop the comms still waiting for their preamble; refuse later ones. Idempotent."""
         self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         waiting, self._waiting = self._waiting, {}
-        for comm, handle in waiting.items():
-            handle.cancel()
+        for comm in waiting:
             comm.abort()
