@@ -36,6 +36,7 @@ from tcp_support import (
     needs_linux,
     ping,
     serving,
+    stream_messages,
     tcp_address,
     within,
 )
@@ -278,6 +279,83 @@ async def test_a_greeting_sent_before_the_transport_is_not_sent_again(
         await loop.connect_accepted_socket(lambda: comm.protocol, ours)
         await comm.write("after")
         expected = PREAMBLE + greeting + encode_message("after")[0][0]
+        received = b""
+        while len(received) < len(expected):
+            chunk = await within(loop.sock_recv(theirs, 1 << 16), "the greeting and message")
+            assert chunk
+            received += chunk
+        assert received == expected
+    finally:
+        comm.abort()
+        ours.close()
+        theirs.close()
+
+
+@asyncio_only
+async def test_a_known_greeting_leaves_before_the_comm_is_made(
+    raw_socket: Any,
+) -> None:
+    """From the second connection on, the listener sends its greeting (the same for
+    every comm) as soon as it accepts, before it makes the comm: the peer waits for it,
+    not for the comm. It is sent once, and the comm works."""
+    loop = asyncio.get_running_loop()
+    async with serving() as served:
+        listener = served.listener
+        assert isinstance(listener, TCPListener)
+        async with connected(served.address()) as comm:  # the first: greeting encoded
+            await ping(comm)
+            first_info = dict(comm.handshake_info)
+        seen: list[bool] = []
+        [accept_loop] = listener._accept_loops
+        make_protocol = accept_loop.protocol_factory
+        sock = raw_socket(socket.AF_INET)
+
+        def spy() -> asyncio.BaseProtocol:
+            try:
+                seen.append(len(sock.recv(4096, socket.MSG_PEEK)) > 0)
+            except BlockingIOError:
+                seen.append(False)
+            return make_protocol()
+
+        accept_loop.protocol_factory = spy
+        await within(loop.sock_connect(sock, (IPV4, served.port)), "a raw connect")
+        await until(lambda: bool(seen), "the listener to accept")
+        assert seen == [True], "the comm was made before the greeting was sent"
+
+        async def messages(count: int, received: bytes = b"") -> tuple[list[Any], bytes]:
+            while len(stream_messages(received) if received else ()) < count:
+                received += await within(loop.sock_recv(sock, 4096), "the listener's bytes")
+            return stream_messages(received), received
+
+        [greeting], received = await messages(1)
+        assert greeting == first_info  # what the first comm's client was sent
+        await loop.sock_sendall(sock, _hello() + encode_message({"op": "ping"})[0][0])
+        everything, _ = await messages(2, received)
+        assert everything == [first_info, {"op": "ping"}]  # the greeting once, then the echo
+        sock.close()
+
+
+async def test_a_greeting_the_listener_sent_in_part_is_finished_by_the_transport(
+    loop_name: str,
+) -> None:
+    """greeted(): what the listener sent of the greeting is not sent again, the rest is;
+    a greeting that is not the comm's own is refused."""
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    comm = StreamComm(scheme="test")
+    try:
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        greeting = b"greeting!" * 10
+        comm.protocol.greeting = greeting
+        with pytest.raises(RuntimeError, match="not this comm's"):
+            comm.protocol.greeted(PREAMBLE + b"another", 0)
+        data = PREAMBLE + greeting
+        sent = ours.send(data[:20])
+        comm.protocol.greeted(data, sent)
+        await loop.connect_accepted_socket(lambda: comm.protocol, ours)
+        await comm.write("after")
+        expected = data + encode_message("after")[0][0]
         received = b""
         while len(received) < len(expected):
             chunk = await within(loop.sock_recv(theirs, 1 << 16), "the greeting and message")

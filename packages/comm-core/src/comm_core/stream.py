@@ -184,6 +184,22 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.greeting = None
         self.greeting_rest = data[sent:]
 
+    def greeted(self, data: bytes, sent: int) -> None:
+        """The listener sent the first *sent* bytes of *data* on the socket already.
+
+        *data* must be what this comm would send first (see
+        :meth:`StreamAcceptor.greeting`); ``connection_made()`` sends the rest.
+
+        Raises:
+            RuntimeError: *data* is not this comm's greeting (the listener must
+                then close the connection, which carries bytes not its comm's).
+        """
+        greeting = self.greeting
+        if greeting is None or PREAMBLE + greeting != data:
+            raise RuntimeError("the listener sent a greeting that is not this comm's")
+        self.greeting = None
+        self.greeting_rest = data[sent:]
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.decoder.get_buffer(sizehint)
 
@@ -695,6 +711,9 @@ class StreamAcceptor:
         self._waiting: dict[StreamComm, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The handshake message every comm of this listener sends, and its encoding:
+        # the same for all while their class adds nothing to it (handshake_options).
+        self._greeting: tuple[Mapping[str, Any], bytes] | None = None
 
     def accept(self, comm: StreamComm) -> StreamComm:
         """Start *comm*'s deadline for the preamble; return *comm*.
@@ -704,22 +723,40 @@ class StreamAcceptor:
         as the connection is made, without waiting for the peer's (as the
         protocol allows); the peer then has it one round trip sooner.
         """
-        greet = getattr(self.handle_comm, "greeting", None)
-        if greet is not None:
-            info = greet(comm)
-            try:
-                buffers, _ = comm._encoder_for(None, "raise").encode(info)
-            except CommError:
-                pass  # unsendable handshake overrides: the handshake reports it
-            else:
-                comm.protocol.greeting = b"".join(buffers)
-                comm._handshake_sent = info
+        cached = self._greeting
+        if cached is not None and type(comm).handshake_options is Comm.handshake_options:
+            comm.protocol.greeting = cached[1]
+            comm._handshake_sent = dict(cached[0])
+        else:
+            greet = getattr(self.handle_comm, "greeting", None)
+            if greet is not None:
+                info = greet(comm)
+                try:
+                    buffers, _ = comm._encoder_for(None, "raise").encode(info)
+                except CommError:
+                    pass  # unsendable handshake overrides: the handshake reports it
+                else:
+                    greeting = comm.protocol.greeting = b"".join(buffers)
+                    comm._handshake_sent = info
+                    if type(comm).handshake_options is Comm.handshake_options:
+                        self._greeting = (dict(info), greeting)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.listener.handshake_timeout
         self._waiting[comm] = deadline
         if self._sweep is None:
             self._sweep = loop.call_at(deadline, self._expire)
         return comm
+
+    def greeting(self) -> bytes | None:
+        """What every new comm of this listener sends first (the preamble and its
+        handshake message), once known (after the first); else ``None``.
+
+        A listener that holds an accepted socket may send it before it makes the
+        comm, which then must be told with :meth:`StreamProtocol.greeted`: the
+        peer, which waits for it, has it sooner.
+        """
+        cached = self._greeting
+        return None if cached is None else PREAMBLE + cached[1]
 
     def _expire(self) -> None:
         """Drop the comms whose deadline has passed; arm the timer for the next one."""

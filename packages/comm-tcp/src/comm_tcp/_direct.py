@@ -167,6 +167,15 @@ _ONE_CONNECTION = frozenset(
 )  # fmt: skip
 
 
+def _send_now(sock: socket.socket, data: bytes) -> int | None:
+    """Bytes of *data* that a non-blocking send took; ``None`` if it failed (the
+    transport then reports the failure, or sends all of it)."""
+    try:
+        return sock.send(data)
+    except OSError:
+        return None
+
+
 class AcceptLoop:
     """Accepts the connections of one listening socket with a reader callback.
 
@@ -190,10 +199,12 @@ class AcceptLoop:
         backlog: int,
         retry_delay: float,
         where: Callable[[], str],
+        greeting: Callable[[], bytes | None] | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.protocol_factory = protocol_factory
+        self.greeting = greeting
         self.make_transport = make_transport
         self.backlog = max(backlog, 1)
         self.retry_delay = retry_delay
@@ -218,9 +229,15 @@ class AcceptLoop:
                 return
             try:
                 conn.setblocking(False)
+                # The greeting first, if known: the peer waits for it, not for the comm.
+                early = self.greeting() if self.greeting is not None else None
+                sent = _send_now(conn, early) if early is not None else None
                 protocol = self.protocol_factory()
                 if isinstance(protocol, StreamProtocol):
-                    protocol.send_greeting(conn)  # now: the transport would send it later
+                    if early is not None and sent is not None:
+                        protocol.greeted(early, sent)
+                    else:
+                        protocol.send_greeting(conn)  # now: the transport would later
                 make_transport(conn, protocol, extra={"peername": peer})
             except Exception:
                 conn.close()

@@ -6,7 +6,7 @@ import asyncio
 import errno
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core import (
     ConnectError,
@@ -68,6 +68,10 @@ class TCPListener(Listener):
 
     #: Seconds a listener waits before accepting again after accepting failed.
     accept_retry_delay: float = 1.0
+    #: Whether the comm greeting (preamble and handshake message) may go out on an
+    #: accepted socket as soon as it is accepted; not for a subclass that first
+    #: runs another protocol on it (comm-tls: TLS).
+    greets_on_accept: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -162,6 +166,7 @@ class TCPListener(Listener):
                     backlog=self.backlog,
                     retry_delay=self.accept_retry_delay,
                     where=self._where,
+                    greeting=self.acceptor.greeting if self.greets_on_accept else None,
                 )
                 self._accept_loops.append(accept_loop)
         except BaseException:

@@ -8,7 +8,7 @@ import errno
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core.abc import CommHandler
 from comm_core.protocol import MAGIC
@@ -78,6 +78,8 @@ class TLSListener(TCPListener):
         TLSConfigurationError: on creation, when the connection arguments hold
             no usable ``security`` or ``ssl_context``.
     """
+
+    greets_on_accept: ClassVar[bool] = False  # the greeting goes inside TLS
 
     def __init__(
         self,
