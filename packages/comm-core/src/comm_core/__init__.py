@@ -39,6 +39,7 @@ from comm_core._api import (
     resolve_address,
 )
 from comm_core._config import SETTINGS, Setting, configure, get_setting
+from comm_core._lazy import imported_on_use, lazy_exports
 from comm_core._registry import (
     ENTRY_POINT_GROUP,
     BackendInfo,
@@ -114,6 +115,8 @@ __all__ = [
     "get_registry",
     "get_setting",
     "hookimpl",
+    "imported_on_use",
+    "lazy_exports",
     "listen",
     "normalize_address",
     "parse_address",

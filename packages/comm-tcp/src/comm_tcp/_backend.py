@@ -8,10 +8,9 @@ and listener classes, and what they import, are imported by the first
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from comm_core import AddressError, parse_host_port, unparse_host_port
+from comm_core import AddressError, imported_on_use, parse_host_port, unparse_host_port
 from comm_core.abc import Backend, CommHandler, Connector, Listener
 
 if TYPE_CHECKING:
@@ -21,36 +20,18 @@ if TYPE_CHECKING:
 __all__ = ["TCPBackend"]
 
 
-class _Imported:
-    """A class attribute naming a class that is imported when the attribute is read.
-
-    A subclass may still set the attribute to a class of its own.
-    """
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module = module
-        self.name = name
-
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        return getattr(import_module(self.module), self.name)
-
-    def __repr__(self) -> str:
-        return f"<{self.module}.{self.name}, imported on first use>"
-
-
-def _imported(module: str, name: str) -> Any:
-    # Typed Any, so that type checkers take the attribute's declared type.
-    return _Imported(module, name)
-
-
 class TCPBackend(Backend):
     """The ``tcp://`` backend: ``host:port`` locations, IPv4 and IPv6."""
 
     scheme: ClassVar[str] = "tcp"
     #: The class of the backend's connector (imported when first read).
-    connector_class: ClassVar[type[TCPConnector]] = _imported("comm_tcp._connector", "TCPConnector")
+    connector_class: ClassVar[type[TCPConnector]] = imported_on_use(
+        "comm_tcp._connector", "TCPConnector"
+    )
     #: The class of the backend's listeners (imported when first read).
-    listener_class: ClassVar[type[TCPListener]] = _imported("comm_tcp._listener", "TCPListener")
+    listener_class: ClassVar[type[TCPListener]] = imported_on_use(
+        "comm_tcp._listener", "TCPListener"
+    )
 
     def __init__(self) -> None:
         self._connector: TCPConnector | None = None

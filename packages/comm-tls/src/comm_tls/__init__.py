@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from comm_core import lazy_exports
 from comm_tls._version import __version__
 
 if TYPE_CHECKING:
@@ -50,21 +51,5 @@ _MODULES = {
 }
 
 
-def _load(name: str) -> object:
-    """Import the public *name* from its module, and keep it in this module."""
-    module = _MODULES.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
-
 if not TYPE_CHECKING:  # type checkers see the imports above, and no catch-all
-    __getattr__ = _load
+    __getattr__, __dir__ = lazy_exports(__name__, _MODULES)

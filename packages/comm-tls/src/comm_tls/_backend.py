@@ -8,10 +8,9 @@ classes, and ssl with them, are imported by the first ``connect()`` or
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from comm_core import Capability
+from comm_core import Capability, imported_on_use
 from comm_tcp import TCPBackend
 
 if TYPE_CHECKING:
@@ -20,34 +19,16 @@ if TYPE_CHECKING:
 __all__ = ["TLSBackend"]
 
 
-class _Imported:
-    """A class attribute naming a class that is imported when the attribute is read.
-
-    (As comm-tcp's :class:`~comm_tcp.TCPBackend` declares its own.)
-    """
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module = module
-        self.name = name
-
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        return getattr(import_module(self.module), self.name)
-
-    def __repr__(self) -> str:
-        return f"<{self.module}.{self.name}, imported on first use>"
-
-
-def _imported(module: str, name: str) -> Any:
-    # Typed Any, so that type checkers take the attribute's declared type.
-    return _Imported(module, name)
-
-
 class TLSBackend(TCPBackend):
     """The ``tls://`` backend: TCP's addresses and machinery, with TLS on every connection."""
 
     scheme: ClassVar[str] = "tls"
     capabilities: ClassVar[frozenset[str]] = frozenset({Capability.ENCRYPTED})
     #: :class:`~comm_tls.TLSConnector` (imported when first read).
-    connector_class: ClassVar[type[TCPConnector]] = _imported("comm_tls._connector", "TLSConnector")
+    connector_class: ClassVar[type[TCPConnector]] = imported_on_use(
+        "comm_tls._connector", "TLSConnector"
+    )
     #: :class:`~comm_tls.TLSListener` (imported when first read).
-    listener_class: ClassVar[type[TCPListener]] = _imported("comm_tls._listener", "TLSListener")
+    listener_class: ClassVar[type[TCPListener]] = imported_on_use(
+        "comm_tls._listener", "TLSListener"
+    )
