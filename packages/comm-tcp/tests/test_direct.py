@@ -50,6 +50,17 @@ def _hello() -> bytes:
     return PREAMBLE + handshake
 
 
+async def _receive(sock: socket.socket, size: int) -> bytes:
+    """*size* bytes from non-blocking *sock* (fails the test on an early end)."""
+    loop = asyncio.get_running_loop()
+    received = b""
+    while len(received) < size:
+        chunk = await within(loop.sock_recv(sock, 1 << 16), "the greeting and message")
+        assert chunk, f"the connection ended after {len(received)} of {size} bytes"
+        received += chunk
+    return received
+
+
 def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -279,12 +290,7 @@ async def test_a_greeting_sent_before_the_transport_is_not_sent_again(
         await loop.connect_accepted_socket(lambda: comm.protocol, ours)
         await comm.write("after")
         expected = PREAMBLE + greeting + encode_message("after")[0][0]
-        received = b""
-        while len(received) < len(expected):
-            chunk = await within(loop.sock_recv(theirs, 1 << 16), "the greeting and message")
-            assert chunk
-            received += chunk
-        assert received == expected
+        assert await _receive(theirs, len(expected)) == expected
     finally:
         comm.abort()
         ours.close()
@@ -356,12 +362,7 @@ async def test_a_greeting_the_listener_sent_in_part_is_finished_by_the_transport
         await loop.connect_accepted_socket(lambda: comm.protocol, ours)
         await comm.write("after")
         expected = data + encode_message("after")[0][0]
-        received = b""
-        while len(received) < len(expected):
-            chunk = await within(loop.sock_recv(theirs, 1 << 16), "the greeting and message")
-            assert chunk
-            received += chunk
-        assert received == expected
+        assert await _receive(theirs, len(expected)) == expected
     finally:
         comm.abort()
         ours.close()

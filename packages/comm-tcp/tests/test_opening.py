@@ -55,6 +55,13 @@ async def test_listener_greets_before_hearing_from_the_client(raw_socket: RawSoc
     assert info["library"] == "comm-core"
 
 
+def _abandon(connecting: asyncio.Future[comm_core.Comm]) -> None:
+    """Cancel a connect() still running; abort the comm of one that finished."""
+    connecting.cancel()
+    if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+        connecting.result().abort()
+
+
 def _greeting() -> bytes:
     """What a comm listener sends on accepting: the preamble and its handshake message."""
     [handshake], _ = encode_message({"protocol": PROTOCOL_VERSION, "library": "raw"})
@@ -129,9 +136,7 @@ async def test_a_client_that_stays_silent_still_sends_its_handshake(
         conn.close()
         await comm.close()
     finally:
-        connecting.cancel()
-        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
-            connecting.result().abort()
+        _abandon(connecting)
 
 
 async def test_client_speaks_first_to_a_peer_that_waits(raw_socket: RawSocket) -> None:
@@ -155,9 +160,7 @@ async def test_client_speaks_first_to_a_peer_that_waits(raw_socket: RawSocket) -
         conn.close()
         await comm.close()
     finally:
-        connecting.cancel()
-        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
-            connecting.result().abort()
+        _abandon(connecting)
 
 
 async def test_a_peer_that_is_not_a_comm_endpoint_is_found_out_quickly(

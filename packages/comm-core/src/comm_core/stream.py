@@ -724,7 +724,9 @@ class StreamAcceptor:
         protocol allows); the peer then has it one round trip sooner.
         """
         cached = self._greeting
-        if cached is not None and type(comm).handshake_options is Comm.handshake_options:
+        # The same for every comm unless the comm's class adds to it.
+        shared = type(comm).handshake_options is Comm.handshake_options
+        if cached is not None and shared:
             comm.protocol.greeting = cached[1]
             comm._handshake_sent = dict(cached[0])
         else:
@@ -738,7 +740,7 @@ class StreamAcceptor:
                 else:
                     greeting = comm.protocol.greeting = b"".join(buffers)
                     comm._handshake_sent = info
-                    if type(comm).handshake_options is Comm.handshake_options:
+                    if shared:
                         self._greeting = (dict(info), greeting)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.listener.handshake_timeout
