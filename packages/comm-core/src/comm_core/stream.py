@@ -79,8 +79,9 @@ class StreamProtocol(asyncio.BufferedProtocol):
     #: Whether the transport sends large buffers from the caller's memory, keeping a
     #: reference while it cannot send them at once, rather than copying the rest.
     #: ``None``: as asyncio's socket transport does, on Python 3.12+. A transport that
-    #: does (comm-tls's own) gets large buffers whole, or in ``max_write_chunk`` slices
-    #: handed over at once.
+    #: does (comm-tcp's and comm-tls's own) gets large buffers whole, or in
+    #: ``max_write_chunk`` slices handed over at once, and the small messages written
+    #: in one loop iteration in one ``writelines()`` call.
     zero_copy_writes: bool | None = None
 
     def __init__(
@@ -320,6 +321,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
 
     # -- writing ----------------------------------------------------------------------------
 
+    def flush_now(self) -> None:
+        """:meth:`flush`, and drop the flush scheduled for the end of the iteration, if any."""
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+        self.flush()
+
     def flush(self) -> None:
         """Hand what writes gathered during this loop iteration to the transport."""
         self.flush_handle = None
@@ -330,7 +337,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
             return
         if len(out) == 1:
             self.transport.write(out[0])
-        elif _WRITELINES_ZERO_COPY:
+        elif self.zero_copy_writes or (self.zero_copy_writes is None and _WRITELINES_ZERO_COPY):
             transport = self.transport
             transport.writelines(out)
             if not self.write_paused and transport.get_write_buffer_size() > self.write_high_water:
@@ -623,7 +630,7 @@ class StreamComm(Comm):
                     p.transport.write(buffers[0])
                 elif p.preamble_pending:  # the first write: the preamble leaves with it
                     p.out.append(buffers[0])
-                    p.flush()
+                    p.flush_now()
                     p.burst = True
                 else:
                     p.out.append(buffers[0])
@@ -632,7 +639,7 @@ class StreamComm(Comm):
                         assert p.loop is not None
                         p.flush_handle = p.loop.call_soon(p.flush)
                     elif p.out_size >= p.write_high_water:
-                        p.flush()
+                        p.flush_now()
             else:
                 await p.write_buffers(buffers)
             if p.write_paused:

@@ -8,6 +8,7 @@ from typing import Any
 
 from comm_core.stream import StreamComm, StreamProtocol
 from comm_tcp._options import SocketOptions
+from comm_tcp._transport import SocketTransport
 
 __all__ = ["TCPComm", "TCPProtocol"]
 
@@ -18,6 +19,8 @@ class TCPProtocol(StreamProtocol):
     options: SocketOptions = SocketOptions()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, SocketTransport):
+            self.zero_copy_writes = True  # it queues large buffers by reference
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.options.apply(sock)

@@ -8,12 +8,14 @@ writable, then for another such future. On asyncio's selector event loops
 listening socket gets a reader callback that accepts every pending connection
 and makes each transport at once, and a connect that is complete when
 ``connect()`` returns (as on the loopback interface) makes its transport
-without waiting for the socket to become writable.
+without waiting for the socket to become writable. The transport is
+comm-tcp's own (:mod:`comm_tcp._transport`), which connects its protocol at
+once; ``COMM_TCP_TRANSPORT=asyncio`` selects asyncio's instead.
 
-Making a transport for a socket needs asyncio's private API; that use is
-confined to :func:`socket_transport_factory`, which returns ``None`` on every
-loop it does not know (uvloop, Windows' proactor loop, ...). Callers then use
-the public ``create_connection`` / ``create_server``.
+Making asyncio's transport for a socket needs asyncio's private API; that use
+is confined to :func:`socket_transport_factory`, which returns ``None`` on
+every loop it does not know (uvloop, Windows' proactor loop, ...). Callers
+then use the public ``create_connection`` / ``create_server``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from comm_core.stream import StreamProtocol
+from comm_tcp import _transport
+from comm_tcp._transport import SocketTransport
 
 __all__ = ["AcceptLoop", "TransportFactory", "dial", "ip_family", "socket_transport_factory"]
 
@@ -37,8 +41,10 @@ logger = logging.getLogger("comm_tcp")
 class TransportFactory(Protocol):
     """Makes a transport over a connected non-blocking socket, for *protocol*.
 
-    The protocol's ``connection_made`` is called on the next loop iteration,
-    before any callback scheduled after the call.
+    The protocol's ``connection_made`` is called before the call returns
+    (comm-tcp's :class:`~comm_tcp._transport.SocketTransport`), or on the
+    next loop iteration, before any callback scheduled after the call
+    (asyncio's transport).
     """
 
     def __call__(
@@ -51,10 +57,34 @@ class TransportFactory(Protocol):
     ) -> asyncio.Transport: ...
 
 
-def socket_transport_factory(loop: asyncio.AbstractEventLoop) -> TransportFactory | None:
-    """The transport factory of *loop* if it is one of asyncio's selector loops, else ``None``.
+class _OwnTransports:
+    """Makes comm-tcp's own transports on one loop (a :class:`TransportFactory`)."""
 
-    This is comm-tcp's only use of asyncio's private API: the
+    __slots__ = ("loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    def __call__(
+        self,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+    ) -> asyncio.Transport:
+        transport = SocketTransport(self.loop, sock, protocol, extra)
+        transport.start()
+        return transport
+
+
+def socket_transport_factory(loop: asyncio.AbstractEventLoop) -> TransportFactory | None:
+    """A transport factory for *loop* if it is one of asyncio's selector loops, else ``None``.
+
+    The factory makes comm-tcp's own :class:`~comm_tcp._transport.SocketTransport`
+    unless ``COMM_TCP_TRANSPORT=asyncio`` is set (or the platform has no
+    ``sendmsg``); then it is asyncio's, which is comm-tcp's only use of
+    asyncio's private API: the
     ``_make_socket_transport(sock, protocol, waiter=None, *, extra=None,
     server=None)`` method of ``asyncio.selector_events.BaseSelectorEventLoop``,
     the same on Python 3.10 to 3.13, which asyncio's own ``create_connection``
@@ -64,6 +94,8 @@ def socket_transport_factory(loop: asyncio.AbstractEventLoop) -> TransportFactor
     """
     if not isinstance(loop, selector_events.BaseSelectorEventLoop):
         return None
+    if _transport.available():
+        return _OwnTransports(loop)
     factory: TransportFactory | None = getattr(loop, "_make_socket_transport", None)
     return factory
 
@@ -92,6 +124,11 @@ def _peer_if_connected(sock: socket.socket) -> Any:
         return None
 
 
+#: Non-blocking from creation where the OS can (Linux): one system call fewer per connect.
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+_STREAM_NONBLOCK = socket.SOCK_STREAM | _NONBLOCK
+
+
 def _set_once(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
@@ -111,10 +148,11 @@ async def dial(
     ``OSError`` of a failed connect; on any error or cancellation the socket
     (or the transport made for it) is closed.
     """
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, _STREAM_NONBLOCK)
     transport: asyncio.Transport | None = None
     try:
-        sock.setblocking(False)
+        if not _NONBLOCK:
+            sock.setblocking(False)
         peer = None
         try:
             sock.connect((host, port))
@@ -125,9 +163,10 @@ async def dial(
                 peer = await _connected(loop, sock)
         extra = None if peer is None else {"peername": peer}
         transport = make_transport(sock, protocol, extra=extra)
-        # The transport calls connection_made() from the loop, which runs callbacks in
-        # order: after one bare yield this task resumes once the protocol is connected.
-        await asyncio.sleep(0)
+        if not isinstance(transport, SocketTransport):
+            # asyncio's transport calls connection_made() from the loop, which runs
+            # callbacks in order: after one bare yield the protocol is connected.
+            await asyncio.sleep(0)
     except BaseException:
         if transport is not None:
             transport.abort()

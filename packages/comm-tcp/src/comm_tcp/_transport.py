@@ -1,0 +1,528 @@
+"""comm-tcp's own socket transport: asyncio's transport interface over a non-blocking socket.
+
+asyncio's selector transport (``_SelectorSocketTransport``) is general and
+pays for it on every connection and every large message: it wraps the
+socket, registers its reader and calls ``connection_made()`` through
+callbacks on later loop iterations, and before Python 3.12 copies whatever
+the kernel did not take at once into a buffer of its own. :class:`SocketTransport`
+does what a comm needs with less:
+
+* ``connection_made()`` runs in :meth:`~SocketTransport.start`, at once, so a
+  dialled or accepted connection is ready without another loop iteration;
+* reading receives straight into the buffer the protocol's ``get_buffer()``
+  returns (a message's out-of-band frame, for a large one), and reads again
+  while the buffer filled up, so that a burst takes one readiness callback;
+* writing sends from the caller's memory: a write the kernel does not take
+  at once is queued by reference (a small mutable buffer is copied, since
+  its owner may reuse it), and ``writelines()`` and the queue go out with
+  scatter-gather ``sendmsg`` on every Python version.
+
+It runs on any event loop with ``add_reader`` / ``add_writer`` and a socket
+module with ``sendmsg``; comm-tcp uses it on asyncio's selector loops (see
+``comm_tcp._direct.transport_factory``), unless ``COMM_TCP_TRANSPORT=asyncio``
+in the environment selects asyncio's own transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["ENV", "SocketTransport", "available"]
+
+logger = logging.getLogger("comm_tcp")
+
+#: The environment variable that selects asyncio's transport (``asyncio``) instead of ours.
+ENV = "COMM_TCP_TRANSPORT"
+
+#: Bytes read, or written, per readiness callback before other callbacks get a turn.
+_BUDGET = 4 * 1024 * 1024
+#: Queued buffers shorter than this are copied if mutable (comm's rule: only buffers of
+#: 64 KiB or more are sent from the caller's memory after write() returns).
+_SMALL = 64 * 1024
+#: The most buffers handed to one sendmsg() call (Linux's IOV_MAX is 1024).
+_MAX_IOV = 512
+#: The protocol of a transport whose connection is lost.
+_DETACHED = asyncio.BaseProtocol()
+
+
+def available() -> bool:
+    """Whether this platform can run :class:`SocketTransport` and it is not turned off."""
+    if os.environ.get(ENV, "").strip().lower() == "asyncio":
+        return False
+    return hasattr(socket.socket, "sendmsg")
+
+
+def _nbytes(data: Any) -> int:
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
+def _keep(data: Any, size: int) -> Any:
+    """*data* as kept in the queue: a copy of a small mutable buffer, else a flat view."""
+    if type(data) is bytes:
+        return data
+    view = memoryview(data)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    if size < _SMALL and not view.readonly:
+        return bytes(view)
+    return view
+
+
+class SocketTransport(asyncio.Transport):
+    """An asyncio transport over a connected, non-blocking stream socket.
+
+    It takes ownership of *sock*. *extra* adds to the facts
+    :meth:`get_extra_info` gives (``socket``, ``sockname``, ``peername``).
+    Call :meth:`start` to connect the protocol.
+
+    ``close()`` sends what is queued, then closes the socket; ``abort()``
+    closes it at once. The protocol's ``connection_lost()`` is called on a
+    later loop iteration, as with asyncio's transports. ``loop.start_tls()``
+    takes it over as it does asyncio's own (comm-tls does so when asyncio's
+    TLS layer is selected).
+    """
+
+    #: What asyncio's ``loop.start_tls()`` checks: the transport can change protocols
+    #: and pause reading, which is all that TLS on top of it needs.
+    _start_tls_compatible = True
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(extra)
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._info: dict[str, Any] = {"socket": sock}
+        if extra:
+            self._info.update(extra)
+        self._queue: collections.deque[Any] = collections.deque()  # bytes or flat views
+        self._queued = 0  # bytes in _queue
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._protocol_paused = False  # pause_writing() was called on the protocol
+        self._reading = True  # not paused by the protocol, and no EOF yet
+        self._reader = False  # our read callback is registered with the loop
+        self._writer = False  # our write callback is registered with the loop
+        self._closing = False  # close() or abort() was called, or the connection failed
+        self._eof_pending = False  # write_eof() was called: shut down once the queue is sent
+        self._eof_written = False
+        self._at_eof = False  # the peer shut its side down
+        self._lost = False  # the socket is closed; connection_lost() is scheduled
+
+    def start(self) -> None:
+        """Connect the protocol (``connection_made()``, now) and start reading."""
+        try:
+            self._protocol.connection_made(self)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "connection_made() failed")
+            return
+        if self._reading and not self._closing and not self._reader:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reader = True
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_ready(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        if not self._buffered:
+            self._read_plain(sock)
+            return
+        protocol: Any = self._protocol
+        budget = _BUDGET
+        while True:
+            try:
+                buf = protocol.get_buffer(-1)
+                size = len(buf)
+                if not size:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "get_buffer() failed")
+                return
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "reading failed")
+                return
+            finally:
+                del buf
+            if not n:
+                self._eof()
+                return
+            try:
+                protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "buffer_updated() failed")
+                return
+            budget -= n
+            # A short read drained the socket (it is read again when more arrives).
+            if n < size or budget <= 0 or not self._reading or self._closing:
+                return
+
+    def _read_plain(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(256 * 1024)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "reading failed")
+            return
+        if not data:
+            self._eof()
+            return
+        try:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "data_received() failed")
+
+    def _eof(self) -> None:
+        """The peer shut its side down (or closed)."""
+        self._at_eof = True
+        self._reading = False
+        self._update_reader()
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "eof_received() failed")
+            return
+        if not keep_open:
+            self.close()
+
+    def _update_reader(self) -> None:
+        want = self._reading and not self._closing and not self._lost
+        if want and not self._reader:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reader = True
+        elif not want and self._reader:
+            self._loop.remove_reader(self._fd)
+            self._reader = False
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closing:
+            self._reading = False
+            self._update_reader()
+
+    def resume_reading(self) -> None:
+        if self._reading or self._closing or self._at_eof:
+            return
+        self._reading = True
+        self._update_reader()
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, data: Any) -> None:
+        if self._eof_pending or self._eof_written:
+            raise RuntimeError("cannot write() after write_eof()")
+        if self._closing:
+            return
+        size = _nbytes(data)
+        if not size:
+            return
+        if not self._queue:
+            assert self._sock is not None
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "writing failed")
+                return
+            if sent >= size:
+                return
+            data = memoryview(data).cast("B")[sent:] if sent else data
+            size -= sent
+            self._update_writer(True)
+        self._queue.append(_keep(data, size))
+        self._queued += size
+        self._maybe_pause()
+
+    def writelines(self, list_of_data: Iterable[Any]) -> None:
+        if self._eof_pending or self._eof_written:
+            raise RuntimeError("cannot writelines() after write_eof()")
+        if self._closing:
+            return
+        buffers = list(list_of_data)
+        if not buffers:
+            return
+        queue = self._queue
+        if queue:
+            for data in buffers:
+                size = _nbytes(data)
+                if size:
+                    queue.append(_keep(data, size))
+                    self._queued += size
+            self._maybe_pause()
+            return
+        assert self._sock is not None
+        sent = 0
+        if len(buffers) <= _MAX_IOV:
+            try:
+                sent = self._sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "writing failed")
+                return
+        for data in buffers:
+            size = _nbytes(data)
+            if sent >= size:
+                sent -= size
+                continue
+            if sent:
+                data = memoryview(data).cast("B")[sent:]
+                size -= sent
+                sent = 0
+            queue.append(_keep(data, size))
+            self._queued += size
+        if queue:
+            self._update_writer(True)
+            self._maybe_pause()
+
+    def _write_ready(self) -> None:
+        sock = self._sock
+        queue = self._queue
+        if sock is None:
+            return
+        budget = _BUDGET
+        while queue and budget > 0:
+            if len(queue) == 1:
+                buffers: list[Any] = [queue[0]]
+            else:
+                buffers = [queue[i] for i in range(min(len(queue), _MAX_IOV))]
+            try:
+                sent = sock.sendmsg(buffers) if len(buffers) > 1 else sock.send(buffers[0])
+            except (BlockingIOError, InterruptedError):
+                break
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal(exc, "writing failed")
+                return
+            if not sent:
+                break
+            self._queued -= sent
+            budget -= sent
+            while sent:
+                head = queue[0]
+                size = _nbytes(head)
+                if sent >= size:
+                    queue.popleft()
+                    sent -= size
+                else:
+                    queue[0] = memoryview(head).cast("B")[sent:]
+                    break
+            else:
+                continue
+            break  # the kernel took less than offered: its buffer is full
+        self._maybe_resume()
+        if queue:
+            return
+        self._update_writer(False)
+        if self._eof_pending:
+            self._shutdown_write()
+        if self._closing:
+            self._finish(None)
+
+    def _update_writer(self, want: bool) -> None:
+        want = want and not self._lost
+        if want and not self._writer:
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer = True
+        elif not want and self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+
+    def _maybe_pause(self) -> None:
+        if self._queued > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            try:
+                self._protocol.pause_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.exception("protocol.pause_writing() failed")
+
+    def _maybe_resume(self) -> None:
+        if self._protocol_paused and self._queued <= self._low:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.exception("protocol.resume_writing() failed")
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause()
+        self._maybe_resume()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_pending or self._eof_written:
+            return
+        self._eof_pending = True
+        if not self._queue:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self._eof_pending = False
+        self._eof_written = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                self._fatal(exc, "shutting down the write side failed")
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading; close the socket once what is queued has been sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._update_reader()
+        if not self._queue:
+            self._finish(None)
+
+    def abort(self) -> None:
+        self._closing = True
+        self._finish(None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        """Close at once and report *exc* to the protocol.
+
+        Not part of the transport interface, but asyncio's TLS layer
+        (``loop.start_tls()``) calls it on the transport beneath it.
+        """
+        self._closing = True
+        self._finish(exc)
+
+    @property
+    def _paused(self) -> bool:
+        """Whether reading is paused; asyncio's TLS layer reads it on Python 3.10."""
+        return not self._reading
+
+    def _fatal(self, exc: BaseException, what: str) -> None:
+        if isinstance(exc, OSError):
+            logger.debug("%r: %s: %r", self, what, exc)
+        else:
+            logger.error("%r: %s", self, what, exc_info=exc)
+        self._closing = True
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        if self._reader:
+            self._loop.remove_reader(self._fd)
+            self._reader = False
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+        self._queue.clear()
+        self._queued = 0
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(
+                exc if isinstance(exc, Exception) or exc is None else None
+            )
+        finally:
+            # The protocol holds this transport: without the cycle both are freed at once.
+            self._protocol = _DETACHED
+            self._buffered = False
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, stacklevel=1)
+            sock.close()
+
+    # -- the rest of the transport interface --------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        info = self._info
+        if name in info:
+            return info[name]
+        if name in ("sockname", "peername") and self._sock is not None:
+            # Asked for by name only: most connections never need both.
+            try:
+                value = self._sock.getsockname() if name == "sockname" else self._sock.getpeername()
+            except OSError:
+                value = None
+            info[name] = value
+            return value
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closed" if self._lost else "closing" if self._closing else "open"
+        return f"<SocketTransport fd={self._fd} {state} peer={self._info.get('peername')}>"
