@@ -17,9 +17,12 @@ from typing import Any
 
 import pytest
 
-from comm_tcp import _direct
+from comm_core import PROTOCOL_VERSION
+from comm_core._handshake import handshake
+from comm_core.protocol import PREAMBLE, encode_message
+from comm_tcp import TCPConnector, _direct
 from comm_tcp._transport import ENV, SocketTransport
-from tcp_support import IPV4, MiB, connected, ping, serving, within
+from tcp_support import IPV4, MiB, connected, ping, serving, stream_messages, within
 
 pytestmark = pytest.mark.comm_loop("asyncio")
 
@@ -440,6 +443,47 @@ async def test_a_transport_dropped_unclosed_warns(pair: Pair) -> None:
     with pytest.warns(ResourceWarning, match="unclosed transport"):
         del transport  # nothing else refers to it: freed at once
     assert ours.fileno() == -1
+
+
+# -- a comm's handshake -----------------------------------------------------------------------
+
+
+async def test_a_dialer_takes_a_greeting_already_there_without_waiting_for_the_loop(
+    pair: Pair,
+) -> None:
+    ours, peer = pair
+    [greeting], _ = encode_message({"protocol": PROTOCOL_VERSION, "library": "test"})
+    peer.sendall(PREAMBLE + greeting)  # as a listener does on accepting
+    comm = TCPConnector().make_comm(True, {})
+    _started(ours, comm.protocol)
+    iterations = 0
+
+    def count() -> None:
+        nonlocal iterations
+        iterations += 1
+
+    asyncio.get_running_loop().call_soon(count)
+    await handshake(comm, None, 10.0, "test")
+    assert iterations == 0  # done without the loop's help
+    assert comm.handshake_info["library"] == "test"
+    await comm.write("first")
+    sent = await _read_peer_messages(peer, 2)
+    assert sent[0]["library"] == "comm-core"  # the held handshake, with the first message
+    assert sent[1:] == ["first"]
+    await comm.close()
+
+
+async def _read_peer_messages(peer: socket.socket, count: int) -> list[Any]:
+    """The first *count* messages the peer receives (after the preamble)."""
+    data = b""
+    while True:
+        data += await within(asyncio.to_thread(peer.recv, 1 << 16), "the comm's messages")
+        try:
+            messages = stream_messages(data)
+        except AssertionError:
+            continue
+        if len(messages) >= count:
+            return messages
 
 
 # -- which transport comms get --------------------------------------------------------------

@@ -517,6 +517,8 @@ class StreamComm(Comm):
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
         p = self.protocol
         p.burst = False
+        if p.hold_handshake and not p.ready:
+            self._read_greeting_now()
         if p.ready:
             frames, size = p.ready.popleft()
             p.ready_bytes -= size
@@ -561,6 +563,27 @@ class StreamComm(Comm):
             p.error = exc
             self.abort()
             raise
+
+    def _read_greeting_now(self) -> None:
+        """Take the listener's greeting from the socket now, if it is there already.
+
+        The handshake read of a dialing comm usually finds it there (the
+        listener sends it on accepting). A transport with a ``read_now()``
+        method (comm-tcp's) reads at once what the socket holds, which saves
+        the comm a wait for the event loop's next iteration.
+        """
+        p = self.protocol
+        read_now = getattr(p.transport, "read_now", None)
+        if read_now is None:
+            return
+        read_now()
+        if p.ready and p.preamble_pending:
+            # As when the greeting came during the handshake: what the handshake held
+            # leaves with a write made in this loop iteration, or else at its end.
+            p.hold_handshake = False
+            if p.flush_handle is None:
+                assert p.loop is not None
+                p.flush_handle = p.loop.call_soon(p.flush)
 
     async def _send_handshake(self, info: Mapping[str, Any]) -> None:
         """Queue the handshake behind the preamble, to leave with the first write.

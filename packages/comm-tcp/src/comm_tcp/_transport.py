@@ -184,6 +184,16 @@ class SocketTransport(asyncio.Transport):
             if n < size or budget <= 0 or not self._reading or self._closing:
                 return
 
+    def read_now(self) -> None:
+        """Read what the socket holds now, as the loop would once it is readable.
+
+        For a protocol that expects data to be there already (a comm's
+        handshake read): it gets it without waiting for the next loop
+        iteration. Does nothing while reading is paused or the transport closing.
+        """
+        if self._reader:
+            self._read_ready()
+
     def _read_plain(self, sock: socket.socket) -> None:
         try:
             data = sock.recv(256 * 1024)
@@ -482,7 +492,8 @@ class SocketTransport(asyncio.Transport):
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        self._loop.call_soon(self._call_connection_lost, exc)
+        if not self._loop.is_closed():  # else nobody is left to tell
+            self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:
