@@ -17,13 +17,17 @@ class TCPProtocol(StreamProtocol):
     """Applies the comm's socket options when the connection is made."""
 
     options: SocketOptions = SocketOptions()
+    #: Set by a listener whose listening socket carries :attr:`options` already, which
+    #: the connections it accepts inherit: they are not set again.
+    options_inherited: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if isinstance(transport, SocketTransport):
             self.zero_copy_writes = True  # it queues large buffers by reference
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            self.options.apply(sock)
+        if not self.options_inherited:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                self.options.apply(sock)
         super().connection_made(transport)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,6 +28,9 @@ __all__ = ["TCPListener"]
 
 
 _WILDCARDS = {"", "0.0.0.0", "::"}
+#: Whether accepted sockets inherit the listening socket's options (Linux copies the
+#: listening socket's state into each connection it accepts, these options included).
+_INHERITS_OPTIONS = sys.platform.startswith("linux")
 
 
 def _bind(family: int, host: str, port: int, backlog: int) -> socket.socket:
@@ -97,7 +101,10 @@ class TCPListener(Listener):
             self._comm_args["max_message_size"] = int(get_setting("max_message_size"))
         # Check the socket options now: the listener applies them to each accepted
         # connection, where an error would only drop that connection.
-        SocketOptions.from_args(connection_args)
+        self._options = SocketOptions.from_args(connection_args)
+        # Set once the listening sockets carry the options, which the sockets they
+        # accept inherit (Linux): accepted comms then need not set them again.
+        self._options_inherited = False
         # asyncio's selector loops: our own accept loops; other loops: asyncio's servers.
         self._accept_loops: list[_direct.AcceptLoop] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -151,6 +158,11 @@ class TCPListener(Listener):
         socks = self._open_sockets()
         make_transport = _direct.socket_transport_factory(loop)
         try:
+            # Not under asyncio's transport, which turns TCP_NODELAY on by itself.
+            if isinstance(make_transport, _direct._OwnTransports) and _INHERITS_OPTIONS:
+                for sock in socks:
+                    self._options.apply(sock)
+                self._options_inherited = True
             for sock in socks:
                 if make_transport is None:
                     server = await loop.create_server(
@@ -181,6 +193,8 @@ class TCPListener(Listener):
         comm = self.connector.make_comm(
             self.deserialize, self._comm_args, on_established=self.acceptor.established
         )
+        if self._options_inherited:
+            comm.protocol.options_inherited = True
         return self.acceptor.accept(comm).protocol
 
     def stop(self) -> None:
