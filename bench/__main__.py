@@ -127,8 +127,11 @@ def plan(args: argparse.Namespace, limits: Limits) -> list[Cell]:
                     continue
                 for loop in loops:
                     sizes = limits.w3_sizes if workload == "W3" else (None,)
+                    repeats = limits.repeats
+                    if workload == "W4" and limits.w4_repeats is not None:
+                        repeats = limits.w4_repeats
                     for size in sizes:
-                        for repeat in range(limits.repeats):
+                        for repeat in range(repeats):
                             for impl in these:
                                 cells.append(
                                     Cell(workload, backend, mode, loop, impl, size, repeat, limits)
@@ -200,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "quick": args.quick,
         "repeats": limits.repeats,
+        "w4_repeats": limits.w4_repeats or limits.repeats,
         "limits": asdict(limits),
         "filters": {
             name: getattr(args, name) for name in ("workload", "backend", "impl", "mode", "loop")

@@ -81,6 +81,9 @@ class Limits:
     """Every measuring loop stops at its count or its time budget, whichever comes first."""
 
     repeats: int = 3
+    #: Repeats of W4 cells, whose spread from one run to the next is the widest (the
+    #: two processes' placement on the CPUs decides much of it); ``None``: ``repeats``.
+    w4_repeats: int | None = 5
     # W1: small round trips.
     w1_count: int = 20_000
     w1_seconds: float = 2.0
@@ -108,6 +111,7 @@ class Limits:
 
 QUICK = Limits(
     repeats=1,
+    w4_repeats=None,
     w1_count=500,
     w1_seconds=0.5,
     w1_warmup=100,
@@ -128,10 +132,10 @@ QUICK = Limits(
 
 
 def limits_for(quick: bool, repeats: int | None = None) -> Limits:
-    """The full or quick limits, with *repeats* overridden if given."""
+    """The full or quick limits, with *repeats* (for every workload) overridden if given."""
     limits = QUICK if quick else Limits()
     if repeats is not None:
-        limits = Limits(**{**asdict(limits), "repeats": repeats})
+        limits = Limits(**{**asdict(limits), "repeats": repeats, "w4_repeats": None})
     return limits
 
 

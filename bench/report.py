@@ -215,6 +215,7 @@ def render_markdown(
     versions = ", ".join(f"{name} {ver}" for name, ver in facts["versions"].items() if ver)
     settings = facts["settings"]
     load = facts["load_average_1min"]
+    w4_repeats = settings.get("w4_repeats", settings["repeats"])
     out = [
         "# comm benchmarks",
         "",
@@ -222,7 +223,8 @@ def render_markdown(
         f"{facts['cpu_count']} CPUs · {versions}",
         "",
         f"Settings: {'quick' if settings['quick'] else 'full'}, median of "
-        f"{settings['repeats']} repeat(s) per cell, each in a fresh process; loopback only. "
+        f"{settings['repeats']} repeat(s) per cell ({w4_repeats} for W4), "
+        "each in a fresh process; loopback only. "
         f"Load average (1 min) at start {load['start']}, at end {load['end']}; "
         f"the run took {settings['total_seconds']:g} s.",
         "",
