@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import socket
 import struct
 from collections.abc import Iterator
@@ -278,9 +279,29 @@ async def test_writelines_keeps_the_order(pair: Pair, queued_first: bool) -> Non
         memoryview(bytearray(b"d" * (1 * MiB))),
         struct.pack("<Q", 42),
         memoryview(struct.pack("<4I", 1, 2, 3, 4)).cast("I"),  # not a byte view
+        pickle.PickleBuffer(b"no len()"),
     ]
     transport.writelines(parts)
     expected = head + b"".join(bytes(memoryview(part).cast("B")) for part in parts)
+    assert await _read_peer(peer, len(expected)) == expected
+    transport.close()
+    await within(protocol.lost, "connection_lost")
+
+
+async def test_small_writes_queued_behind_a_large_one_are_gathered(pair: Pair) -> None:
+    ours, peer = pair
+    _small_buffers(ours, peer)
+    protocol = Recorder()
+    transport = _started(ours, protocol)
+    large = b"L" * (4 * MiB)
+    transport.write(large)
+    messages = [i.to_bytes(4, "little") * 10 for i in range(2000)]
+    for message in messages:
+        transport.write(message)
+    transport.writelines(messages[:500])
+    # 2,500 small writes are queued in a few buffers, not one each.
+    assert len(transport._queue) <= 3
+    expected = large + b"".join(messages) + b"".join(messages[:500])
     assert await _read_peer(peer, len(expected)) == expected
     transport.close()
     await within(protocol.lost, "connection_lost")

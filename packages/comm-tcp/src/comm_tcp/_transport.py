@@ -12,10 +12,11 @@ does what a comm needs with less:
 * reading receives straight into the buffer the protocol's ``get_buffer()``
   returns (a message's out-of-band frame, for a large one), and reads again
   while the buffer filled up, so that a burst takes one readiness callback;
-* writing sends from the caller's memory: a write the kernel does not take
-  at once is queued by reference (a small mutable buffer is copied, since
-  its owner may reuse it), and ``writelines()`` and the queue go out with
-  scatter-gather ``sendmsg`` on every Python version.
+* writing sends from the caller's memory: a large buffer the kernel does not
+  take at once is queued by reference, and ``writelines()`` and the queue go
+  out with scatter-gather ``sendmsg`` on every Python version; small buffers
+  are gathered into one (copied, since their owners may reuse them), so that
+  a burst of small messages costs one system call, not one per message.
 
 It runs on any event loop with ``add_reader`` / ``add_writer`` and a socket
 module with ``sendmsg``; comm-tcp uses it on asyncio's selector loops (see
@@ -43,9 +44,12 @@ ENV = "COMM_TCP_TRANSPORT"
 
 #: Bytes read, or written, per readiness callback before other callbacks get a turn.
 _BUDGET = 4 * 1024 * 1024
-#: Queued buffers shorter than this are copied if mutable (comm's rule: only buffers of
-#: 64 KiB or more are sent from the caller's memory after write() returns).
+#: Buffers shorter than this are copied when queued, into one buffer with the small ones
+#: queued before them (comm's rule: only buffers of 64 KiB or more are sent from the
+#: caller's memory after write() returns), and joined in writelines().
 _SMALL = 64 * 1024
+#: The most bytes the queue's last buffer collects from small writes.
+_TAIL_MAX = 256 * 1024
 #: The most buffers handed to one sendmsg() call (Linux's IOV_MAX is 1024).
 _MAX_IOV = 512
 #: The protocol of a transport whose connection is lost.
@@ -63,16 +67,38 @@ def _nbytes(data: Any) -> int:
     return len(data) if type(data) is bytes else memoryview(data).nbytes
 
 
-def _keep(data: Any, size: int) -> Any:
-    """*data* as kept in the queue: a copy of a small mutable buffer, else a flat view."""
+def _flat(data: Any) -> Any:
+    """*data* as a queue keeps a large buffer: ``bytes`` as they are, else a byte view."""
     if type(data) is bytes:
         return data
     view = memoryview(data)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
-    if size < _SMALL and not view.readonly:
-        return bytes(view)
     return view
+
+
+def _gathered(buffers: list[Any]) -> list[Any]:
+    """*buffers* with each run of small ones joined into one (one copy, one iovec)."""
+    if len(buffers) <= 1:
+        return buffers
+    try:
+        if max(map(len, buffers)) < _SMALL:  # the common case: small messages only
+            return [b"".join(buffers)]
+    except TypeError:  # a buffer without len(): sized below
+        pass
+    out: list[Any] = []
+    run: list[Any] = []
+    for data in buffers:
+        if _nbytes(data) < _SMALL:
+            run.append(data)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else b"".join(run))
+            run = []
+        out.append(data)
+    if run:
+        out.append(run[0] if len(run) == 1 else b"".join(run))
+    return out
 
 
 class SocketTransport(asyncio.Transport):
@@ -111,6 +137,9 @@ class SocketTransport(asyncio.Transport):
             self._info.update(extra)
         self._queue: collections.deque[Any] = collections.deque()  # bytes or flat views
         self._queued = 0  # bytes in _queue
+        # The queue's last buffer if it is our own copy of small writes, which later
+        # small writes extend (never once a view of it was taken).
+        self._tail: bytearray | None = None
         self._high = 64 * 1024
         self._low = 16 * 1024
         self._protocol_paused = False  # pause_writing() was called on the protocol
@@ -262,24 +291,26 @@ class SocketTransport(asyncio.Transport):
         size = _nbytes(data)
         if not size:
             return
-        if not self._queue:
-            assert self._sock is not None
-            try:
-                sent = self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal(exc, "writing failed")
-                return
-            if sent >= size:
-                return
-            data = memoryview(data).cast("B")[sent:] if sent else data
-            size -= sent
-            self._update_writer(True)
-        self._queue.append(_keep(data, size))
-        self._queued += size
+        if self._queue:
+            self._enqueue(data, size)
+            self._maybe_pause()
+            return
+        assert self._sock is not None
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "writing failed")
+            return
+        if sent >= size:
+            return
+        if sent:
+            data = memoryview(data).cast("B")[sent:]
+        self._enqueue(data, size - sent)
+        self._update_writer(True)
         self._maybe_pause()
 
     def writelines(self, list_of_data: Iterable[Any]) -> None:
@@ -287,30 +318,26 @@ class SocketTransport(asyncio.Transport):
             raise RuntimeError("cannot writelines() after write_eof()")
         if self._closing:
             return
-        buffers = list(list_of_data)
-        if not buffers:
+        buffers = _gathered(list(list_of_data))
+        if len(buffers) <= 1:
+            if buffers:
+                self.write(buffers[0])
             return
-        queue = self._queue
-        if queue:
+        if self._queue:
             for data in buffers:
-                size = _nbytes(data)
-                if size:
-                    queue.append(_keep(data, size))
-                    self._queued += size
+                self._enqueue(data, _nbytes(data))
             self._maybe_pause()
             return
         assert self._sock is not None
-        sent = 0
-        if len(buffers) <= _MAX_IOV:
-            try:
-                sent = self._sock.sendmsg(buffers)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal(exc, "writing failed")
-                return
+        try:
+            sent = self._sock.sendmsg(buffers[:_MAX_IOV])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc, "writing failed")
+            return
         for data in buffers:
             size = _nbytes(data)
             if sent >= size:
@@ -320,11 +347,27 @@ class SocketTransport(asyncio.Transport):
                 data = memoryview(data).cast("B")[sent:]
                 size -= sent
                 sent = 0
-            queue.append(_keep(data, size))
-            self._queued += size
-        if queue:
+            self._enqueue(data, size)
+        if self._queue:
             self._update_writer(True)
             self._maybe_pause()
+
+    def _enqueue(self, data: Any, size: int) -> None:
+        """Queue *size* bytes of *data*: a large buffer by reference, a small one copied
+        into the queue's last buffer, so that many small writes go out in one piece."""
+        if not size:
+            return
+        self._queued += size
+        if size >= _SMALL:
+            self._queue.append(_flat(data))
+            self._tail = None
+            return
+        tail = self._tail
+        if tail is not None and len(tail) + size <= _TAIL_MAX:
+            tail += data
+            return
+        tail = self._tail = bytearray(data)
+        self._queue.append(tail)
 
     def _write_ready(self) -> None:
         sock = self._sock
@@ -333,12 +376,11 @@ class SocketTransport(asyncio.Transport):
             return
         budget = _BUDGET
         while queue and budget > 0:
-            if len(queue) == 1:
-                buffers: list[Any] = [queue[0]]
-            else:
-                buffers = [queue[i] for i in range(min(len(queue), _MAX_IOV))]
             try:
-                sent = sock.sendmsg(buffers) if len(buffers) > 1 else sock.send(buffers[0])
+                if len(queue) == 1:
+                    sent = sock.send(queue[0])
+                else:
+                    sent = sock.sendmsg([queue[i] for i in range(min(len(queue), _MAX_IOV))])
             except (BlockingIOError, InterruptedError):
                 break
             except (SystemExit, KeyboardInterrupt):
@@ -356,7 +398,11 @@ class SocketTransport(asyncio.Transport):
                 if sent >= size:
                     queue.popleft()
                     sent -= size
+                    if head is self._tail:
+                        self._tail = None
                 else:
+                    if head is self._tail:
+                        self._tail = None  # a view of it follows: it must not grow
                     queue[0] = memoryview(head).cast("B")[sent:]
                     break
             else:
@@ -489,6 +535,7 @@ class SocketTransport(asyncio.Transport):
             self._writer = False
         self._queue.clear()
         self._queued = 0
+        self._tail = None
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
