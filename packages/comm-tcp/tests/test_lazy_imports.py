@@ -22,6 +22,7 @@ from comm_tcp import TCPBackend, TCPConnector, TCPListener
 #: Each public name, and the module that defines it.
 PUBLIC = {
     "SocketOptions": "comm_tcp._options",
+    "StreamTransportBase": "comm_tcp._transport",
     "TCPBackend": "comm_tcp._backend",
     "TCPComm": "comm_tcp._comm",
     "TCPConnector": "comm_tcp._connector",

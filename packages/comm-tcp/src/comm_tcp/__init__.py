@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from comm_tcp._connector import TCPConnector
     from comm_tcp._listener import TCPListener
     from comm_tcp._options import SocketOptions
+    from comm_tcp._transport import StreamTransportBase
 
 __all__ = [
     "SocketOptions",
+    "StreamTransportBase",
     "TCPBackend",
     "TCPComm",
     "TCPConnector",
@@ -35,6 +37,7 @@ __all__ = [
 #: The module that defines each public name.
 _MODULES = {
     "SocketOptions": "comm_tcp._options",
+    "StreamTransportBase": "comm_tcp._transport",
     "TCPBackend": "comm_tcp._backend",
     "TCPComm": "comm_tcp._comm",
     "TCPConnector": "comm_tcp._connector",

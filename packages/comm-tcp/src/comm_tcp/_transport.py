@@ -22,6 +22,10 @@ It runs on any event loop with ``add_reader`` / ``add_writer`` and a socket
 module with ``sendmsg``; comm-tcp uses it on asyncio's selector loops (see
 ``comm_tcp._direct.transport_factory``), unless ``COMM_TCP_TRANSPORT=asyncio``
 in the environment selects asyncio's own transport.
+
+:class:`StreamTransportBase` holds what it shares with comm-tls's transport
+over an SSL socket: flow control, the protocol's callbacks around the
+connection's end, and the facts of ``get_extra_info()``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ import os
 import socket
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
-__all__ = ["ENV", "SocketTransport", "available"]
+__all__ = ["ENV", "SocketTransport", "StreamTransportBase", "available"]
 
 logger = logging.getLogger("comm_tcp")
 
@@ -54,6 +58,8 @@ _TAIL_MAX = 256 * 1024
 _MAX_IOV = 512
 #: The protocol of a transport whose connection is lost.
 _DETACHED = asyncio.BaseProtocol()
+#: The socket type of a :class:`StreamTransportBase`.
+_S = TypeVar("_S", bound=socket.socket)
 
 
 def available() -> bool:
@@ -101,7 +107,160 @@ def _gathered(buffers: list[Any]) -> list[Any]:
     return out
 
 
-class SocketTransport(asyncio.Transport):
+class StreamTransportBase(asyncio.Transport, Generic[_S]):
+    """The bookkeeping an asyncio transport over a non-blocking stream socket needs.
+
+    It takes ownership of *sock* (a :class:`socket.socket`, or a subclass such
+    as :class:`ssl.SSLSocket`: the type parameter). *extra* adds to the facts
+    :meth:`get_extra_info` gives (``socket``, and what a subclass passes in
+    *extra*); a subclass computes facts on demand by overriding
+    :meth:`_missing_extra_info`.
+
+    It provides the state every such transport keeps (``_loop``, ``_sock``,
+    ``_fd``, ``_protocol``, ``_buffered``, ``_queued``: bytes queued to send,
+    ``_writer``, ``_closing``, ``_lost``), flow control towards the protocol
+    (:meth:`set_write_buffer_limits`, ``_maybe_pause()`` / ``_maybe_resume()``
+    after the queue grew / shrank), the write callback's registration
+    (``_update_writer()``), the protocol's ``connection_lost()``
+    (``_call_connection_lost()``, which then detaches the protocol), and a
+    :class:`ResourceWarning` for a transport dropped unclosed.
+
+    A subclass defines reading, writing and closing: ``write()``,
+    ``writelines()``, ``close()``, ``abort()``, the reading half of the
+    interface, ``can_write_eof()`` / ``write_eof()``, and ``_write_ready()``,
+    the callback for a writable socket. It keeps ``_queued`` up to date, sets
+    ``_closing`` and ``_lost`` (with the socket closed, ``_sock`` is ``None``)
+    and schedules ``_call_connection_lost()`` once. Its :attr:`_logger` and
+    :attr:`_what` name it in log lines and warnings.
+    """
+
+    #: Where failures of the protocol's callbacks are logged.
+    _logger: ClassVar[logging.Logger] = logger
+    #: What the transport is called in the warning about one dropped unclosed.
+    _what: ClassVar[str] = "transport"
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: _S,
+        protocol: asyncio.BaseProtocol,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(extra)
+        self._loop = loop
+        self._sock: _S | None = sock
+        self._fd = sock.fileno()
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._info: dict[str, Any] = {"socket": sock}
+        if extra:
+            self._info.update(extra)
+        self._queued = 0  # bytes queued to send
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._protocol_paused = False  # pause_writing() was called on the protocol
+        self._writer = False  # our write callback is registered with the loop
+        self._closing = False  # close() or abort() was called, or the connection failed
+        self._lost = False  # the socket is closed; connection_lost() is scheduled
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _write_ready(self) -> None:
+        """The socket is writable (registered by :meth:`_update_writer`)."""
+        raise NotImplementedError
+
+    def _update_writer(self, want: bool) -> None:
+        want = want and not self._lost
+        if want and not self._writer:
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer = True
+        elif not want and self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+
+    def _maybe_pause(self) -> None:
+        if self._queued > self._high and not self._protocol_paused:
+            self._protocol_paused = True
+            try:
+                self._protocol.pause_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                self._logger.exception("protocol.pause_writing() failed")
+
+    def _maybe_resume(self) -> None:
+        if self._protocol_paused and self._queued <= self._low:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                self._logger.exception("protocol.resume_writing() failed")
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause()
+        self._maybe_resume()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(
+                exc if isinstance(exc, Exception) or exc is None else None
+            )
+        finally:
+            # The protocol holds this transport: without the cycle both are freed at once.
+            self._protocol = _DETACHED
+            self._buffered = False
+
+    def __del__(self) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            warnings.warn(f"unclosed {self._what} {self!r}", ResourceWarning, stacklevel=1)
+            sock.close()
+
+    # -- the rest of the transport interface --------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        info = self._info
+        if name in info:
+            return info[name]
+        return self._missing_extra_info(name, default)
+
+    def _missing_extra_info(self, name: str, default: Any) -> Any:
+        """What :meth:`get_extra_info` gives for a *name* not in the facts so far.
+
+        *default* here; a subclass looks up facts that are costly or rarely
+        needed (and may add them to ``_info``).
+        """
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+
+class SocketTransport(StreamTransportBase[socket.socket]):
     """An asyncio transport over a connected, non-blocking stream socket.
 
     It takes ownership of *sock*. *extra* adds to the facts
@@ -126,31 +285,16 @@ class SocketTransport(asyncio.Transport):
         protocol: asyncio.BaseProtocol,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(extra)
-        self._loop = loop
-        self._sock: socket.socket | None = sock
-        self._fd = sock.fileno()
-        self._protocol: asyncio.BaseProtocol = protocol
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._info: dict[str, Any] = {"socket": sock}
-        if extra:
-            self._info.update(extra)
+        super().__init__(loop, sock, protocol, extra)
         self._queue: collections.deque[Any] = collections.deque()  # bytes or flat views
-        self._queued = 0  # bytes in _queue
         # The queue's last buffer if it is our own copy of small writes, which later
         # small writes extend (never once a view of it was taken).
         self._tail: bytearray | None = None
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._protocol_paused = False  # pause_writing() was called on the protocol
         self._reading = True  # not paused by the protocol, and no EOF yet
         self._reader = False  # our read callback is registered with the loop
-        self._writer = False  # our write callback is registered with the loop
-        self._closing = False  # close() or abort() was called, or the connection failed
         self._eof_pending = False  # write_eof() was called: shut down once the queue is sent
         self._eof_written = False
         self._at_eof = False  # the peer shut its side down
-        self._lost = False  # the socket is closed; connection_lost() is scheduled
 
     def start(self) -> None:
         """Connect the protocol (``connection_made()``, now) and start reading."""
@@ -417,52 +561,6 @@ class SocketTransport(asyncio.Transport):
         if self._closing:
             self._finish(None)
 
-    def _update_writer(self, want: bool) -> None:
-        want = want and not self._lost
-        if want and not self._writer:
-            self._loop.add_writer(self._fd, self._write_ready)
-            self._writer = True
-        elif not want and self._writer:
-            self._loop.remove_writer(self._fd)
-            self._writer = False
-
-    def _maybe_pause(self) -> None:
-        if self._queued > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            try:
-                self._protocol.pause_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                logger.exception("protocol.pause_writing() failed")
-
-    def _maybe_resume(self) -> None:
-        if self._protocol_paused and self._queued <= self._low:
-            self._protocol_paused = False
-            try:
-                self._protocol.resume_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                logger.exception("protocol.resume_writing() failed")
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-        self._maybe_pause()
-        self._maybe_resume()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def get_write_buffer_size(self) -> int:
-        return self._queued
-
     def can_write_eof(self) -> bool:
         return True
 
@@ -483,9 +581,6 @@ class SocketTransport(asyncio.Transport):
                 self._fatal(exc, "shutting down the write side failed")
 
     # -- closing ----------------------------------------------------------------------------
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         """Stop reading; close the socket once what is queued has been sent."""
@@ -542,44 +637,18 @@ class SocketTransport(asyncio.Transport):
         if not self._loop.is_closed():  # else nobody is left to tell
             self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        try:
-            self._protocol.connection_lost(
-                exc if isinstance(exc, Exception) or exc is None else None
-            )
-        finally:
-            # The protocol holds this transport: without the cycle both are freed at once.
-            self._protocol = _DETACHED
-            self._buffered = False
-
-    def __del__(self) -> None:
-        sock = getattr(self, "_sock", None)
-        if sock is not None:
-            warnings.warn(f"unclosed transport {self!r}", ResourceWarning, stacklevel=1)
-            sock.close()
-
     # -- the rest of the transport interface --------------------------------------------------
 
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        info = self._info
-        if name in info:
-            return info[name]
+    def _missing_extra_info(self, name: str, default: Any) -> Any:
         if name in ("sockname", "peername") and self._sock is not None:
             # Asked for by name only: most connections never need both.
             try:
                 value = self._sock.getsockname() if name == "sockname" else self._sock.getpeername()
             except OSError:
                 value = None
-            info[name] = value
+            self._info[name] = value
             return value
         return default
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
 
     def __repr__(self) -> str:
         state = "closed" if self._lost else "closing" if self._closing else "open"

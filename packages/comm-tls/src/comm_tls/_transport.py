@@ -37,9 +37,10 @@ import logging
 import os
 import socket
 import ssl
-import warnings
 from collections.abc import Iterable
 from typing import Any
+
+from comm_tcp import StreamTransportBase
 
 __all__ = ["TLSTransport", "available", "handshake", "wait_readable"]
 
@@ -132,7 +133,7 @@ async def handshake(sock: ssl.SSLSocket, deadline: float) -> None:
         await _wait(loop, fd, writable, deadline)
 
 
-class TLSTransport(asyncio.Transport):
+class TLSTransport(StreamTransportBase[ssl.SSLSocket]):
     """An asyncio transport over a connected, handshaken, non-blocking :class:`ssl.SSLSocket`.
 
     It takes ownership of the socket. *extra* adds to the facts
@@ -144,6 +145,9 @@ class TLSTransport(asyncio.Transport):
     ``abort()`` closes at once.
     """
 
+    _logger = logger
+    _what = "TLS transport"
+
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -151,14 +155,8 @@ class TLSTransport(asyncio.Transport):
         protocol: asyncio.BaseProtocol,
         extra: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(extra)
-        self._loop = loop
-        self._sock: ssl.SSLSocket | None = sock
-        self._fd = sock.fileno()
-        self._protocol: asyncio.BaseProtocol = protocol
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._info: dict[str, Any] = {
-            "socket": sock,
+        # The session's facts go to the base as extra ones, which *extra* overrides.
+        info: dict[str, Any] = {
             "ssl_object": sock,
             "sslcontext": sock.context,
             "peercert": sock.getpeercert(),
@@ -169,29 +167,23 @@ class TLSTransport(asyncio.Transport):
             "session_reused": bool(sock.session_reused),
         }
         try:
-            self._info["sockname"] = sock.getsockname()
+            info["sockname"] = sock.getsockname()
         except OSError:
-            self._info["sockname"] = None
+            info["sockname"] = None
         try:
-            self._info["peername"] = sock.getpeername()
+            info["peername"] = sock.getpeername()
         except OSError:
-            self._info["peername"] = None
-        self._info.update(extra or {})
+            info["peername"] = None
+        info.update(extra or {})
+        super().__init__(loop, sock, protocol, info)
         self._queue: collections.deque[memoryview] = collections.deque()
-        self._queued = 0  # bytes in _queue
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._protocol_paused = False  # pause_writing() was called on the protocol
         self._reading = True  # not paused by the protocol
         self._reader = False  # our callback is registered with the loop
-        self._writer = False
         self._read_wants_write = False  # a read waits for the socket to be writable
         self._write_wants_read = False  # a write waits for the socket to be readable
         self._retrying = False  # the head of the queue must go to OpenSSL again as it is
-        self._closing = False  # close() or abort() was called, or the connection failed
         self._shutting_down = False  # sending / awaiting close_notify
         self._shutdown_timer: asyncio.TimerHandle | None = None
-        self._lost = False  # the socket is closed; connection_lost() is scheduled
 
     def start(self) -> None:
         """Connect the protocol (``connection_made()``, now) and start reading."""
@@ -222,15 +214,6 @@ class TLSTransport(asyncio.Transport):
         elif not want and self._reader:
             self._loop.remove_reader(self._fd)
             self._reader = False
-
-    def _update_writer(self, want: bool) -> None:
-        want = want and not self._lost
-        if want and not self._writer:
-            self._loop.add_writer(self._fd, self._write_ready)
-            self._writer = True
-        elif not want and self._writer:
-            self._loop.remove_writer(self._fd)
-            self._writer = False
 
     def _read_ready(self) -> None:
         if not (self._write_wants_read or self._shutting_down):
@@ -550,43 +533,6 @@ class TLSTransport(asyncio.Transport):
         queue.appendleft(joined)
         return joined
 
-    def _maybe_pause(self) -> None:
-        if self._queued > self._high and not self._protocol_paused:
-            self._protocol_paused = True
-            try:
-                self._protocol.pause_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                logger.exception("protocol.pause_writing() failed")
-
-    def _maybe_resume(self) -> None:
-        if self._protocol_paused and self._queued <= self._low:
-            self._protocol_paused = False
-            try:
-                self._protocol.resume_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                logger.exception("protocol.resume_writing() failed")
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-        self._maybe_pause()
-        self._maybe_resume()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def get_write_buffer_size(self) -> int:
-        return self._queued
-
     def can_write_eof(self) -> bool:
         return False
 
@@ -594,9 +540,6 @@ class TLSTransport(asyncio.Transport):
         raise NotImplementedError("TLS cannot half-close a connection")
 
     # -- closing ----------------------------------------------------------------------------
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         """Send what is queued, then close_notify; close once the peer answers (or soon)."""
@@ -660,26 +603,7 @@ class TLSTransport(asyncio.Transport):
             sock.close()
         self._loop.call_soon(self._call_connection_lost, exc)
 
-    def _call_connection_lost(self, exc: BaseException | None) -> None:
-        self._protocol.connection_lost(exc if isinstance(exc, Exception) or exc is None else None)
-
-    def __del__(self) -> None:
-        sock = getattr(self, "_sock", None)
-        if sock is not None:
-            warnings.warn(f"unclosed TLS transport {self!r}", ResourceWarning, stacklevel=1)
-            sock.close()
-
     # -- the rest of the transport interface --------------------------------------------------
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._info.get(name, default)
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
 
     def __repr__(self) -> str:
         state = "closed" if self._lost else "closing" if self._closing else "open"
