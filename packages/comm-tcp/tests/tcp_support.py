@@ -228,3 +228,28 @@ def server_greeting(data: bytes) -> dict[str, Any]:
     assert isinstance(info, dict), info
     assert info["protocol"] == 1, info
     return info
+
+
+def sockopt(comm: Comm, level: int, name: int) -> int:
+    """The value of a socket option on *comm*'s socket."""
+    sock = comm.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    value = sock.getsockopt(level, name)
+    assert isinstance(value, int)
+    return value
+
+
+async def listener_turns_options_off() -> None:
+    """Check that a listener made with Nagle and keepalive off, and a dead-peer timeout
+    of 12 s, accepts connections with those options, while its client keeps the defaults."""
+    async with (
+        serving(hold, nodelay=False, keepalive=False, dead_peer_timeout=12) as served,
+        connected(served.address()) as client,
+    ):
+        server = await served.accepted()
+        assert sockopt(server, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        assert sockopt(server, socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sockopt(server, socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12_000
+        assert sockopt(client, socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert sockopt(client, socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
+        assert server.extra_info["nodelay"] is False

@@ -10,16 +10,17 @@ import pytest
 
 import comm_core
 from comm_core import Comm
-from comm_tcp import _transport
 from tcp_support import (
     IPV4,
     IPV6,
     Served,
     connected,
     hold,
+    listener_turns_options_off,
     needs_ipv6,
     needs_linux,
     serving,
+    sockopt,
     tcp_address,
 )
 
@@ -29,13 +30,6 @@ pytestmark = pytest.mark.usefixtures("loop_name")
 async def test_runs_on_the_loop_the_fixture_names(loop_name: str) -> None:
     loop = asyncio.get_running_loop()
     assert type(loop).__module__.partition(".")[0] == loop_name
-
-
-def sockopt(comm: Comm, level: int, name: int) -> int:
-    sock = comm.transport.get_extra_info("socket")  # type: ignore[attr-defined]
-    value = sock.getsockopt(level, name)
-    assert isinstance(value, int)
-    return value
 
 
 def check_keepalive_timers(comm: Comm, idle: int, interval: int, user_timeout_ms: int) -> None:
@@ -90,28 +84,10 @@ async def test_options_from_connection_args() -> None:
             check_keepalive_timers(server, idle=1, interval=1, user_timeout_ms=3000)
 
 
-@pytest.mark.parametrize("transport", ["own", "asyncio"])
-async def test_a_listener_turns_options_off_for_the_connections_it_accepts(
-    transport: str, loop_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Accepted connections get the listener's options, whether they inherit them from
-    the listening socket or a transport sets its own (asyncio's turns Nagle off)."""
-    if transport == "asyncio":
-        if loop_name != "asyncio":
-            pytest.skip("the transport choice is asyncio's loop's")
-        monkeypatch.setenv(_transport.ENV, "asyncio")
-    async with (
-        serving(hold, nodelay=False, keepalive=False, dead_peer_timeout=12) as served,
-        connected(served.address()) as client,
-    ):
-        server = await served.accepted()
-        assert sockopt(server, socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
-        assert sockopt(server, socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
-        if hasattr(socket, "TCP_USER_TIMEOUT"):
-            assert sockopt(server, socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12_000
-        assert sockopt(client, socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
-        assert sockopt(client, socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
-        assert server.extra_info["nodelay"] is False
+async def test_a_listener_turns_options_off_for_the_connections_it_accepts() -> None:
+    """Accepted connections get the listener's options (on Linux, under comm-tcp's own
+    transport, by inheriting them from the listening socket)."""
+    await listener_turns_options_off()
 
 
 @needs_linux

@@ -23,7 +23,16 @@ from comm_core._handshake import handshake
 from comm_core.protocol import PREAMBLE, encode_message
 from comm_tcp import TCPConnector, _direct
 from comm_tcp._transport import ENV, SocketTransport
-from tcp_support import IPV4, MiB, connected, ping, serving, stream_messages, within
+from tcp_support import (
+    IPV4,
+    MiB,
+    connected,
+    listener_turns_options_off,
+    ping,
+    serving,
+    stream_messages,
+    within,
+)
 
 pytestmark = pytest.mark.comm_loop("asyncio")
 
@@ -505,6 +514,15 @@ async def _read_peer_messages(peer: socket.socket, count: int) -> list[Any]:
             continue
         if len(messages) >= count:
             return messages
+
+
+async def test_a_listener_turns_options_off_under_asyncios_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """asyncio's transport turns Nagle on by itself: the listener's options still win
+    (they are not left to inheritance from the listening socket there)."""
+    monkeypatch.setenv(ENV, "asyncio")
+    await listener_turns_options_off()
 
 
 # -- which transport comms get --------------------------------------------------------------
