@@ -577,11 +577,11 @@ class StreamComm(Comm):
         if read_now is None:
             return
         read_now()
-        if p.ready and p.preamble_pending:
-            # As when the greeting came during the handshake: what the handshake held
-            # leaves with a write made in this loop iteration, or else at its end.
+        if p.ready:
             p.hold_handshake = False
-            if p.flush_handle is None:
+            if p.preamble_pending and p.flush_handle is None:
+                # As when the greeting came during the handshake: what the handshake
+                # held leaves with a write made in this loop iteration, or at its end.
                 assert p.loop is not None
                 p.flush_handle = p.loop.call_soon(p.flush)
 
