@@ -10,6 +10,7 @@ the listener's full queue leaves pending.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -25,7 +26,7 @@ from comm_core import PROTOCOL_VERSION, Comm, ConnectError
 from comm_core.protocol import PREAMBLE, encode_message
 from comm_core.stream import StreamComm
 from comm_core.testing import until
-from comm_tcp import TCPListener, _direct
+from comm_tcp import SocketOptions, TCPListener, _direct
 from tcp_support import (
     HAS_IPV6,
     IPV4,
@@ -483,3 +484,26 @@ async def test_closed_comms_are_freed_without_the_garbage_collector(loop_name: s
             await until(lambda: all(ref() is None for ref in refs), "the comm to be freed")
         finally:
             gc.enable()
+
+
+@asyncio_only
+@needs_linux
+async def test_listening_socket_options_that_fail_name_the_address_and_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listening socket carries the options its connections inherit: a failure there
+    is the listener's own, a ConnectError naming the address, not a bare OSError."""
+
+    def refuse(self: SocketOptions, sock: Any) -> None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+    monkeypatch.setattr(SocketOptions, "apply", refuse)
+    before = _open_fds()
+    listener = comm_core.listen(tcp_address(IPV4, 0), hold)
+    with pytest.raises(
+        ConnectError, match=r"cannot listen on tcp://127\.0\.0\.1:0: setting"
+    ) as info:
+        await listener.start()
+    assert "Invalid argument" in str(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+    assert _open_fds() == before  # the bound sockets are closed again

@@ -196,7 +196,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
                 then close the connection, which carries bytes not its comm's).
         """
         greeting = self.greeting
-        if greeting is None or PREAMBLE + greeting != data:
+        if (
+            greeting is None
+            or len(data) != len(PREAMBLE) + len(greeting)
+            or not data.startswith(PREAMBLE)
+            or not data.endswith(greeting)
+        ):
             raise RuntimeError("the listener sent a greeting that is not this comm's")
         self.greeting = None
         self.greeting_rest = data[sent:]
@@ -741,9 +746,10 @@ class StreamAcceptor:
         self._waiting: dict[StreamComm, float] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # The handshake message every comm of this listener sends, and its encoding:
-        # the same for all while their class adds nothing to it (handshake_options).
-        self._greeting: tuple[Mapping[str, Any], bytes] | None = None
+        # The handshake message every comm of this listener sends, its encoding, and
+        # the preamble with it: the same for all while their class adds nothing to it
+        # (handshake_options).
+        self._greeting: tuple[Mapping[str, Any], bytes, bytes] | None = None
 
     def accept(self, comm: StreamComm) -> StreamComm:
         """Start *comm*'s deadline for the preamble; return *comm*.
@@ -771,7 +777,7 @@ class StreamAcceptor:
                     greeting = comm.protocol.greeting = b"".join(buffers)
                     comm._handshake_sent = info
                     if shared:
-                        self._greeting = (dict(info), greeting)
+                        self._greeting = (dict(info), greeting, PREAMBLE + greeting)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.listener.handshake_timeout
         self._waiting[comm] = deadline
@@ -788,7 +794,7 @@ class StreamAcceptor:
         peer, which waits for it, has it sooner.
         """
         cached = self._greeting
-        return None if cached is None else PREAMBLE + cached[1]
+        return None if cached is None else cached[2]
 
     def _expire(self) -> None:
         """Drop the comms whose deadline has passed; arm the timer for the next one."""
@@ -797,13 +803,16 @@ class StreamAcceptor:
         now = loop.time()
         timeout = self.listener.handshake_timeout
         waiting = self._waiting
-        for comm, deadline in list(waiting.items()):
+        expired = []
+        for comm, deadline in waiting.items():
             if deadline > now:
                 # Deadlines come in order while the timeout stays the same; should it
                 # change, a later comm's deadline waits for this one's (never longer
                 # than the old timeout).
                 self._sweep = loop.call_at(deadline, self._expire)
-                return
+                break
+            expired.append(comm)
+        for comm in expired:
             del waiting[comm]
             if not comm.closed():
                 logger.info(

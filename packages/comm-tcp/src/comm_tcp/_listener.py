@@ -161,7 +161,13 @@ class TCPListener(Listener):
             # Not under asyncio's transport, which turns TCP_NODELAY on by itself.
             if isinstance(make_transport, _direct._OwnTransports) and _INHERITS_OPTIONS:
                 for sock in socks:
-                    self._options.apply(sock)
+                    try:
+                        self._options.apply(sock)
+                    except OSError as exc:
+                        raise ConnectError(
+                            f"cannot listen on {self.listen_address}: setting the socket "
+                            f"options {self._options.as_dict()} failed: {exc.strerror or exc}"
+                        ) from exc
                 self._options_inherited = True
             for sock in socks:
                 if make_transport is None:

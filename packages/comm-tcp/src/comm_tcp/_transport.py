@@ -220,6 +220,29 @@ class StreamTransportBase(asyncio.Transport, Generic[_S]):
     def is_closing(self) -> bool:
         return self._closing
 
+    def _finish(self, exc: BaseException | None) -> None:
+        """Stop for good: unregister, drop what is queued, then :meth:`_release`."""
+        raise NotImplementedError
+
+    def _fatal(self, exc: BaseException, what: str) -> None:
+        """*what* failed with *exc*: log it (an OS error at debug level), then end."""
+        if isinstance(exc, OSError):
+            self._logger.debug("%r: %s: %r", self, what, exc)
+        else:
+            self._logger.error("%r: %s", self, what, exc_info=exc)
+        self._closing = True
+        self._finish(exc)
+
+    def _release(self, exc: BaseException | None) -> None:
+        """Close the socket and tell the protocol, on the loop's next iteration, that
+        the connection is lost (unless the loop is closed: nobody is left to tell)."""
+        self._queued = 0
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        if not self._loop.is_closed():
+            self._loop.call_soon(self._call_connection_lost, exc)
+
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:
             self._protocol.connection_lost(
@@ -258,6 +281,11 @@ class StreamTransportBase(asyncio.Transport, Generic[_S]):
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
+
+    def __repr__(self) -> str:
+        state = "closed" if self._lost else "closing" if self._closing else "open"
+        peer = self._info.get("peername")
+        return f"<{type(self).__name__} fd={self._fd} {state} peer={peer}>"
 
 
 class SocketTransport(StreamTransportBase[socket.socket]):
@@ -609,14 +637,6 @@ class SocketTransport(StreamTransportBase[socket.socket]):
         """Whether reading is paused; asyncio's TLS layer reads it on Python 3.10."""
         return not self._reading
 
-    def _fatal(self, exc: BaseException, what: str) -> None:
-        if isinstance(exc, OSError):
-            logger.debug("%r: %s: %r", self, what, exc)
-        else:
-            logger.error("%r: %s", self, what, exc_info=exc)
-        self._closing = True
-        self._finish(exc)
-
     def _finish(self, exc: BaseException | None) -> None:
         if self._lost:
             return
@@ -625,17 +645,10 @@ class SocketTransport(StreamTransportBase[socket.socket]):
         if self._reader:
             self._loop.remove_reader(self._fd)
             self._reader = False
-        if self._writer:
-            self._loop.remove_writer(self._fd)
-            self._writer = False
+        self._update_writer(False)
         self._queue.clear()
-        self._queued = 0
         self._tail = None
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        if not self._loop.is_closed():  # else nobody is left to tell
-            self._loop.call_soon(self._call_connection_lost, exc)
+        self._release(exc)
 
     # -- the rest of the transport interface --------------------------------------------------
 
@@ -649,7 +662,3 @@ class SocketTransport(StreamTransportBase[socket.socket]):
             self._info[name] = value
             return value
         return default
-
-    def __repr__(self) -> str:
-        state = "closed" if self._lost else "closing" if self._closing else "open"
-        return f"<SocketTransport fd={self._fd} {state} peer={self._info.get('peername')}>"

@@ -577,14 +577,6 @@ class TLSTransport(StreamTransportBase[ssl.SSLSocket]):
         self._closing = True
         self._finish(None)
 
-    def _fatal(self, exc: BaseException, what: str) -> None:
-        if isinstance(exc, OSError):
-            logger.debug("TLS transport %r: %s: %r", self, what, exc)
-        else:
-            logger.error("TLS transport %r: %s", self, what, exc_info=exc)
-        self._closing = True
-        self._finish(exc)
-
     def _finish(self, exc: BaseException | None) -> None:
         if self._lost:
             return
@@ -597,14 +589,4 @@ class TLSTransport(StreamTransportBase[ssl.SSLSocket]):
         self._update_reader()
         self._update_writer(False)
         self._queue.clear()
-        self._queued = 0
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
-        self._loop.call_soon(self._call_connection_lost, exc)
-
-    # -- the rest of the transport interface --------------------------------------------------
-
-    def __repr__(self) -> str:
-        state = "closed" if self._lost else "closing" if self._closing else "open"
-        return f"<TLSTransport fd={self._fd} {state} peer={self._info.get('peername')}>"
+        self._release(exc)
