@@ -14,6 +14,8 @@ DEFAULTS = {
     "retry_delay_max": 1.0,
     "require_encryption": False,
     "max_message_size": 2**30,
+    "max_message_depth": 100,
+    "max_message_expansion": 64.0,
     "disable_plugin_autoload": False,
 }
 
@@ -38,6 +40,8 @@ def test_every_setting_is_documented() -> None:
         ("COMM_CONNECT_TIMEOUT", "2.5", "connect_timeout", 2.5),
         ("COMM_CONNECT_TIMEOUT", "0", "connect_timeout", 0.0),
         ("COMM_HANDSHAKE_TIMEOUT", "3", "handshake_timeout", 3.0),
+        ("COMM_MAX_MESSAGE_DEPTH", "1000", "max_message_depth", 1000),
+        ("COMM_MAX_MESSAGE_EXPANSION", "8", "max_message_expansion", 8.0),
         ("COMM_RETRY_DELAY_MIN", "0.5", "retry_delay_min", 0.5),
         ("COMM_RETRY_DELAY_MAX", "1e1", "retry_delay_max", 10.0),
         ("COMM_REQUIRE_ENCRYPTION", "1", "require_encryption", True),

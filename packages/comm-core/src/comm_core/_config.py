@@ -48,6 +48,20 @@ def _parse_size(text: str) -> int:
     return value
 
 
+def _parse_depth(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise ValueError(f"expected a nesting depth from 1 to 1000, got {text!r}")
+    return value
+
+
+def _parse_factor(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"expected a finite factor of at least 1, got {text!r}")
+    return value
+
+
 # Not from the string module: importing it compiles a regex, at every start-up.
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789+-.")
 
@@ -110,6 +124,15 @@ SETTINGS: Mapping[str, Setting] = _settings(
     Setting(
         "max_message_size", "COMM_MAX_MESSAGE_SIZE", 2**30, _parse_size,
         "Largest message, in bytes, that stream transports send or accept (1 GiB).",
+    ),
+    Setting(
+        "max_message_depth", "COMM_MAX_MESSAGE_DEPTH", 100, _parse_depth,
+        "Deepest nesting of lists, dicts and tuples a received message may have (1 to 1000).",
+    ),
+    Setting(
+        "max_message_expansion", "COMM_MAX_MESSAGE_EXPANSION", 64.0, _parse_factor,
+        "Most memory a received message's body may decode to, as a multiple of its size "
+        "(estimated; the first MiB is free).",
     ),
     Setting(
         "disable_plugin_autoload", "COMM_DISABLE_PLUGIN_AUTOLOAD", False, _parse_bool,

@@ -80,6 +80,8 @@ from typing import Any, Final
 
 import msgpack
 
+from comm_core import _bounds
+from comm_core._config import get_setting
 from comm_core._record import Record
 from comm_core.exceptions import MessageTooLargeError, ProtocolError, SerializationError
 
@@ -347,6 +349,11 @@ class Encoder:
             self._packer = self._new_packer()  # its buffer may hold half a message
             if isinstance(exc, (TypeError, ValueError, OverflowError)):
                 raise SerializationError(f"cannot serialize message: {exc}") from exc
+            if isinstance(exc, RecursionError):
+                raise SerializationError(
+                    "cannot serialize message: it nests lists, dicts or tuples too deeply "
+                    "(a peer refuses more than its max_message_depth levels)"
+                ) from exc
             raise
         max_size = self.max_size
         if not frames:
@@ -468,6 +475,18 @@ class Encoder:
         )
 
 
+def _all_str(values: list[Any]) -> bool:
+    return all(type(value) is str for value in values)
+
+
+def _text(value: str, limit: int = 200) -> str:
+    """*value* as a peer may have written it, made safe for a log line: quoted,
+    escaped (one line, no control characters) and cut to about *limit* characters."""
+    if len(value) > limit:
+        return repr(value[:limit]) + f"... ({len(value)} characters)"
+    return repr(value)
+
+
 def _safe_repr(obj: Any) -> str:
     try:
         text = repr(obj)
@@ -505,31 +524,88 @@ def _too_large(size: int, limit: int) -> None:
 
 # -- decoding ---------------------------------------------------------------------------
 
+#: Most extension values (tuples, custom values) of one hash value a message may hold.
+#: More would let a peer make map keys collide, and a dict's cost quadratic.
+MAX_EQUAL_HASHES: Final = 8
+# With at most this many extension values, a message cannot make keys collide much.
+_FEW_EXTS = 64
+# Extension contents up to this long are decoded by a reused decoding context.
+_POOLED = 512
+_UNLIMITED = -1  # an allowance of depth that needs no more checks
+_NONE: Final = object()
+
 
 class Decoder:
     """Decodes messages from their frames; reusable, so a comm keeps one.
 
-    Not thread-safe and not reentrant: one message at a time.
+    Not thread-safe and not reentrant: one message at a time. Every body is
+    hostile: decoding refuses, with :class:`ProtocolError`, a body nested more
+    than *max_depth* deep or that would decode to more memory than
+    *max_expansion* times its size (see the protocol's docs), and its time is
+    linear in the body's size.
 
     Args:
         families: serializer families by name; default: :func:`serializer_families`,
             looked up only when a message holds a custom value.
         deserialize: turn custom values into objects; if false, they are
             returned as :class:`Serialized` wrappers.
+        max_depth: deepest nesting of containers a message may have; default:
+            the ``max_message_depth`` setting.
+        max_expansion: most memory a body may decode to, as a multiple of its
+            size, beyond its first MiB; default: the ``max_message_expansion``
+            setting.
     """
 
-    __slots__ = ("accept", "deserialize", "families", "frames")
+    __slots__ = (
+        "__weakref__",
+        "_budget",
+        "_exts",
+        "_hashes",
+        "_held",
+        "_levels",
+        "_nesting",
+        "_pools",
+        "_seen",
+        "_shallow",
+        "accept",
+        "deserialize",
+        "families",
+        "frames",
+        "max_depth",
+        "max_expansion",
+    )
 
     def __init__(
         self,
         families: Mapping[str, SerializerFamily] | None = None,
         *,
         deserialize: bool = True,
+        max_depth: int | None = None,
+        max_expansion: float | None = None,
     ) -> None:
         self.families = families
         self.deserialize = deserialize
         self.frames: Sequence[Any] = ()
         self.accept: Collection[str] | None = None
+        self.max_depth = int(get_setting("max_message_depth") if max_depth is None else max_depth)
+        self.max_expansion = float(
+            get_setting("max_message_expansion") if max_expansion is None else max_expansion
+        )
+        # One [data, allowance, allowance of its extension values or None] per value
+        # being decoded: the body, then each extension value's contents within it.
+        self._levels: list[Any] = []
+        self._budget = 0  # memory the body may decode to (estimated)
+        self._held = 0  # bytes of the extension contents being decoded, one in another
+        self._exts = 0  # extension values decoded in this message
+        self._nesting = 0  # extension values being decoded, one in another
+        self._shallow = False  # whether in one that needs no more checks
+        # Once there are too many extension values to let them collide: the first of
+        # each hash, and the others of each hash that is not unique.
+        self._seen: dict[int, Any] = {}
+        self._hashes: dict[int, list[Any]] = {}
+        # Reused decoding contexts for short extension contents, one per nesting level:
+        # each [unpacker, its stream offset].
+        self._pools: list[list[Any]] = []
 
     def decode(self, frames: Sequence[Any], accept: Collection[str] | None = None) -> Any:
         """Decode the message made of *frames* (body first, then out-of-band frames).
@@ -539,29 +615,80 @@ class Decoder:
                 accepts those trusted by default (never pickle).
 
         Raises:
-            ProtocolError: the body is not valid msgpack or references are broken.
+            ProtocolError: the body is not valid msgpack, references are broken,
+                or it nests too deeply, holds too many colliding keys or would
+                decode to too much memory.
             SerializationError: a custom value's family is unknown or not accepted.
         """
         self.frames = frames
         self.accept = accept
+        body = frames[0]
         try:
-            return msgpack.unpackb(
-                frames[0], ext_hook=self.ext_hook, raw=False, strict_map_key=False
-            )
+            if type(body) is bytes and len(body) <= self.max_depth:
+                # Each level of nesting takes a byte at least: nothing to check.
+                self._shallow = True
+                return msgpack.unpackb(
+                    body, ext_hook=self.ext_hook, raw=False, strict_map_key=False
+                )
+            return self._decode_body(body)
         except (ProtocolError, SerializationError):
             raise
-        except (
-            ValueError,
-            TypeError,
-            msgpack.ExtraData,
-            msgpack.FormatError,
-            msgpack.StackError,
-        ) as exc:
-            raise ProtocolError(f"malformed message body: {type(exc).__name__}: {exc}") from exc
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise ProtocolError(
+                f"malformed message body: {type(exc).__name__}: {_text(str(exc))}"
+            ) from exc
         except RecursionError as exc:
             raise ProtocolError("malformed message body: nested too deeply") from exc
         finally:
+            # _held and _nesting are restored where they change.
             self.frames = ()
+            self._shallow = False
+            self._levels.clear()
+            if self._exts:
+                if self._exts > _FEW_EXTS:
+                    self._seen = {}
+                    self._hashes = {}
+                self._exts = 0
+
+    def _decode_body(self, body: Any) -> Any:
+        size = len(body) if type(body) is bytes else memoryview(body).nbytes
+        limit = self.max_depth
+        levels = self._levels
+        if size <= limit:  # as in decode()
+            self._shallow = True
+            return msgpack.unpackb(body, ext_hook=self.ext_hook, raw=False, strict_map_key=False)
+        budget = self._budget = _bounds.FREE_BYTES + int(self.max_expansion * size)
+        inner: int | None = _UNLIMITED
+        # A body with few items for its size (most of it strings or binaries) is walked
+        # in Python, which measures it exactly; the walk gives up on one with many.
+        shape = _bounds.scan(body, limit, size >> 8, budget) if size >= _POOLED else None
+        if shape is None:
+            # Many items: bound the depth and the containers by the bytes that may
+            # begin one (a pass of C over the body).
+            headers = _bounds.header_bytes(body)
+            maps = _bounds.count_maps(headers)
+            if _bounds.estimate(size, maps, len(headers) - maps) > budget:
+                # Perhaps too many containers: measure them all, building nothing.
+                shape = _bounds.scan(body, limit, 1 << 62, budget)
+            elif len(headers) <= limit:
+                if size > _POOLED and _bounds.has_long_arrays(headers):
+                    _bounds.validate(body)
+            elif not _bounds.within_depth(body, limit):
+                raise self._too_deep()
+            else:
+                inner = None  # found when an extension value needs it
+        if shape is not None:
+            depth, cost = shape
+            if depth > limit:
+                raise self._too_deep()
+            if cost > budget:
+                raise ProtocolError(
+                    f"message body of {size} bytes would decode to more than {budget} "
+                    f"bytes (estimated): more than max_message_expansion="
+                    f"{self.max_expansion:g} times its size, beyond its first MiB"
+                )
+        levels.append([body, limit, inner])
+        return msgpack.unpackb(body, ext_hook=self.ext_hook, raw=False, strict_map_key=False)
 
     def frame(self, index: int) -> Any:
         if not 1 <= index < len(self.frames):
@@ -572,23 +699,62 @@ class Decoder:
         return self.frames[index]
 
     def ext_hook(self, code: int, data: bytes) -> Any:
-        if code == EXT_OOB:
+        value: Any
+        if code == EXT_TUPLE:
+            items = self.unpack(data)
+            if type(items) is not list:
+                raise ProtocolError("tuple extension does not hold an array")
+            value = tuple(items)
+        elif code == EXT_OOB:
             if len(data) != 4:
                 raise ProtocolError(f"out-of-band reference of {len(data)} bytes, expected 4")
             return self.frame(_U32.unpack(data)[0])
-        if code == EXT_TUPLE:
-            items = self.unpack(data)
-            if not isinstance(items, list):
-                raise ProtocolError("tuple extension does not hold an array")
-            return tuple(items)
-        if code == EXT_CUSTOM:
-            return self.custom(self.unpack(data))
-        if code == EXT_UNSERIALIZABLE:
+        elif code == EXT_CUSTOM:
+            value = self.custom(self.unpack(data))
+        elif code == EXT_UNSERIALIZABLE:
             fields = self.unpack(data)
-            if not (isinstance(fields, list) and len(fields) == 3):
-                raise ProtocolError("unserializable extension does not hold 3 fields")
-            return SerializationFailure(*(str(f) for f in fields))
-        raise ProtocolError(f"unknown msgpack extension type {code}")
+            # Strings only: str() of a nested SerializationFailure quotes it, and its
+            # text would double at each level.
+            if not (type(fields) is list and len(fields) == 3 and _all_str(fields)):
+                raise ProtocolError("unserializable extension does not hold 3 strings")
+            value = SerializationFailure(*fields)
+        else:
+            raise ProtocolError(f"unknown msgpack extension type {code}")
+        self._exts += 1
+        if self._exts > _FEW_EXTS:
+            self._check_hash(value)
+        return value
+
+    def _check_hash(self, value: Any) -> None:
+        """Refuse the message if *value* makes too many distinct extension values of one hash.
+
+        Map keys of one hash cost a dict time quadratic in their number. Hashes
+        of str and bytes are randomized, but a tuple's of numbers is not. Equal
+        values may repeat at will: as keys, they do not collide.
+        """
+        try:
+            key = hash(value)
+        except Exception:
+            return  # unhashable: never a key
+        seen = self._seen
+        first = seen.get(key, _NONE)
+        if first is _NONE:
+            seen[key] = value
+            return
+        try:
+            if first == value:
+                return
+            others = self._hashes.setdefault(key, [])
+            if value in others:
+                return
+        except Exception:
+            return  # a value that cannot be compared is no key either
+        if len(others) + 1 >= MAX_EQUAL_HASHES:
+            raise ProtocolError(
+                f"message holds more than {MAX_EQUAL_HASHES} different tuples or custom "
+                "values of one hash (keys made to collide?)"
+            )
+        others.append(value)
 
     def custom(self, fields: Any) -> Any:
         if not (
@@ -610,8 +776,8 @@ class Decoder:
         family = families.get(name)
         if family is None:
             raise SerializationError(
-                f"peer sent a value of serializer family {name!r}, which is not installed "
-                f"here (known: {', '.join(sorted(families)) or 'none'})"
+                f"peer sent a value of serializer family {_text(name)}, which is not "
+                f"installed here (known: {', '.join(sorted(families)) or 'none'})"
             )
         allowed = family.trusted_by_default if self.accept is None else name in self.accept
         if not allowed:
@@ -624,12 +790,159 @@ class Decoder:
             return family.deserialize(header, frames)
         except Exception as exc:
             raise SerializationError(
-                f"serializer family {name!r} failed to deserialize a value: {exc}"
+                f"serializer family {name!r} failed to deserialize a value: "
+                f"{_text(f'{type(exc).__name__}: {exc}')}"
             ) from exc
 
-    def unpack(self, data: Any) -> Any:
-        return msgpack.unpackb(
-            data, ext_hook=self.ext_hook, raw=False, strict_map_key=False, use_list=True
+    def unpack(self, data: bytes) -> Any:
+        """Decode the msgpack value inside an extension value, within the body's bounds.
+
+        Its depth counts from the deepest level of the value that holds it
+        (where the extension is is not known here): it may nest as deep as what
+        that value leaves of the allowance.
+        """
+        size = len(data)
+        if size <= _POOLED:
+            if self._shallow:  # _unpack_pooled(), inlined: tuples are common
+                pool = self._pools
+                index = self._nesting
+                if index < len(pool):
+                    entry = pool[index]
+                    unpacker = entry[0]
+                    unpacker.feed(data)
+                    self._nesting = index + 1
+                    try:
+                        value = unpacker.unpack()
+                    except BaseException:
+                        pool[index] = [self._pooled_unpacker(), 0]
+                        raise
+                    finally:
+                        self._nesting = index
+                    end = entry[1] + size
+                    if unpacker.tell() == end:
+                        entry[1] = end
+                        return value
+                    pool[index] = [self._pooled_unpacker(), 0]
+                    raise ProtocolError("malformed extension value: extra bytes after its contents")
+                return self._unpack_pooled(data, size)
+            allowance = self._levels[-1][2]
+            if allowance is not None and (allowance < 0 or size <= allowance):
+                # The common case: a short value with depth to spare, and so are all
+                # the values in it. They nest at most max_depth deep in one another,
+                # so they hold little memory.
+                self._shallow = True
+                try:
+                    return self._unpack_pooled(data, size)
+                finally:
+                    self._shallow = False  # never set around the slow path below
+        levels = self._levels
+        level = levels[-1]
+        allowance = level[2]
+        if allowance is None:  # the first extension value in a deep one: measure it
+            depth = _bounds.container_depth(level[0], level[1])
+            if depth is None:  # checked before decoding it
+                raise self._too_deep()
+            allowance = level[2] = level[1] - depth
+        held = self._held + size
+        if held > self._budget:
+            raise ProtocolError(
+                f"message nests extension values holding {held} bytes in one another, more "
+                f"than the {self._budget} bytes it may decode to (max_message_expansion)"
+            )
+        inner: int | None = _UNLIMITED
+        if allowance < 0 or size <= allowance:
+            if size > _POOLED and _bounds.has_long_arrays(_bounds.header_bytes(data)):
+                _bounds.validate(data)
+        else:
+            headers = _bounds.header_bytes(data)
+            if len(headers) <= allowance:
+                if size > _POOLED and _bounds.has_long_arrays(headers):
+                    _bounds.validate(data)
+            elif not _bounds.within_depth(data, allowance):
+                raise self._too_deep()
+            else:
+                inner = None
+        levels.append([data, allowance, inner])
+        self._held = held
+        try:
+            if size <= _POOLED:
+                return self._unpack_pooled(data, size)
+            # A decoding context of its own, on the heap: nesting extension values
+            # then costs little C stack (msgpack.unpackb's context is on it).
+            unpacker = msgpack.Unpacker(
+                ext_hook=self.ext_hook,
+                raw=False,
+                strict_map_key=False,
+                max_buffer_size=size,
+                max_str_len=size,
+                max_bin_len=size,
+                max_array_len=size,
+                max_map_len=size,
+                max_ext_len=size,
+            )
+            unpacker.feed(data)
+            value = unpacker.unpack()
+            if unpacker.tell() != size:
+                raise ProtocolError("malformed extension value: extra bytes after its contents")
+            return value
+        finally:
+            levels.pop()
+            self._held -= size
+
+    def _unpack_pooled(self, data: bytes, size: int) -> Any:
+        """Decode *data* with the reused unpacker of the present nesting level."""
+        pool = self._pools
+        index = self._nesting
+        try:
+            entry = pool[index]
+        except IndexError:
+            while len(pool) <= index:
+                pool.append([self._pooled_unpacker(), 0])
+            entry = pool[index]
+        unpacker = entry[0]
+        unpacker.feed(data)
+        self._nesting = index + 1
+        try:
+            value = unpacker.unpack()
+        except BaseException:
+            pool[index] = [self._pooled_unpacker(), 0]  # it holds half a value
+            raise
+        finally:
+            self._nesting = index
+        end = entry[1] + size
+        if unpacker.tell() != end:
+            pool[index] = [self._pooled_unpacker(), 0]
+            raise ProtocolError("malformed extension value: extra bytes after its contents")
+        entry[1] = end
+        return value
+
+    def _pooled_unpacker(self) -> msgpack.Unpacker:
+        # The unpacker's hook must not hold the decoder, which holds the unpacker: a
+        # reference cycle would wait for the garbage collector, every comm's with it.
+        ref = weakref.ref(self)
+
+        def ext_hook(code: int, data: bytes) -> Any:
+            decoder = ref()
+            assert decoder is not None  # it is decoding
+            return decoder.ext_hook(code, data)
+
+        return msgpack.Unpacker(
+            ext_hook=ext_hook,
+            raw=False,
+            strict_map_key=False,
+            read_size=_POOLED,
+            max_buffer_size=_POOLED,
+            max_str_len=_POOLED,
+            max_bin_len=_POOLED,
+            max_array_len=_POOLED,
+            max_map_len=_POOLED,
+            max_ext_len=_POOLED,
+        )
+
+    def _too_deep(self) -> ProtocolError:
+        return ProtocolError(
+            f"message nests lists, dicts or tuples more than {self.max_depth} deep "
+            "(max_message_depth)"
         )
 
 
