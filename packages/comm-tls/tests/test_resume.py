@@ -101,11 +101,11 @@ _BY = pytest.mark.parametrize("tickets", [True, False], ids=["ticket", "session-
 
 
 async def _second_connection(
-    context: ssl.SSLContext, port: int, *, then: ssl.SSLContext | None = None
+    context: ssl.SSLContext, port: int
 ) -> tuple[ssl.SSLSession, bool, bool]:
-    """Dial twice, the second time (with *then* if given) offering the first one's session
-    while the first is still open; the session, and whether the second one resumed and was
-    greeted by the listener."""
+    """Dial twice, the second time offering the first connection's session while the first
+    is still open (so the listener still holds it); the session, and whether the second
+    connection resumed and was greeted by the listener."""
 
     def dials() -> tuple[ssl.SSLSession, bool, bool]:
         with raw_dial(context, port) as first:
@@ -113,7 +113,7 @@ async def _second_connection(
             assert greeted(first)
             session = first.session
             assert session is not None
-            with raw_dial(then or context, port, session) as second:
+            with raw_dial(context, port, session) as second:
                 return session, second.session_reused, greeted(second)
 
     return await within(asyncio.to_thread(dials), "two connections of a TLS 1.2 client")
@@ -156,7 +156,8 @@ async def test_turned_off_a_resumption_that_happens_anyway_is_dropped(
 
 @_BY
 async def test_turned_on_a_tls12_client_resumes(tmp_path: pathlib.Path, tickets: bool) -> None:
-    """The other side of the test above: the same clients resume when resumption is on."""
+    """The counterpart of test_turned_off_a_tls12_client_cannot_resume: the same clients
+    resume when resumption is on."""
     security = Security.temporary()
     context = raw_context(security, security, tmp_path, maximum_version=_TLS12, tickets=tickets)
     async with serving(security=security) as served:
