@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import string
 
 import pytest
@@ -225,6 +226,90 @@ def test_bad_host_port(location: str, problem: str) -> None:
     assert problem in message
 
 
+@pytest.mark.parametrize("default_port", [None, 0, 8786])
+@pytest.mark.parametrize(
+    ("location", "advice"),
+    [
+        ("::1:123", "'[::1]:123' for port 123 of ::1"),
+        ("::1:8786", "'[::1]:8786' for port 8786 of ::1"),
+        ("fe80::1:2", "'[fe80::1]:2' for port 2 of fe80::1"),
+        ("::2:3", "'[::2]:3' for port 3 of ::2"),
+        ("::ffff:1.2.3.4:80", "'[::ffff:1.2.3.4]:80' for port 80 of ::ffff:1.2.3.4"),
+        ("::1:99999", "'[::1]:99999' for port 99999 of ::1"),  # no IPv6 address itself
+    ],
+)
+def test_unbracketed_ipv6_with_a_port_is_refused(
+    location: str, advice: str, default_port: int | None
+) -> None:
+    """An IPv6 host followed by a port, without brackets, is never taken for a host (nor
+    split): ``::1:123`` would be the IPv6 address ``::1:123``, or port 123 of ``::1``."""
+    with pytest.raises(AddressError) as info:
+        parse_host_port(location, default_port=default_port)
+    message = str(info.value)
+    assert repr(location) in message
+    assert "IPv6 addresses need brackets" in message
+    assert f"write {advice}" in message
+
+
+def test_an_ambiguous_location_names_both_readings() -> None:
+    with pytest.raises(AddressError) as info:
+        parse_host_port("::1:123", default_port=0, scheme="tcp")
+    assert str(info.value) == (
+        "address 'tcp://::1:123' is ambiguous: IPv6 addresses need brackets: write "
+        "'tcp://[::1]:123' for port 123 of ::1, or 'tcp://[::1:123]' for the host ::1:123"
+    )
+    with pytest.raises(AddressError, match=r"or '\[::1:123\]:<port>' for the host") as info:
+        parse_host_port("::1:123")
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["::1", "::", "1::", "fe80::1", "fe80::1%eth0", "2001:db8:0:0:0:0:0:1", "::ffff:1.2.3.4"],
+)
+def test_unbracketed_ipv6_host_alone(host: str) -> None:
+    """Where a host alone is enough (a default port), an IPv6 address that cannot be read
+    as one followed by a port needs no brackets; with a port to find, it is refused."""
+    assert parse_host_port(host, default_port=8786) == (host, 8786)
+    with pytest.raises(AddressError) as info:
+        parse_host_port(host)
+    assert f"address {host!r} has no port" in str(info.value)
+    assert f"'[{host}]:8786'" in str(info.value)
+
+
+@pytest.mark.parametrize("default_port", [None, 0])
+@pytest.mark.parametrize("location", ["a:b:c", "127.0.0.1:1:2", "example.org:80:80", "::1:", "::g"])
+def test_colons_in_a_host_that_is_no_ipv6_address(location: str, default_port: int | None) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_host_port(location, default_port=default_port)
+    assert f"address {location!r} is not 'host:port'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("127.0.0.1", "address 'tls://127.0.0.1' has no port; write it as 'tls://host:port'"),
+        ("", "address 'tls://' has no port; write it as 'tls://host:port'"),
+        ("h:x", "address 'tls://h:x' has a non-numeric port 'x'"),
+        ("[::1", "address 'tls://[::1' opens '[' but never closes it"),
+        ("h:70000", "address 'tls://h:70000' has port 70000, outside 0-65535"),
+        ("fe80::1", "address 'tls://fe80::1' has no port: IPv6 addresses need brackets"),
+    ],
+)
+def test_scheme_makes_messages_quote_the_whole_address(location: str, message: str) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_host_port(location, scheme="tls")
+    assert str(info.value).startswith(message)
+
+
+def test_string_functions_do_not_look_inside_locations() -> None:
+    """parse_address, normalize_address and unparse_address leave the location to its
+    backend: a malformed tcp location passes through them, and the backend's functions
+    (get_address_host, ...; comm-tcp's tests) refuse it."""
+    assert parse_address("tcp://::1:123") == ("tcp", "::1:123")
+    assert normalize_address("::1:123") == "tcp://::1:123"
+    assert unparse_address("tcp", "::1:123") == "tcp://::1:123"
+
+
 @pytest.mark.parametrize("port", [65536, -1, 10**10])
 def test_unparse_host_port_out_of_range(port: int) -> None:
     with pytest.raises(AddressError, match=f"port {port}, outside 0-65535") as info:
@@ -308,3 +393,31 @@ def test_parse_host_port_on_address_like_text(text: str) -> None:
     assert "[" not in host
     assert "]" not in host
     assert parse_host_port(unparse_host_port(host, port)) == (host, port)
+
+
+@given(host=ipv6, port=ports, default_port=st.none() | ports)
+def test_unbracketed_ipv6_and_port_is_never_a_host(
+    host: str, port: int, default_port: int | None
+) -> None:
+    with pytest.raises(AddressError) as info:
+        parse_host_port(f"{host}:{port}", default_port=default_port)
+    assert f"'[{host}]:{port}' for port {port} of {host}" in str(info.value)
+
+
+@given(host=ipv6, default_port=ports)
+def test_unbracketed_ipv6_alone_is_a_host_unless_ambiguous(host: str, default_port: int) -> None:
+    head, _, tail = host.rpartition(":")
+    try:
+        ipaddress.IPv6Address(head)
+    except ValueError:
+        with_port = False
+    else:
+        with_port = tail.isdigit()
+    if not with_port:
+        assert parse_host_port(host, default_port=default_port) == (host, default_port)
+        return
+    # It reads as an IPv6 address followed by a port, too: refused, both readings named.
+    with pytest.raises(AddressError) as info:
+        parse_host_port(host, default_port=default_port)
+    assert f"'[{head}]:{tail}' for port {tail} of {head}" in str(info.value)
+    assert f"'[{host}]' for the host {host}" in str(info.value)

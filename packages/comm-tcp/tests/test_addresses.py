@@ -7,6 +7,7 @@ this machine's primary address).
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 
@@ -142,3 +143,163 @@ async def test_wildcard_port_in_use_on_one_family(host: str) -> None:
             # TIME_WAIT as a client port; a socket still listening on it is refused anyway.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((other, served.port))  # EADDRINUSE if the failed start kept a socket
+
+
+# -- the address functions on malformed and host-only locations ---------------------------
+
+_HELPERS = ["get_address_host", "get_address_host_port", "resolve_address", "get_local_address_for"]
+
+
+def _call(helper: str, address: str) -> object:
+    function = getattr(comm_core, helper)
+    return function(address)
+
+
+@pytest.mark.parametrize("helper", _HELPERS)
+def test_unbracketed_ipv6_with_a_port_is_refused_by_every_function(helper: str) -> None:
+    """``tcp://::1:123`` is port 123 of ``::1``, or the host ``::1:123``: refused, with both
+    readings written out (``get_address_host`` used to answer ``'::1:123'``, and
+    ``resolve_address`` ``'tcp://[::0.1.1.35]:0'``)."""
+    with pytest.raises(AddressError) as info:
+        _call(helper, "tcp://::1:123")
+    message = str(info.value)
+    assert "address 'tcp://::1:123' is ambiguous: IPv6 addresses need brackets" in message
+    assert "'tcp://[::1]:123' for port 123 of ::1" in message
+
+
+@pytest.mark.parametrize("helper", _HELPERS)
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("tcp://127.0.0.1:1:2", "is not 'host:port'"),
+        ("tcp://a:b:c", "is not 'host:port'"),
+        ("tcp://h:x", "non-numeric port 'x'"),
+        ("tcp://h:", "empty port"),
+        ("tcp://h:65536", "port 65536, outside 0-65535"),
+        ("tcp://[::1", "never closes"),
+        ("tcp://[::1]x", "after ']'"),
+        ("tcp://::1:99999", "IPv6 addresses need brackets: write 'tcp://[::1]:99999'"),
+    ],
+)
+def test_malformed_locations_are_refused_by_every_function(
+    helper: str, address: str, problem: str
+) -> None:
+    with pytest.raises(AddressError) as info:
+        _call(helper, address)
+    assert f"address {address!r}" in str(info.value)
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("tcp://127.0.0.1", "has no port; write it as 'tcp://host:port'"),
+        ("tcp://example.org", "has no port; write it as 'tcp://host:port'"),
+        ("tcp://[::1]", "has no port; write it as 'tcp://host:port'"),
+        ("tcp://", "has no port; write it as 'tcp://host:port'"),
+        ("tcp://::1", "has no port: IPv6 addresses need brackets before the port"),
+        ("tcp://fe80::1", "has no port: IPv6 addresses need brackets before the port"),
+    ],
+)
+def test_get_address_host_port_needs_a_port(address: str, problem: str) -> None:
+    """It never makes up port 0 for a location without one."""
+    with pytest.raises(AddressError) as info:
+        comm_core.get_address_host_port(address)
+    assert str(info.value).startswith(f"address {address!r} {problem}")
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("tcp://[::1]:123", ("::1", 123)),
+        ("tcp://127.0.0.1:0", ("127.0.0.1", 0)),
+        ("tcp://:8786", ("", 8786)),
+        ("TCP://Example.org:1", ("Example.org", 1)),
+    ],
+)
+def test_get_address_host_port(address: str, expected: tuple[str, int]) -> None:
+    assert comm_core.get_address_host_port(address) == expected
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("tcp://[::1]:123", "::1"),
+        ("tcp://127.0.0.1:0", "127.0.0.1"),
+        ("tcp://127.0.0.1", "127.0.0.1"),
+        ("tcp://::1", "::1"),
+        ("tcp://[::1]", "::1"),
+        ("tcp://fe80::1%eth0", "fe80::1%eth0"),
+        ("tcp://", ""),
+        ("tcp://:0", ""),
+    ],
+)
+def test_get_address_host_takes_a_host_alone(address: str, host: str) -> None:
+    assert comm_core.get_address_host(address) == host
+
+
+@pytest.mark.parametrize(
+    ("address", "resolved"),
+    [
+        ("tcp://127.0.0.1:8786", "tcp://127.0.0.1:8786"),
+        ("tcp://127.0.0.1:0", "tcp://127.0.0.1:0"),
+        ("tcp://[::1]:123", "tcp://[::1]:123"),
+        # Without a port, the result has none either (it used to gain ':0').
+        ("tcp://127.0.0.1", "tcp://127.0.0.1"),
+        ("tcp://::1", "tcp://[::1]"),
+        ("tcp://[::1]", "tcp://[::1]"),
+        # Without a host, there is nothing to resolve.
+        ("tcp://", "tcp://"),
+        ("tcp://:0", "tcp://:0"),
+    ],
+)
+def test_resolve_address_keeps_the_port_as_written(address: str, resolved: str) -> None:
+    assert comm_core.resolve_address(address) == resolved
+
+
+def test_resolve_address_resolves_a_name() -> None:
+    assert comm_core.resolve_address("tcp://localhost:8786") in {
+        "tcp://127.0.0.1:8786",
+        "tcp://[::1]:8786",
+    }
+    assert comm_core.resolve_address("tcp://localhost") in {"tcp://127.0.0.1", "tcp://[::1]"}
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("tcp://127.0.0.1:8786", "tcp://127.0.0.1"),
+        ("tcp://127.0.0.1", "tcp://127.0.0.1"),
+        pytest.param("tcp://::1", "tcp://[::1]", marks=needs_ipv6),
+        pytest.param("tcp://[::1]:8786", "tcp://[::1]", marks=needs_ipv6),
+    ],
+)
+def test_get_local_address_for_takes_a_host_alone(address: str, local: str) -> None:
+    assert comm_core.get_local_address_for(address) == local
+
+
+@pytest.mark.parametrize(
+    ("address", "problem"),
+    [
+        ("tcp://::1:123", "address 'tcp://::1:123' is ambiguous: IPv6 addresses need brackets"),
+        ("tcp://127.0.0.1:1:2", "address 'tcp://127.0.0.1:1:2' is not 'host:port'"),
+    ],
+)
+async def test_listen_and_connect_refuse_malformed_locations(address: str, problem: str) -> None:
+    with pytest.raises(AddressError, match=re.escape(problem)):
+        comm_core.listen(address, echo_handler)
+    with pytest.raises(AddressError, match=re.escape(problem)):
+        await comm_core.connect(address, timeout=5)
+
+
+@pytest.mark.parametrize("host", ["tcp://::1", "tcp://127.0.0.1"])
+async def test_listen_on_a_host_alone_picks_a_port(host: str) -> None:
+    if ":" in host[6:] and not HAS_IPV6:
+        pytest.skip("this host has no IPv6 loopback")
+    async with serving(address=host) as served:
+        assert served.port > 0
+        assert served.listener is not None
+        address = served.listener.contact_address
+        assert comm_core.get_address_host_port(address)[1] == served.port
+        async with connected(address) as comm:
+            await ping(comm)

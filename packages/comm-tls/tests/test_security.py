@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import pathlib
@@ -14,8 +15,8 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from comm_tls import Security, TLSConfigurationError
-from tls_support import chain_pem, connected, pem, ping, serving
+from comm_tls import Security, TLSConfigurationError, _resume
+from tls_support import chain_pem, connected, greeted, pem, ping, raw_context, raw_dial, serving
 
 
 @pytest.fixture
@@ -190,3 +191,60 @@ def test_pickles_as_its_settings(temporary: Security) -> None:
     assert copy == temporary
     assert copy.server_context is not temporary.server_context
     assert copy.client_context.verify_mode == ssl.CERT_REQUIRED
+
+
+def _set_session_lifetime(context: ssl.SSLContext, seconds: int) -> None:
+    """OpenSSL's SSL_CTX_set_timeout, which Python does not expose (skip where unreachable)."""
+    import _ssl
+    import ctypes
+
+    address = _resume._ssl_ctx(context)
+    if _resume._openssl() is None or not address:
+        pytest.skip("this Python's OpenSSL cannot be reached through ctypes")
+    set_timeout = ctypes.CDLL(getattr(_ssl, "__file__", None)).SSL_CTX_set_timeout
+    set_timeout.argtypes = [ctypes.c_void_p, ctypes.c_long]
+    set_timeout.restype = ctypes.c_long
+    set_timeout(address, seconds)
+
+
+@pytest.mark.slow
+async def test_how_long_a_client_can_go_on_resuming(tmp_path: pathlib.Path) -> None:
+    """What docs/security.rst states about a listener that resumes sessions, with the session
+    lifetime cut from OpenSSL's 2 hours to 3 s: a TLS 1.2 session resumes until its lifetime
+    has passed since the full handshake; a resumed TLS 1.3 connection brings a new ticket
+    whose lifetime starts then, so a client that keeps reconnecting within the lifetime
+    resumes for ever, its certificate never checked again."""
+    security = Security.temporary()
+    _set_session_lifetime(security.server_context, 3)
+    clients = {
+        version: raw_context(security, security, tmp_path, maximum_version=version)
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
+    }
+    async with serving(security=security) as served:
+
+        def dial(
+            context: ssl.SSLContext, session: ssl.SSLSession | None
+        ) -> tuple[bool, ssl.SSLSession]:
+            with raw_dial(context, served.port, session) as sock:
+                assert greeted(sock)  # (TLS 1.3) the ticket has arrived
+                assert sock.session is not None
+                return sock.session_reused, sock.session
+
+        async def schedule(context: ssl.SSLContext) -> list[bool]:
+            reused, first = await asyncio.to_thread(dial, context, None)
+            outcomes = [reused]
+            await asyncio.sleep(2)  # the lifetime's clock (seconds) runs: nothing to wait on
+            reused, second = await asyncio.to_thread(dial, context, first)
+            outcomes.append(reused)
+            await asyncio.sleep(2)  # the full handshake is now 4 s old, the resumption 2 s
+            for session in (first, second):
+                reused, _ = await asyncio.to_thread(dial, context, session)
+                outcomes.append(reused)
+            return outcomes
+
+        twelve, thirteen = await asyncio.wait_for(
+            asyncio.gather(*(schedule(context) for context in clients.values())), 30
+        )
+    # full handshake, resumed after 2 s, then (4 s) the first session, the latest one
+    assert twelve == [False, True, False, False]
+    assert thirteen == [False, True, False, True]

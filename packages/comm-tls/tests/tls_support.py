@@ -9,7 +9,9 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import pathlib
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -110,6 +112,56 @@ def self_signed(host: str) -> str:
             serialization.NoEncryption(),
         ).decode()
     )
+
+
+# -- clients outside comm -----------------------------------------------------------
+
+
+def raw_context(
+    trust: Security,
+    identity: Security | None,
+    folder: pathlib.Path,
+    *,
+    maximum_version: ssl.TLSVersion = ssl.TLSVersion.MAXIMUM_SUPPORTED,
+    tickets: bool = True,
+) -> ssl.SSLContext:
+    """A plain :mod:`ssl` client context trusting *trust*'s CA, presenting *identity*'s
+    certificate (if any), for TLS clients that are not comm clients (they can resume a
+    session as they please). Without *tickets*, TLS 1.2 can resume only by session ID."""
+    context = ssl.create_default_context(cadata=str(trust.ca))
+    context.maximum_version = maximum_version
+    if not tickets:
+        context.options |= ssl.OP_NO_TICKET
+    if identity is not None:
+        path = folder / f"client-{id(identity)}.pem"
+        path.write_text(f"{identity.cert}{identity.key}")
+        context.load_cert_chain(path)
+    return context
+
+
+def raw_dial(
+    context: ssl.SSLContext, port: int, session: ssl.SSLSession | None = None
+) -> ssl.SSLSocket:
+    """A blocking TLS connection to ``127.0.0.1:port`` (run it in a thread), handshake done,
+    offering *session*."""
+    raw = socket.create_connection((IPV4, port), timeout=EVENT_TIMEOUT)
+    try:
+        return context.wrap_socket(raw, server_hostname=IPV4, session=session)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def greeted(sock: ssl.SSLSocket) -> bool:
+    """Whether the comm listener at the other end of *sock* sends its greeting.
+
+    Reading it also means the listener's side of the handshake is over, and (TLS 1.3)
+    that its session ticket, sent before, has arrived.
+    """
+    try:
+        return bool(sock.recv(1))
+    except (ssl.SSLError, OSError):
+        return False
 
 
 # -- log lines --------------------------------------------------------------------------

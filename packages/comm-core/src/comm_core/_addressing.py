@@ -111,7 +111,54 @@ def _check_port(port: int, address: str) -> int:
     return port
 
 
-def parse_host_port(address: str, default_port: int | None = None) -> tuple[str, int]:
+def _is_ipv6(text: str) -> bool:
+    import ipaddress  # only locations with several ':' need it
+
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _unbracketed_ipv6(location: str, shown: str, prefix: str, host_alone: bool) -> str:
+    """The host of *location*, a host with several ':' and no brackets, if it is one.
+
+    Such a host may only be an IPv6 address, and one that cannot also be read
+    as an IPv6 address followed by a port: ``::1:123`` is the address
+    ``::1:123``, or port 123 of ``::1``, so it is refused, as is anything that
+    is no IPv6 address. *shown* is the address to quote, *prefix* the
+    ``scheme://`` to put before suggestions, *host_alone* whether a location
+    without a port is acceptable.
+    """
+    head, _, tail = location.rpartition(":")
+    with_port = bool(tail) and tail.isascii() and tail.isdigit() and _is_ipv6(head)
+    as_host = _is_ipv6(location)
+    if with_port:
+        advice = f"write '{prefix}[{head}]:{tail}' for port {tail} of {head}"
+        if as_host:
+            whole = f"{prefix}[{location}]" + ("" if host_alone else ":<port>")
+            raise AddressError(
+                f"address {shown!r} is ambiguous: IPv6 addresses need brackets: {advice}, "
+                f"or {whole!r} for the host {location}"
+            )
+        raise AddressError(f"address {shown!r}: IPv6 addresses need brackets: {advice}")
+    if not as_host:
+        raise AddressError(
+            f"address {shown!r} is not 'host:port': its host holds ':' but is no IPv6 "
+            f"address (IPv6 addresses need brackets, as in '{prefix}[::1]:8786')"
+        )
+    if not host_alone:
+        raise AddressError(
+            f"address {shown!r} has no port: IPv6 addresses need brackets before the "
+            f"port, as in '{prefix}[{location}]:8786'"
+        )
+    return location
+
+
+def parse_host_port(
+    address: str, default_port: int | None = None, *, scheme: str | None = None
+) -> tuple[str, int]:
     """Split a ``host:port`` location into ``(host, port)``.
 
     IPv6 hosts are written in brackets, which are removed:
@@ -121,53 +168,60 @@ def parse_host_port(address: str, default_port: int | None = None) -> tuple[str,
     >>> parse_host_port("example.org", default_port=8786)
     ('example.org', 8786)
 
-    A location without a port takes *default_port*. An empty host (as in
-    ``":8786"`` or ``""``) means every interface, which only listening accepts.
+    A location without a port takes *default_port*; without one, it is an
+    error. An empty host (as in ``":8786"`` or ``""``) means every interface,
+    which only listening accepts. An IPv6 host without brackets is accepted
+    only without a port, and only if it cannot also be read as an IPv6 address
+    followed by a port: ``"::1"`` is a host, ``"::1:8786"`` is an error, which
+    suggests ``"[::1]:8786"``.
+
+    *scheme*, if given, is the scheme of the address that *address* is the
+    location of: error messages quote, and suggest, whole addresses
+    (``'tcp://[::1]:8786'``).
 
     Raises:
         AddressError: *address* is not a str; the port is missing and there is
             no *default_port*; the port is empty, not a number, or outside
-            0-65535; an IPv6 host with a port is not in brackets; a bracket is
-            unbalanced or misplaced.
+            0-65535; an IPv6 host is not in brackets and either has a port or
+            could be read as having one; a host holds ':' but is no IPv6
+            address; a bracket is unbalanced or misplaced.
     """
     _check_str(address, "a host:port location")
+    prefix = "" if scheme is None else f"{scheme}://"
+    shown = prefix + address
     if address.startswith("["):
         end = address.find("]")
         if end < 0:
-            raise AddressError(f"address {address!r} opens '[' but never closes it")
+            raise AddressError(f"address {shown!r} opens '[' but never closes it")
         host, rest = address[1:end], address[end + 1 :]
         if not host:
-            raise AddressError(f"address {address!r} has empty brackets '[]'")
+            raise AddressError(f"address {shown!r} has empty brackets '[]'")
         if "[" in host:
-            raise AddressError(f"address {address!r} has '[' inside its brackets")
+            raise AddressError(f"address {shown!r} has '[' inside its brackets")
         if rest and not rest.startswith(":"):
             raise AddressError(
-                f"address {address!r} has {rest!r} after ']'; expected ':port' or nothing"
+                f"address {shown!r} has {rest!r} after ']'; expected ':port' or nothing"
             )
         port_text: str | None = rest[1:] if rest else None
     elif "[" in address:
         raise AddressError(
-            f"address {address!r} has '[' inside the host; only a whole IPv6 host is "
+            f"address {shown!r} has '[' inside the host; only a whole IPv6 host is "
             "bracketed, as in '[::1]:8786'"
         )
     elif "]" in address:
-        raise AddressError(f"address {address!r} closes ']' that it never opened")
+        raise AddressError(f"address {shown!r} closes ']' that it never opened")
     elif address.count(":") > 1:
-        if default_port is None:
-            raise AddressError(
-                f"address {address!r} looks like an IPv6 host: write it in brackets "
-                f"with a port, such as '[{address}]:8786'"
-            )
-        host, port_text = address, None
+        host = _unbracketed_ipv6(address, shown, prefix, host_alone=default_port is not None)
+        port_text = None
     else:
         host, sep, tail = address.partition(":")
         port_text = tail if sep else None
 
     if port_text is not None:
-        return host, _parse_port(port_text, address)
+        return host, _parse_port(port_text, shown)
     if default_port is None:
-        raise AddressError(f"address {address!r} has no port; write it as 'host:port'")
-    return host, _check_port(default_port, address)
+        raise AddressError(f"address {shown!r} has no port; write it as '{prefix}host:port'")
+    return host, _check_port(default_port, shown)
 
 
 def unparse_host_port(host: str, port: int | None = None) -> str:

@@ -39,25 +39,48 @@ def get_address_host(addr: str) -> str:
 
     >>> get_address_host("tcp://[::1]:8786")  # doctest: +SKIP
     '::1'
+
+    For tcp and tls the port may be left out (``tcp://127.0.0.1``).
+
+    Raises:
+        AddressError: *addr* is malformed (such as ``tcp://::1:8786``, whose IPv6
+            host needs brackets), or its scheme is not installed.
     """
     backend, _, loc = _backend_for(addr)
     return backend.get_address_host(loc)
 
 
 def get_address_host_port(addr: str) -> tuple[str, int]:
-    """Return ``(host, port)`` of *addr*; an :class:`AddressError` for schemes without ports."""
+    """Return ``(host, port)`` of *addr*.
+
+    Raises:
+        AddressError: *addr* has no port (never made up), is malformed, or its
+            scheme has no ports or is not installed.
+    """
     backend, _, loc = _backend_for(addr)
     return backend.get_address_host_port(loc)
 
 
 def resolve_address(addr: str) -> str:
-    """Return *addr* with its host name resolved (may block on DNS)."""
+    """Return *addr* with its host name resolved (may block on DNS).
+
+    For tcp and tls, the port is kept as written, or left out if it was.
+
+    Raises:
+        AddressError: *addr* is malformed, its host cannot be resolved, or its
+            scheme is not installed.
+    """
     backend, scheme, loc = _backend_for(addr)
     return unparse_address(scheme, backend.resolve_address(loc))
 
 
 def get_local_address_for(addr: str) -> str:
-    """Return the local address from which *addr* would be reached."""
+    """Return the local address from which *addr* would be reached (a host, for tcp).
+
+    Raises:
+        AddressError: *addr* is malformed, nothing local reaches it, or its scheme
+            is not installed.
+    """
     backend, scheme, loc = _backend_for(addr)
     return unparse_address(scheme, backend.get_local_address_for(loc))
 

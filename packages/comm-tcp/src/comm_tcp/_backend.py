@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 __all__ = ["TCPBackend"]
 
 
+def _has_port(loc: str) -> bool:
+    """Whether *loc*, which :func:`comm_core.parse_host_port` accepted, has a port."""
+    if loc.startswith("["):
+        return "]:" in loc
+    return loc.count(":") == 1  # several: an IPv6 host alone
+
+
 class TCPBackend(Backend):
     """The ``tcp://`` backend: ``host:port`` locations, IPv4 and IPv6."""
 
@@ -53,27 +60,49 @@ class TCPBackend(Backend):
         )
 
     def get_address_host(self, loc: str) -> str:
-        return parse_host_port(loc, default_port=0)[0]
+        """The host of *loc* (``""`` for every interface); *loc* may have no port.
+
+        Raises:
+            AddressError: *loc* is malformed (see :func:`comm_core.parse_host_port`;
+                an IPv6 host needs brackets unless it is alone and unambiguous).
+        """
+        return parse_host_port(loc, default_port=0, scheme=self.scheme)[0]
 
     def get_address_host_port(self, loc: str) -> tuple[str, int]:
-        return parse_host_port(loc)
+        """``(host, port)`` of *loc*, whose port must be written.
+
+        Raises:
+            AddressError: *loc* has no port, or is malformed.
+        """
+        return parse_host_port(loc, scheme=self.scheme)
 
     def resolve_address(self, loc: str) -> str:
+        """*loc* with its host name resolved to an IP address (may block on DNS); the port,
+        or its absence, kept as written; a location without a host unchanged.
+
+        Raises:
+            AddressError: *loc* is malformed, or its host cannot be resolved.
+        """
         import socket
 
-        host, port = parse_host_port(loc, default_port=0)
+        host, port = parse_host_port(loc, default_port=0, scheme=self.scheme)
         if not host:
             return loc
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise AddressError(f"cannot resolve {self.scheme}://{loc}: {exc}") from exc
-        return unparse_host_port(str(infos[0][4][0]), port)
+        return unparse_host_port(str(infos[0][4][0]), port if _has_port(loc) else None)
 
     def get_local_address_for(self, loc: str) -> str:
+        """The local location (a host, no port) from which *loc* would be reached.
+
+        Raises:
+            AddressError: *loc* is malformed, or no local address reaches it.
+        """
         import socket
 
-        host, _ = parse_host_port(loc, default_port=0)
+        host, _ = parse_host_port(loc, default_port=0, scheme=self.scheme)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         target = host or ("::1" if family == socket.AF_INET6 else "127.0.0.1")
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

@@ -27,7 +27,7 @@ def comm_kwargs(args: dict[str, Any]) -> dict[str, Any]:
 def dial_target(scheme: str, address: str) -> tuple[str, int]:
     """``(host, port)`` of a location to connect to; wildcards are refused."""
     # A default port, so that 'tcp://' and 'tcp://0.0.0.0' get the message below.
-    host, port = parse_host_port(address, default_port=0)
+    host, port = parse_host_port(address, default_port=0, scheme=scheme)
     if not host or host in {"0.0.0.0", "::"} or port == 0:
         raise AddressError(
             f"cannot connect to {scheme}://{address}: it names no concrete host and port "

@@ -87,7 +87,7 @@ class TCPListener(Listener):
         backlog: int = 1024,
         **connection_args: Any,
     ) -> None:
-        self.host, self.port = parse_host_port(loc, default_port=0)
+        self.host, self.port = parse_host_port(loc, default_port=0, scheme=connector.scheme)
         self.handle_comm = handle_comm
         self.deserialize = deserialize
         self.connector = connector

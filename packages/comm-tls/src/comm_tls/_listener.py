@@ -24,6 +24,7 @@ from comm_tls._handshake import (
     interpose,
     remove_interposer,
 )
+from comm_tls._resume import forbidden
 from comm_tls._security import context_for
 from comm_tls._transport import TLSTransport, handshake, wait_readable
 
@@ -183,6 +184,7 @@ class TLSListener(TCPListener):
         watch = HandshakeWatch(None)
         sock: socket.socket = conn
         error: BaseException | None = None
+        resumed = False  # a session that the context does not allow
         try:
             # A peer that does not speak TLS gets an alert saying so, and is dropped at
             # once: OpenSSL would answer it with silence.
@@ -193,6 +195,7 @@ class TLSListener(TCPListener):
                     conn, server_side=True, do_handshake_on_connect=False
                 )
                 await handshake(sock, deadline)
+                resumed = forbidden(sock)
             elif watch.head:
                 with contextlib.suppress(OSError):
                     conn.send(TLS_ALERT_PROTOCOL_VERSION)
@@ -208,6 +211,11 @@ class TLSListener(TCPListener):
             sock.close()
             return
         protocol.pending = None
+        if resumed:
+            protocol.peer_gone = True
+            sock.close()
+            self._log_resumed(client)
+            return
         if error is not None or not watch.head or not watch.speaks_tls:
             protocol.peer_gone = True
             if isinstance(error, ssl.SSLError):
@@ -280,6 +288,11 @@ class TLSListener(TCPListener):
             tls_failed, tls = tls, None
             if tls_failed is not None:
                 tls_failed.abort()  # type: ignore[attr-defined]
+        if tls is not None and not aborted and forbidden(tls.get_extra_info("ssl_object")):
+            tls.abort()  # type: ignore[attr-defined]
+            protocol.peer_gone = True
+            self._log_resumed(format_sockaddr(self.scheme, raw.get_extra_info("peername")))
+            return
         if tls is None or pending.ended or aborted:
             protocol.peer_gone = True
             if tls is not None:
@@ -343,6 +356,15 @@ class TLSListener(TCPListener):
             logger.warning("%s: %s", where, message)
         else:
             logger.info("%s: %s closed the connection before the TLS handshake", where, client)
+
+    def _log_resumed(self, client: str) -> None:
+        logger.warning(
+            "listener %s: dropped %s: it resumed an earlier TLS session, which this listener "
+            "does not allow (Security(resume_sessions=False)): its certificate was not checked "
+            "again",
+            self._where(),
+            client,
+        )
 
     def _where(self) -> str:
         """The contact address for messages; the listen address if not started."""

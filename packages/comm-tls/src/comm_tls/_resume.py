@@ -24,18 +24,32 @@ Each ticket is used once (RFC 8446 advises clients against reusing one); each
 connection brings a fresh one. The cache is per :class:`comm_tls.Security`,
 bounded, and keyed by the name checked against the certificate and the
 address and port dialled, so a ticket is only offered where it was issued.
+
+On the server side, :func:`forbid` turns resumption off for
+``Security(resume_sessions=False)``; see its docstring for how.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ssl
+import sys
 import threading
+import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 
-__all__ = ["ResumingSSLObject", "SessionCache", "offer", "remember", "resuming"]
+__all__ = [
+    "ResumingSSLObject",
+    "SessionCache",
+    "forbid",
+    "forbidden",
+    "offer",
+    "remember",
+    "resuming",
+]
 
 
 class SessionCache:
@@ -134,3 +148,105 @@ def remember(ssl_object: object, slot: _Slot | None = None) -> None:
     session = ssl_object.session
     if session is not None and session.has_ticket:
         slot[0].put(slot[1], session)
+
+
+# -- the server side: resumption turned off ---------------------------------------------
+
+#: Server contexts on which no connection may resume a session.
+_FORBIDDEN: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
+
+# OpenSSL's SSL_CTX_ctrl commands and the cache mode that turns the session cache off
+# (ssl.h; unchanged since OpenSSL 0.9).
+_SET_SESS_CACHE_MODE = 44
+_GET_SESS_CACHE_MODE = 45
+_SESS_CACHE_OFF = 0
+
+
+def forbid(context: ssl.SSLContext) -> bool:
+    """Turn session resumption off on the server *context*: every handshake is a full one.
+
+    TLS 1.3 resumes only with tickets: ``num_tickets = 0`` issues none. TLS 1.2
+    resumes with a ticket (RFC 5077), which ``OP_NO_TICKET`` stops issuing, or
+    with a session ID that the context's session cache remembers (OpenSSL keeps
+    the sessions of full handshakes there by default), which Python's
+    :mod:`ssl` has no setting for: :func:`_session_cache_off` turns it off with
+    OpenSSL's own call. Come what may, a comm listener drops a connection that
+    resumed a session on a context given here (:func:`forbidden`).
+
+    Returns whether the session cache is off; ``False`` where this Python's
+    OpenSSL cannot be reached (then a TLS 1.2 client that offers a session ID
+    is dropped after its handshake instead of getting a full one).
+    """
+    context.num_tickets = 0
+    context.options |= ssl.OP_NO_TICKET
+    _FORBIDDEN.add(context)
+    return _session_cache_off(context)
+
+
+def forbidden(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> bool:
+    """Whether the established server-side *ssl_object* resumed a session that its context
+    does not allow (see :func:`forbid`)."""
+    return bool(ssl_object.session_reused) and ssl_object.context in _FORBIDDEN
+
+
+@functools.cache
+def _openssl() -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """``SSL_CTX_get_options`` and ``SSL_CTX_ctrl`` of the OpenSSL that :mod:`ssl` runs on.
+
+    ``None`` if they cannot be reached (not CPython; ``_ssl`` linked so that its
+    OpenSSL does not export them, as on Windows) or belong to another OpenSSL
+    version than :mod:`ssl`'s.
+    """
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        import _ssl
+        import ctypes
+
+        # dlopen() of the loaded module finds the OpenSSL it is linked to; None: the
+        # program itself, where a built-in _ssl lives.
+        lib = ctypes.CDLL(getattr(_ssl, "__file__", None))
+        version = lib.OpenSSL_version_num
+        version.argtypes = []
+        version.restype = ctypes.c_ulong
+        if version() != ssl.OPENSSL_VERSION_NUMBER:
+            return None
+        get_options = lib.SSL_CTX_get_options
+        get_options.argtypes = [ctypes.c_void_p]
+        # uint64_t from OpenSSL 3.0 on, unsigned long before.
+        wide = ssl.OPENSSL_VERSION_INFO >= (3,)
+        get_options.restype = ctypes.c_uint64 if wide else ctypes.c_ulong
+        ctrl = lib.SSL_CTX_ctrl
+        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        ctrl.restype = ctypes.c_long
+    except (ImportError, OSError, AttributeError):
+        return None
+    return get_options, ctrl
+
+
+def _ssl_ctx(context: ssl.SSLContext) -> int | None:
+    """The address of *context*'s ``SSL_CTX``: CPython's context object holds it right after
+    the object header (``PySSLContext``: ``PyObject_HEAD``, then ``SSL_CTX *ctx``)."""
+    import ctypes
+
+    address: int | None = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    return address
+
+
+def _session_cache_off(context: ssl.SSLContext) -> bool:
+    """Turn off *context*'s session cache (``SSL_CTX_set_session_cache_mode(ctx,
+    SSL_SESS_CACHE_OFF)``): a TLS 1.2 server then gives no session ID, and finds none.
+
+    Each step is checked before the next (the same OpenSSL as :mod:`ssl`; the
+    address found answers with the context's own options; the mode reads back
+    as set); ``False`` if one fails.
+    """
+    functions = _openssl()
+    if functions is None or not isinstance(context, ssl.SSLContext):
+        return False
+    get_options, ctrl = functions
+    address = _ssl_ctx(context)
+    if not address or get_options(address) != int(context.options):
+        return False
+    ctrl(address, _SET_SESS_CACHE_MODE, _SESS_CACHE_OFF, None)
+    return ctrl(address, _GET_SESS_CACHE_MODE, 0, None) == _SESS_CACHE_OFF

@@ -13,7 +13,7 @@ from typing import Any
 
 from comm_tls._errors import TLSConfigurationError, ssl_detail
 from comm_tls._handshake import ServerSSLObject
-from comm_tls._resume import ResumingSSLObject, SessionCache
+from comm_tls._resume import ResumingSSLObject, SessionCache, forbid
 
 __all__ = ["Security", "context_for"]
 
@@ -91,15 +91,19 @@ class Security:
         minimum_version: the oldest TLS version accepted, ``TLSv1_2`` or ``TLSv1_3``.
         ciphers: an OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are
             OpenSSL's); ``None`` keeps Python's secure defaults.
-        resume_sessions: TLS 1.3 session resumption. A listener gives each
+        resume_sessions: TLS session resumption. A listener gives each
             client a ticket; a client that dials the same listener again
             presents it, and neither side verifies certificates again, which
             halves the cost of setting up a connection. A ticket stands for
-            the identities verified when it was issued, for as long as the
-            listener accepts it (OpenSSL's default: 2 hours; a listener's
-            tickets die with its process). Turn it off to have every connection
-            verify certificates afresh. Applies only to the contexts this
-            object builds, not to ``ssl_context=``.
+            the identities verified at the last full handshake, and the
+            listener accepts it as often as it is presented for 2 hours
+            (OpenSSL's default); over TLS 1.3 each resumed connection brings a
+            new ticket, so a client that reconnects within that time is never
+            verified again while the listener's process lives. Turn it off to
+            have every connection verify certificates afresh: the listener
+            then issues no ticket and keeps no TLS 1.2 session cache, so every
+            handshake is a full one (see docs/security.rst). Applies only to
+            the contexts this object builds, not to ``ssl_context=``.
 
     Raises:
         TLSConfigurationError: on creation, for a file that cannot be read, a
@@ -253,8 +257,12 @@ class Security:
             else:
                 context.verify_mode = ssl.CERT_NONE
             context.sslobject_class = ServerSSLObject
-            # One ticket per connection is all a comm client uses; none without resumption.
-            context.num_tickets = 1 if self.resume_sessions else 0
+            if self.resume_sessions:
+                # One ticket per connection is all a comm client uses.
+                context.num_tickets = 1
+            else:
+                # No tickets (TLS 1.3, TLS 1.2), no TLS 1.2 session cache.
+                forbid(context)
         else:
             context.check_hostname = self.check_hostname
             if self.resume_sessions:
