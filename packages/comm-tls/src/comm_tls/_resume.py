@@ -197,7 +197,9 @@ def _openssl() -> tuple[Callable[..., int], Callable[..., int]] | None:
     OpenSSL does not export them, as on Windows) or belong to another OpenSSL
     version than :mod:`ssl`'s.
     """
-    if sys.implementation.name != "cpython":
+    # The layout _ssl_ctx() reads is that of CPython 3.10 to 3.14: elsewhere, the
+    # listener's check after the handshake (forbidden()) has to do.
+    if sys.implementation.name != "cpython" or not (3, 10) <= sys.version_info < (3, 15):
         return None
     try:
         import _ssl
