@@ -41,7 +41,9 @@ async def wait_until_blocked(
 @pytest.mark.parametrize("release", ["close", "abort", "peer-abort"])
 async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
     """Writing 1 GiB to a peer that never reads blocks early, with memory bounded; the
-    blocked write then ends with CommClosedError when either side ends the comm."""
+    blocked write then ends with CommClosedError when either side ends the comm. A close()
+    on this side first waits for its flush (which the peer never lets end), as does the
+    blocked write, whose message is whole with the transport: it ends with the abort."""
     msg = {"data": os.urandom(MiB)}
     attempts = 1024  # 1 GiB in all
     async with (
@@ -78,6 +80,10 @@ async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
 
             if release == "close":
                 closing = asyncio.ensure_future(client.close())
+                await until(lambda: protocol.closing, "close() to start")
+                assert not writer.done()
+                # close() would wait for the unread data to flush: abort to end it now.
+                client.abort()
             elif release == "abort":
                 client.abort()
             else:
@@ -87,9 +93,6 @@ async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
         finally:
             writer.cancel()
         if release == "close":
-            # close() would wait for the unread data to flush: abort to finish it now.
-            assert not closing.done()
-            client.abort()
             await within(closing, "close() after abort()")
         assert progress[0] < attempts
 

@@ -331,13 +331,29 @@ class Listener(ABC):
 
         The ``handshake_timeout`` given to :func:`comm_core.listen`, else the
         ``handshake_timeout`` setting in force when ``listen()`` was called (a
-        listener made otherwise reads the setting each time). Listeners give a
-        peer that has not even started (no preamble yet) the same time.
+        listener made otherwise reads the setting each time). Stream listeners
+        (tcp, tls) count it from the moment they accept a connection: the
+        preamble, the comm handshake and whatever the transport runs first
+        (TLS's handshake) must all be done by then, not each in its own time.
         """
         timeout = getattr(self._comm_handler, "timeout", None)
         if timeout is None:
             timeout = get_setting("handshake_timeout")
         return float(timeout)
+
+    @property
+    def max_pending_handshakes(self) -> int:
+        """Most connections this listener keeps before their comm handshake is done.
+
+        The ``max_pending_handshakes`` given to :func:`comm_core.listen`, else
+        the setting in force when ``listen()`` was called (a listener made
+        otherwise reads the setting each time). Stream listeners (tcp, tls)
+        drop the oldest such connection when one more arrives.
+        """
+        limit = getattr(self._comm_handler, "max_pending", None)
+        if limit is None:
+            limit = get_setting("max_pending_handshakes")
+        return int(limit)
 
     @property
     @abstractmethod
