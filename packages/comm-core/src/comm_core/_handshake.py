@@ -345,6 +345,7 @@ class ServerHandshake:
         self.listener: Listener | None = None
         self._pending: set[Comm] = set()
         self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")
+        self._stopping = False
 
     @property
     def where(self) -> str:
@@ -364,6 +365,7 @@ class ServerHandshake:
         return _local_info(comm, self.overrides)
 
     def abort_pending(self) -> None:
+        self._stopping = True  # those aborted now did not fail: nothing to log about them
         pending, self._pending = self._pending, set()
         for comm in pending:
             comm.abort()
@@ -398,6 +400,8 @@ class ServerHandshake:
                 limit=self.timeout,
             )
         except (ProtocolError, CommClosedError) as exc:
+            if self._stopping and isinstance(exc, CommClosedError):
+                return  # the listener stopped: it aborted the comm
             level = logging.WARNING if isinstance(exc, IncompatibleProtocolError) else logging.INFO
             self._dropped.log(level, "dropped a comm that failed its handshake: %s", exc)
             return
