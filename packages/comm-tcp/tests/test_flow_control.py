@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import comm_core
 from comm_core import Comm, CommClosedError
 from comm_core.stream import StreamProtocol
 from comm_core.testing import until
@@ -185,3 +186,47 @@ async def test_concurrent_writers_blocked_on_backpressure_all_resume() -> None:
         mine = [m for m in got if m["w"] == w]
         assert [m["i"] for m in mine] == list(range(count))
         assert all(bytes(m["data"]) == payload for m in mine)
+
+
+@pytest.mark.parametrize("size", [48 * 1024, 2 * MiB], ids=["in-body", "out-of-band"])
+async def test_a_write_racing_close_says_whether_its_message_went(size: int) -> None:
+    """close() while a write waits on backpressure: a write that returns has handed its
+    whole message over, and close() delivers it; a write that raises CommClosedError
+    delivered nothing, so the peer never reads that message (at most once)."""
+    go = asyncio.Event()
+    received: list[int] = []
+
+    async def read_later(comm: Comm) -> None:
+        await go.wait()
+        async for msg in comm:
+            received.append(msg["index"])
+
+    async with serving(read_later, read_high_water=MiB) as served:
+        client = await within(
+            comm_core.connect(served.address(), write_high_water=256 * 1024), "connect"
+        )
+        protocol = client.protocol  # type: ignore[attr-defined]
+        index = 0
+        while True:  # write until a write waits for the transport
+            write = asyncio.ensure_future(client.write({"index": index, "data": bytes(size)}))
+            await until(lambda: write.done() or protocol.write_paused, "the write to go or wait")
+            if not write.done():
+                break
+            await write
+            index += 1
+            assert index < 4096, "no write ever waited"
+        closing = asyncio.ensure_future(client.close())
+        await until(lambda: protocol.closing, "close() to start")
+        go.set()  # the peer reads now: close() can flush
+        outcome = await within(asyncio.gather(write, return_exceptions=True), "the write")
+        await within(closing, "close()")
+        await until(lambda: served.tasks and all(t.done() for t in served.tasks), "the reader")
+    if isinstance(outcome[0], BaseException):
+        assert isinstance(outcome[0], CommClosedError), outcome
+        assert received == list(range(index)), (index, received[-3:])
+    else:
+        assert outcome[0] > size
+        assert received == list(range(index + 1)), (index, received[-3:])
+    if size < 64 * 1024:
+        # One buffer, all of it with the transport before the wait: the write keeps it.
+        assert not isinstance(outcome[0], BaseException), outcome
