@@ -209,7 +209,10 @@ async def test_a_write_racing_close_says_whether_its_message_went(size: int) -> 
         index = 0
         while True:  # write until a write waits for the transport
             write = asyncio.ensure_future(client.write({"index": index, "data": bytes(size)}))
-            await until(lambda: write.done() or protocol.write_paused, "the write to go or wait")
+            await until(
+                lambda w=write: w.done() or protocol.write_paused,
+                "the write to go or wait",
+            )
             if not write.done():
                 break
             await write

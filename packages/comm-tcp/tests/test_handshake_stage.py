@@ -16,7 +16,6 @@ import gc
 import logging
 import socket
 import struct
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -119,7 +118,8 @@ def one_line_records(caplog: pytest.LogCaptureFixture) -> list[str]:
     """Every message logged; each must be one line of bounded length."""
     messages = [record.getMessage() for record in caplog.records]
     for message in messages:
-        assert "\n" not in message and "\r" not in message, message[:300]
+        assert "\n" not in message, message[:300]
+        assert "\r" not in message, message[:300]
         assert len(message) <= 1500, (len(message), message[:300])
     return messages
 
@@ -210,16 +210,16 @@ async def test_a_listener_short_of_descriptors_still_serves_a_good_client(
     silent: with max_pending_handshakes=16 it never runs out, and a good client gets in
     at once, not after the silent ones' 4 s handshake timeout."""
     loop = asyncio.get_running_loop()
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CHILD,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert child.stdout is not None
-        line = await within(loop.run_in_executor(None, child.stdout.readline), "the port")
-        port = int(line)
+        port = int(await within(child.stdout.readline(), "the child's port"))
         for _ in range(100):
             await raw_connect(raw_socket, port)
         start = loop.time()
@@ -228,7 +228,8 @@ async def test_a_listener_short_of_descriptors_still_serves_a_good_client(
             await ping(client)
         assert elapsed < 1.5, f"the good client waited {elapsed:.2f}s"
     finally:
-        child.communicate(timeout=EVENT_TIMEOUT)
+        if child.returncode is None:
+            await within(child.communicate(b""), "the child to end", EVENT_TIMEOUT)
 
 
 # -- one deadline from the accept ----------------------------------------------------------
@@ -254,7 +255,8 @@ async def test_a_preamble_just_before_the_deadline_does_not_extend_it(
         assert served.calls == 0
     assert timeout - 0.05 <= elapsed <= timeout + 0.35, elapsed
     lines = [m for m in one_line_records(caplog) if peer in m]
-    assert len(lines) == 1 and "within 1s" in lines[0], lines
+    assert len(lines) == 1, lines
+    assert "within 1s" in lines[0], lines
 
 
 # -- what a failed handshake raises and logs ---------------------------------------------
@@ -344,10 +346,12 @@ async def test_connect_raises_a_handshake_error_that_is_an_oserror(
     exc = await within(_connect_fails(server.address), "connect() to fail")
     assert loop.time() - start < 5
     assert type(exc) is error, repr(exc)
-    assert isinstance(exc, HandshakeError) and isinstance(exc, ProtocolError)
+    assert isinstance(exc, HandshakeError)
+    assert isinstance(exc, ProtocolError)
     assert not isinstance(exc, SerializationError)
     assert text in str(exc), str(exc)[:500]
-    assert "\n" not in str(exc) and len(str(exc)) <= 1000, str(exc)[:500]
+    assert "\n" not in str(exc), str(exc)[:500]
+    assert len(str(exc)) <= 1000, str(exc)[:500]
     assert await server.more_clients() == 0  # not retried
 
 
@@ -426,7 +430,7 @@ async def test_a_listener_drops_a_bad_handshake_in_one_line(
 async def test_a_slow_peer_is_a_handshake_timeout(raw_socket: RawSocket) -> None:
     """Mapping errors to HandshakeError keeps the timeout's own class and message."""
     server = RawServer(raw_socket, PREAMBLE)
-    with pytest.raises(HandshakeTimeoutError, match="within 0.3s") as info:
+    with pytest.raises(HandshakeTimeoutError, match=r"within 0\.3s") as info:
         await comm_core.connect(server.address, timeout=30, handshake_timeout=0.3)
     assert isinstance(info.value, OSError)
     assert await server.more_clients() == 0

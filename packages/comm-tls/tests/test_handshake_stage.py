@@ -148,7 +148,8 @@ async def test_a_tcp_client_gets_a_handshake_error_that_is_an_oserror(
         exc, elapsed = await connect_fails(served.address(scheme="tcp"))
         async with connected(served.address(), security=temporary) as client:
             await ping(client)
-    assert isinstance(exc, HandshakeError) and isinstance(exc, OSError), repr(exc)
+    assert isinstance(exc, HandshakeError), repr(exc)
+    assert isinstance(exc, OSError), repr(exc)
     assert isinstance(exc, ProtocolError)
     assert "is not a comm endpoint: it sent b'\\x15\\x03" in str(exc)
     assert str(exc).endswith(
