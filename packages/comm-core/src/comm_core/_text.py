@@ -55,7 +55,7 @@ def _text(value: object, limit: int, depth: int) -> str:
             return _cut(repr(bytes(view[:limit])), view.nbytes, "bytes", limit)
         if isinstance(value, int) and not isinstance(value, bool):
             if value.bit_length() > 3 * limit:  # str() of a huge int costs, or raises
-                return f"<int of {value.bit_length()} bits>"
+                return _cut(f"<int of {value.bit_length()} bits>", 0, "", limit)
             return _cut(repr(value), 0, "", limit)
         if isinstance(value, _SCALARS):
             return _cut(repr(value), 0, "", limit)
@@ -63,7 +63,7 @@ def _text(value: object, limit: int, depth: int) -> str:
             return _cut(_container(value, limit, depth), 0, "", limit)
     except Exception:  # a value whose repr or len misbehaves
         pass
-    return f"<{type(value).__name__}>"
+    return _cut(f"<{type(value).__name__}>", 0, "", limit)
 
 
 def _cut(text: str, size: int, unit: str, limit: int) -> str:
@@ -71,7 +71,9 @@ def _cut(text: str, size: int, unit: str, limit: int) -> str:
     if len(text) <= limit and (not unit or size <= limit):
         return text
     suffix = f"... ({size} {unit})" if unit else "..."
-    return text[: max(limit - len(suffix), 0)] + suffix
+    if len(suffix) > limit // 2:
+        suffix = "..."
+    return text[: limit - len(suffix)] + suffix
 
 
 _MAX_DEPTH = 4
