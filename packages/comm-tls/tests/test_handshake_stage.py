@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import comm_core
 from comm_core import HandshakeError, ProtocolError
 from comm_core.protocol import PREAMBLE
+from comm_core.stream import _GRACE
 from comm_core.testing import until
 from comm_tls import Security
 from tls_support import (
@@ -74,29 +76,49 @@ def still_open(sock: socket.socket) -> bool:
 async def test_silent_peers_beyond_the_cap_are_dropped_oldest_first(
     temporary: Security, raw_sockets: Callable[[], socket.socket]
 ) -> None:
-    """Peers that never start TLS count towards max_pending_handshakes: past it the oldest
-    go at once (not after the 60 s timeout), in one log line, and a TLS client gets in."""
+    """Peers that never start TLS count towards max_pending_handshakes: once they had
+    their grace, newer ones drop them oldest first (not after the 60 s timeout), in one
+    log line; a good TLS client gets in, and so does a burst of them."""
     loop = asyncio.get_running_loop()
-    cap, crowd = 6, 30
+    cap = 6
+
+    async def silent() -> socket.socket:
+        sock = raw_sockets()
+        await within(loop.sock_connect(sock, (IPV4, served.port)), "a raw connect")
+        return sock
+
     with watching_logs() as logs:
         async with serving(
             security=temporary, handshake_timeout=60, max_pending_handshakes=cap
         ) as served:
             assert served.listener is not None
             acceptor = served.listener.acceptor  # type: ignore[attr-defined]
-            peers = []
-            for count in range(1, crowd + 1):
-                sock = raw_sockets()
-                await within(loop.sock_connect(sock, (IPV4, served.port)), "a raw connect")
-                peers.append(sock)
-                # Accepted in this order: the listener counts it (and has dropped the oldest).
-                await until(lambda n=count: acceptor.pending == min(n, cap), "the accept")
-            for sock in peers[: crowd - cap]:
-                await closed_by_peer(sock)
+            old = [await silent() for _ in range(cap)]
+            await until(lambda: acceptor.pending == cap, "the listener to accept them")
+            # Not a wait for an event: a connection is kept for its first _GRACE seconds
+            # whatever the limit, since its answer may be on its way.
+            await asyncio.sleep(_GRACE)
+            new = []
+            for index in range(cap):
+                new.append(await silent())
+                await closed_by_peer(old[index])
             async with connected(served.address(), security=temporary) as client:
                 await ping(client)
-            await closed_by_peer(peers[crowd - cap])
-            assert all(still_open(sock) for sock in peers[crowd - cap + 1 :])
+            await closed_by_peer(new[0])
+            assert all(still_open(sock) for sock in new[1:])
+            burst = await within(
+                asyncio.gather(
+                    *(
+                        comm_core.connect(served.address(), security=temporary, timeout=30)
+                        for _ in range(2 * cap)
+                    )
+                ),
+                "a burst of good clients",
+            )
+            try:
+                await within(asyncio.gather(*(ping(comm) for comm in burst)), "their pings")
+            finally:
+                await asyncio.gather(*(comm.close() for comm in burst))
         drops = logs.matching("max_pending_handshakes")
         assert len(drops) == 1, [r.getMessage() for r in drops]
 

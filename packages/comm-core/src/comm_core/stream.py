@@ -743,6 +743,35 @@ class StreamComm(Comm):
         self.protocol.abort()
 
 
+#: How long a connection may take to answer a listener's greeting before it may be
+#: dropped for max_pending_handshakes (see StreamAcceptor._make_room).
+_GRACE = 0.25
+#: How many of the oldest pending connections are looked at to find one to drop.
+_SCAN = 32
+
+
+def _progressing(protocol: StreamProtocol) -> bool:
+    """Whether the peer of a pending connection shows signs of completing its handshake:
+    its handshake message waits to be read, or bytes from it wait in the socket."""
+    if protocol.ready:
+        return True
+    transport = protocol.transport
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        import fcntl
+        import termios
+
+        unread = bytearray(4)
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, unread)
+    except (ImportError, OSError, ValueError, AttributeError):
+        return False  # no way to know: treat it as silent
+    return unread != bytearray(4)
+
+
 class StreamAcceptor:
     """What a stream listener does with each connection it accepts.
 
@@ -802,6 +831,9 @@ class StreamAcceptor:
         # the preamble with it: the same for all while their class adds nothing to it
         # (handshake_options).
         self._greeting: tuple[Mapping[str, Any], bytes, bytes] | None = None
+        #: Seconds a connection has to answer the greeting before it may be dropped to
+        #: keep within max_pending_handshakes (at most a quarter of the handshake timeout).
+        self.grace = _GRACE
 
     @property
     def pending(self) -> int:
@@ -846,7 +878,7 @@ class StreamAcceptor:
         if self._sweep is None:
             self._sweep = loop.call_at(deadline, self._expire)
         if len(pending) > self.listener.max_pending_handshakes:
-            self._drop_oldest(loop.time())
+            self._make_room(protocol, loop.time())
         return comm
 
     def greeting(self) -> bytes | None:
@@ -871,30 +903,99 @@ class StreamAcceptor:
         if self._pending.pop(protocol, None) is not None:
             self._handshaking.pop(protocol, None)
 
-    def _drop_oldest(self, now: float) -> None:
-        """Drop the connections accepted first until no more than the limit are pending."""
+    def admit(self, peer: Any = None) -> bool:
+        """Make room for one more connection before it is accepted and greeted.
+
+        For a listener that holds each accepted socket before it makes its comm
+        (comm-tcp's): if ``max_pending_handshakes`` connections are pending, the
+        oldest that may go is dropped (see :meth:`accept`); if none may, the
+        new one should be closed at once, without a greeting, and this returns
+        ``False`` (its dialer sees the connection close during the handshake,
+        and ``connect()`` tries again). *peer* (a socket address) is for the log.
+        """
+        pending = self._pending
+        limit = self.listener.max_pending_handshakes
+        if len(pending) < limit:
+            return True
+        now = asyncio.get_running_loop().time()
+        while len(pending) >= limit:
+            if not self._drop_one(now, None):
+                where = self.listener.listen_address
+                self._refused(format_sockaddr(where.partition("://")[0], peer), limit)
+                return False
+        return True
+
+    def _make_room(self, newest: StreamProtocol, now: float) -> None:
+        """Drop connections until no more than ``max_pending_handshakes`` are pending.
+
+        The oldest go first, but only those that had time to complete their
+        handshake (:attr:`grace`) and show no sign of doing so: nothing unread
+        from the peer, no handshake message waiting. A peer that has been
+        greeted may believe its comm is up as soon as it reads the greeting,
+        so a connection whose answer may still be on its way is kept. If no
+        connection can go, the new one (*newest*, not greeted yet) is refused
+        at once; its dialer sees the connection close during the handshake,
+        and ``connect()`` tries again.
+        """
         pending = self._pending
         limit = self.listener.max_pending_handshakes
         while len(pending) > limit:
-            protocol = next(iter(pending))
-            deadline = pending.pop(protocol)
-            protocol.on_lost = None
-            task = self._handshaking.pop(protocol, None)
-            if task is not None:
-                task.cancel()  # in its handshake (which then logs nothing)
+            if not self._drop_one(now, newest):
+                del pending[newest]
+                newest.on_lost = None
+                self._refused(newest.peer, limit)
+                newest.abort()
+                return
+
+    def _drop_one(self, now: float, newest: StreamProtocol | None) -> bool:
+        """Drop the oldest pending connection that may go; ``False`` if none may."""
+        pending = self._pending
+        timeout = self.listener.handshake_timeout
+        grace = min(self.grace, timeout / 4)
+        victim = None
+        for scanned, (protocol, deadline) in enumerate(pending.items()):
+            if protocol is newest or scanned >= _SCAN:
+                break
+            age = now - (deadline - timeout)
             if protocol.closing or protocol.peer_gone:
-                continue
+                victim = protocol  # gone already: only to forget
+                break
+            if age < grace:
+                break  # it, and every one after it, may still be answering
+            if not _progressing(protocol):
+                victim = protocol
+                break
+        if victim is None:
+            return False
+        del pending[victim]
+        victim.on_lost = None
+        task = self._handshaking.pop(victim, None)
+        if task is not None:
+            task.cancel()  # in its handshake (which then logs nothing)
+        if not (victim.closing or victim.peer_gone):
             self._dropped_oldest.log(
                 logging.WARNING,
                 "%s keeps at most %d connections before their comm handshake is done "
                 "(max_pending_handshakes): dropped the oldest, from %s, %.2fs after it "
                 "connected",
                 self.listener.listen_address,
-                limit,
-                protocol.peer,
-                now - deadline + self.listener.handshake_timeout,
+                self.listener.max_pending_handshakes,
+                victim.peer,
+                age,
             )
-            protocol.abort()
+            victim.abort()
+        return True
+
+    def _refused(self, peer: str, limit: int) -> None:
+        self._dropped_oldest.log(
+            logging.WARNING,
+            "%s keeps at most %d connections before their comm handshake is done "
+            "(max_pending_handshakes), and none of them can go yet: refused a new one "
+            "from %s",
+            self.listener.listen_address,
+            limit,
+            peer,
+        )
 
     def _expire(self) -> None:
         """Drop the connections whose deadline has passed; arm the timer for the next one.

@@ -166,6 +166,9 @@ class TLSListener(TCPListener):
     def _accept_socket(self, conn: socket.socket) -> None:
         protocol = TCPListener._make_protocol(self)  # a comm's, with its preamble deadline
         assert isinstance(protocol, TLSProtocol)
+        if protocol.closing:  # refused at once (max_pending_handshakes)
+            conn.close()
+            return
         pending = _PendingSocket()
         protocol.pending = pending
         protocol.server_side = True
