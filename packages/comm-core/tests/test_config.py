@@ -10,7 +10,7 @@ DEFAULTS = {
     "default_scheme": "tcp",
     "connect_timeout": 30.0,
     "handshake_timeout": 10.0,
-    "max_pending_handshakes": 256,
+    "max_pending_handshakes": 128,
     "retry_delay_min": 0.01,
     "retry_delay_max": 1.0,
     "require_encryption": False,

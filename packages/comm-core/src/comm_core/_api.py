@@ -179,8 +179,8 @@ def listen(
             counted from when the connection is accepted; default: the
             ``handshake_timeout`` setting.
         max_pending_handshakes: most connections kept before their handshake
-            is done; one more drops the oldest first (tcp, tls); default: the
-            ``max_pending_handshakes`` setting.
+            is done; one more drops the oldest silent one first (tcp, tls);
+            default: the ``max_pending_handshakes`` setting.
         require_encryption: refuse backends that do not encrypt.
         connection_args: passed to the backend, which ignores what it does not use.
 

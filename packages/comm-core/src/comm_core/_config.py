@@ -107,9 +107,9 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Seconds a new comm may take to complete the comm handshake, on either side.",
     ),
     Setting(
-        "max_pending_handshakes", "COMM_MAX_PENDING_HANDSHAKES", 256, _parse_count,
+        "max_pending_handshakes", "COMM_MAX_PENDING_HANDSHAKES", 128, _parse_count,
         "Most connections one listener keeps before their handshake is done; past it, the "
-        "oldest is dropped first. Keep it well below the process's descriptor limit.",
+        "oldest silent one is dropped first. Keep it well below the descriptor limit.",
     ),
     Setting(
         "retry_delay_min", "COMM_RETRY_DELAY_MIN", 0.01, _parse_seconds,

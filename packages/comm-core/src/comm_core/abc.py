@@ -368,7 +368,9 @@ class Listener(ABC):
         The ``max_pending_handshakes`` given to :func:`comm_core.listen`, else
         the setting in force when ``listen()`` was called (a listener made
         otherwise reads the setting each time). Stream listeners (tcp, tls)
-        drop the oldest such connection when one more arrives.
+        drop the oldest silent such connection when one more arrives, or
+        refuse the new one if none may go yet (see
+        :class:`comm_core.stream.StreamAcceptor`).
         """
         limit = getattr(self._comm_handler, "max_pending", None)
         if limit is None:

@@ -794,8 +794,12 @@ class StreamAcceptor:
 
     At most :attr:`~comm_core.Listener.max_pending_handshakes` connections
     are kept before their handshake is done: accepting one more drops the
-    oldest first, so that peers that connect and stay silent can neither take
-    every file descriptor nor keep others out for long. :meth:`close`, called
+    oldest that had :attr:`grace` seconds to answer its greeting and shows no
+    sign of doing so, or refuses the new one if none may go (before greeting
+    it, if the listener asks :meth:`admit` first), so that peers that connect
+    and stay silent can neither take every file descriptor nor keep others
+    out for long, and a good client is never cut off once it could believe
+    its comm up. :meth:`close`, called
     from ``Listener.stop()``, drops the comms not done with their handshake and
     refuses those that complete the preamble later.
     """
