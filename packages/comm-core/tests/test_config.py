@@ -10,6 +10,7 @@ DEFAULTS = {
     "default_scheme": "tcp",
     "connect_timeout": 30.0,
     "handshake_timeout": 10.0,
+    "max_pending_handshakes": 128,
     "retry_delay_min": 0.01,
     "retry_delay_max": 1.0,
     "require_encryption": False,
@@ -55,6 +56,8 @@ def test_every_setting_is_documented() -> None:
         ("COMM_MAX_MESSAGE_SIZE", "1.5kib", "max_message_size", 1536),
         ("COMM_MAX_MESSAGE_SIZE", "10_000", "max_message_size", 10_000),
         ("COMM_DISABLE_PLUGIN_AUTOLOAD", "true", "disable_plugin_autoload", True),
+        ("COMM_MAX_PENDING_HANDSHAKES", " 64 ", "max_pending_handshakes", 64),
+        ("COMM_MAX_PENDING_HANDSHAKES", "1_000", "max_pending_handshakes", 1000),
     ],
 )
 def test_environment(
@@ -81,6 +84,9 @@ def test_environment(
         ("COMM_MAX_MESSAGE_SIZE", "MiB", "max_message_size"),
         ("COMM_MAX_MESSAGE_SIZE", "-5", "max_message_size"),
         ("COMM_DISABLE_PLUGIN_AUTOLOAD", "2", "disable_plugin_autoload"),
+        ("COMM_MAX_PENDING_HANDSHAKES", "0", "max_pending_handshakes"),
+        ("COMM_MAX_PENDING_HANDSHAKES", "many", "max_pending_handshakes"),
+        ("COMM_MAX_PENDING_HANDSHAKES", "2.5", "max_pending_handshakes"),
     ],
 )
 def test_bad_environment_value(

@@ -56,6 +56,9 @@ def test_docstring_tree_matches_the_classes() -> None:
         (comm_core.HandshakeTimeoutError, comm_core.HandshakeError),
         (comm_core.IncompatibleProtocolError, comm_core.HandshakeError),
         (comm_core.HandshakeError, comm_core.ProtocolError),
+        (comm_core.HandshakeError, OSError),
+        (comm_core.IncompatibleProtocolError, OSError),
+        (comm_core.HandshakeTimeoutError, OSError),
         (comm_core.MessageTooLargeError, comm_core.ProtocolError),
         (comm_core.AddressError, ValueError),
         (comm_core.UnknownSchemeError, comm_core.AddressError),
@@ -77,6 +80,8 @@ def test_hierarchy(cls: type[BaseException], base: type[BaseException]) -> None:
         (comm_core.BackendError, ValueError),
         (comm_core.CommClosedError, comm_core.ConnectError),
         (comm_core.ConnectError, TimeoutError),
+        (comm_core.HandshakeError, comm_core.ConnectError),  # never retried by connect()
+        (comm_core.MessageTooLargeError, OSError),
     ],
 )
 def test_not_subclass(cls: type[BaseException], base: type[BaseException]) -> None:

@@ -262,3 +262,34 @@ async def test_write_from_another_thread_just_before_the_reader_waits_is_not_los
     assert racing.tests >= 3
     await a.close()
     await b.close()
+
+
+async def test_a_write_racing_close_from_another_thread_keeps_its_word() -> None:
+    """Writes on one thread while another thread closes the comm: each write that returned
+    is read by the peer, none that raised CommClosedError is (at most once, as for
+    stream comms: see Comm.write)."""
+    a, b = InProcComm.pair()
+    returned: list[int] = []
+    closed = threading.Event()
+
+    async def write_until_closed() -> None:
+        for index in range(1_000_000):
+            try:
+                await a.write(index)
+            except CommClosedError:
+                return
+            returned.append(index)
+            if index == 1000:
+                closed.set()  # let the other thread close now, amid the writes
+        raise AssertionError("close() never came")
+
+    with LoopThread() as other:
+        writing = other.submit(write_until_closed())
+        await asyncio.wait_for(asyncio.to_thread(closed.wait, TIMEOUT), TIMEOUT)
+        a.abort()  # from this thread, while the writes go on in the other
+        await asyncio.wait_for(asyncio.wrap_future(writing), TIMEOUT)
+    received = []
+    async for msg in b:
+        received.append(msg)
+    assert received == returned
+    assert len(returned) > 1000

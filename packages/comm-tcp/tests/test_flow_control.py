@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import comm_core
 from comm_core import Comm, CommClosedError
 from comm_core.stream import StreamProtocol
 from comm_core.testing import until
@@ -41,7 +42,9 @@ async def wait_until_blocked(
 @pytest.mark.parametrize("release", ["close", "abort", "peer-abort"])
 async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
     """Writing 1 GiB to a peer that never reads blocks early, with memory bounded; the
-    blocked write then ends with CommClosedError when either side ends the comm."""
+    blocked write then ends with CommClosedError when either side ends the comm. A close()
+    on this side first waits for its flush (which the peer never lets end), as does the
+    blocked write, whose message is whole with the transport: it ends with the abort."""
     msg = {"data": os.urandom(MiB)}
     attempts = 1024  # 1 GiB in all
     async with (
@@ -78,6 +81,10 @@ async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
 
             if release == "close":
                 closing = asyncio.ensure_future(client.close())
+                await until(lambda: protocol.closing, "close() to start")
+                assert not writer.done()
+                # close() would wait for the unread data to flush: abort to end it now.
+                client.abort()
             elif release == "abort":
                 client.abort()
             else:
@@ -87,9 +94,6 @@ async def test_write_blocks_on_a_peer_that_does_not_read(release: str) -> None:
         finally:
             writer.cancel()
         if release == "close":
-            # close() would wait for the unread data to flush: abort to finish it now.
-            assert not closing.done()
-            client.abort()
             await within(closing, "close() after abort()")
         assert progress[0] < attempts
 
@@ -182,3 +186,50 @@ async def test_concurrent_writers_blocked_on_backpressure_all_resume() -> None:
         mine = [m for m in got if m["w"] == w]
         assert [m["i"] for m in mine] == list(range(count))
         assert all(bytes(m["data"]) == payload for m in mine)
+
+
+@pytest.mark.parametrize("size", [48 * 1024, 2 * MiB], ids=["in-body", "out-of-band"])
+async def test_a_write_racing_close_says_whether_its_message_went(size: int) -> None:
+    """close() while a write waits on backpressure: a write that returns has handed its
+    whole message over, and close() delivers it; a write that raises CommClosedError
+    delivered nothing, so the peer never reads that message (at most once)."""
+    go = asyncio.Event()
+    received: list[int] = []
+
+    async def read_later(comm: Comm) -> None:
+        await go.wait()
+        async for msg in comm:
+            received.append(msg["index"])
+
+    async with serving(read_later, read_high_water=MiB) as served:
+        client = await within(
+            comm_core.connect(served.address(), write_high_water=256 * 1024), "connect"
+        )
+        protocol = client.protocol  # type: ignore[attr-defined]
+        index = 0
+        while True:  # write until a write waits for the transport
+            write = asyncio.ensure_future(client.write({"index": index, "data": bytes(size)}))
+            await until(
+                lambda w=write: w.done() or protocol.write_paused,
+                "the write to go or wait",
+            )
+            if not write.done():
+                break
+            await write
+            index += 1
+            assert index < 4096, "no write ever waited"
+        closing = asyncio.ensure_future(client.close())
+        await until(lambda: protocol.closing, "close() to start")
+        go.set()  # the peer reads now: close() can flush
+        outcome = await within(asyncio.gather(write, return_exceptions=True), "the write")
+        await within(closing, "close()")
+        await until(lambda: served.tasks and all(t.done() for t in served.tasks), "the reader")
+    if isinstance(outcome[0], BaseException):
+        assert isinstance(outcome[0], CommClosedError), outcome
+        assert received == list(range(index)), (index, received[-3:])
+    else:
+        assert outcome[0] > size
+        assert received == list(range(index + 1)), (index, received[-3:])
+    if size < 64 * 1024:
+        # One buffer, all of it with the transport before the wait: the write keeps it.
+        assert not isinstance(outcome[0], BaseException), outcome

@@ -136,11 +136,15 @@ async def connect(
     Raises:
         ConnectTimeoutError: the budget ran out; names the address, the time
             spent, the number of attempts, and chains the last failure.
-        HandshakeError: the peer answered but not with a compatible handshake
-            (not retried).
+        HandshakeError: the peer answered but is not a comm endpoint (the
+            message says what it looks like), or its handshake is incompatible
+            or refused (not retried). Like every failure to establish the comm,
+            it is an :class:`OSError`.
         FatalCommClosedError: a failure no retry can fix (not retried).
         AddressError: *addr* is malformed or its scheme is not installed.
         EncryptionRequiredError: encryption is required and the backend lacks it.
+        ValueError: *handshake_overrides* break the limits of a handshake
+            message (see :doc:`protocol`).
     """
     backend, _, loc = _backend_for(addr)
     _check_encryption(backend, addr, require_encryption)
@@ -174,6 +178,7 @@ def listen(
     *,
     handshake_overrides: Mapping[str, Any] | None = None,
     handshake_timeout: float | None = None,
+    max_pending_handshakes: int | None = None,
     require_encryption: bool | None = None,
     **connection_args: Any,
 ) -> Listener:
@@ -193,7 +198,12 @@ def listen(
         handle_comm: called with each new comm.
         deserialize: deserialize custom payloads on read.
         handshake_overrides: entries added to what this side announces.
-        handshake_timeout: seconds a new peer may take to complete the handshake.
+        handshake_timeout: seconds a new peer may take to complete the handshake,
+            counted from when the connection is accepted; default: the
+            ``handshake_timeout`` setting.
+        max_pending_handshakes: most connections kept before their handshake
+            is done; one more drops the oldest silent one first (tcp, tls);
+            default: the ``max_pending_handshakes`` setting.
         require_encryption: refuse backends that do not encrypt.
         connection_args: passed to the backend, which ignores what it does not use.
 
@@ -201,6 +211,8 @@ def listen(
         AddressError: *addr* is malformed or its scheme is not installed.
         EncryptionRequiredError: encryption is required and the backend lacks it.
         TypeError: *handle_comm* is not callable.
+        ValueError: *handshake_overrides* break the limits of a handshake
+            message (see :doc:`protocol`), or *max_pending_handshakes* is below 1.
     """
     if not callable(handle_comm):
         raise TypeError(f"handle_comm must be callable, got {type(handle_comm).__name__}")
@@ -208,7 +220,11 @@ def listen(
     _check_encryption(backend, addr, require_encryption)
     from comm_core._handshake import ServerHandshake  # asyncio, on the first listen()
 
-    handler = ServerHandshake(addr, handle_comm, handshake_overrides, handshake_timeout)
+    if max_pending_handshakes is not None and max_pending_handshakes < 1:
+        raise ValueError(f"max_pending_handshakes must be at least 1, got {max_pending_handshakes}")
+    handler = ServerHandshake(
+        addr, handle_comm, handshake_overrides, handshake_timeout, max_pending_handshakes
+    )
     listener = backend.get_listener(loc, handler, deserialize, **connection_args)
     listener._comm_handler = handler
     handler.listener = listener

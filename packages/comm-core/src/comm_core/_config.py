@@ -30,6 +30,17 @@ def _parse_seconds(text: str) -> float:
     return value
 
 
+def _parse_count(text: str) -> int:
+    """a whole number > 0 (``128``)"""
+    try:
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        raise ValueError(f"expected a positive whole number, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _parse_size(text: str) -> int:
     """Parse ``"64MiB"``, ``"1 GB"``, ``"1048576"`` into a number of bytes."""
     units = {
@@ -108,6 +119,11 @@ SETTINGS: Mapping[str, Setting] = _settings(
     Setting(
         "handshake_timeout", "COMM_HANDSHAKE_TIMEOUT", 10.0, _parse_seconds,
         "Seconds a new comm may take to complete the comm handshake, on either side.",
+    ),
+    Setting(
+        "max_pending_handshakes", "COMM_MAX_PENDING_HANDSHAKES", 128, _parse_count,
+        "Most connections one listener keeps before their handshake is done; past it, the "
+        "oldest silent one is dropped first. Keep it well below the descriptor limit.",
     ),
     Setting(
         "retry_delay_min", "COMM_RETRY_DELAY_MIN", 0.01, _parse_seconds,

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from comm_core._compat import timeout_after
 from comm_core._config import get_setting
+from comm_core._ratelimit import LogLimiter
+from comm_core._text import peer_text
 from comm_core._version import PROTOCOL_VERSION, __version__
 from comm_core.abc import Comm, Connector, Listener
 from comm_core.exceptions import (
@@ -27,17 +29,99 @@ from comm_core.exceptions import (
     HandshakeTimeoutError,
     IncompatibleProtocolError,
     ProtocolError,
+    SerializationError,
 )
 
 if TYPE_CHECKING:
     from comm_core._api import UserHandler
 
-__all__ = ["ServerHandshake", "connect_until", "handshake"]
+__all__ = ["ServerHandshake", "check_handshake", "connect_until", "handshake"]
 
 logger = logging.getLogger("comm_core")
 
 
 # -- the handshake ---------------------------------------------------------------------
+
+#: What a handshake message may hold (docs/protocol.rst, "The handshake message"): at
+#: most this many entries, ...
+HANDSHAKE_MAX_ENTRIES = 64
+#: ... each with a str key of at most this many characters, ...
+HANDSHAKE_MAX_KEY = 128
+#: ... and a value that is None, a bool, an int, a float, a str of at most this many
+#: characters or bytes of at most this many bytes, ...
+HANDSHAKE_MAX_TEXT = 1024
+#: ... or a list or tuple of at most this many such scalars (not nested); ...
+HANDSHAKE_MAX_ITEMS = 64
+#: ... and at most this many values in all, counting the items of lists and tuples.
+HANDSHAKE_MAX_VALUES = 256
+
+_SCALARS = (bool, int, float, str, bytes, type(None))
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if not isinstance(value, _SCALARS):
+        return f"a value of type {type(value).__name__}"
+    if isinstance(value, (str, bytes)) and len(value) > HANDSHAKE_MAX_TEXT:
+        unit = "characters" if isinstance(value, str) else "bytes"
+        return f"a {type(value).__name__} of {len(value)} {unit}"
+    return None
+
+
+def check_handshake(info: Mapping[Any, Any]) -> str | None:
+    """What makes *info* unacceptable as a handshake message, or ``None`` if nothing does.
+
+    The limits (``HANDSHAKE_MAX_*``) keep what a peer may make a listener hold
+    for a comm's life small: a few kilobytes, whatever the peer sends. The
+    description quotes what it names with :func:`~comm_core._text.peer_text`.
+    """
+    if len(info) > HANDSHAKE_MAX_ENTRIES:
+        return f"it has {len(info)} entries, more than {HANDSHAKE_MAX_ENTRIES}"
+    values = 0
+    for key, value in info.items():
+        if not isinstance(key, str):
+            return f"it has a key of type {type(key).__name__}, {peer_text(key, 40)}; keys are str"
+        if len(key) > HANDSHAKE_MAX_KEY:
+            return f"it has a key of {len(key)} characters, more than {HANDSHAKE_MAX_KEY}"
+        where = f"entry {peer_text(key, 60)}"
+        if isinstance(value, (list, tuple)):
+            if len(value) > HANDSHAKE_MAX_ITEMS:
+                return (
+                    f"{where} is a {type(value).__name__} of {len(value)} items, more than "
+                    f"{HANDSHAKE_MAX_ITEMS}"
+                )
+            values += len(value)
+            for item in value:
+                problem = _scalar_problem(item)
+                if problem is not None:
+                    return f"{where} holds {problem}"
+        else:
+            values += 1
+            problem = _scalar_problem(value)
+            if problem is not None:
+                return f"{where} is {problem}"
+        if values > HANDSHAKE_MAX_VALUES:
+            return f"it holds more than {HANDSHAKE_MAX_VALUES} values"
+    return None
+
+
+def check_overrides(overrides: Mapping[str, Any] | None) -> None:
+    """Refuse *overrides* (``handshake_overrides``) that a peer would refuse.
+
+    Raises:
+        ValueError: naming what breaks the limits of a handshake message.
+    """
+    if not overrides:
+        return
+    problem = check_handshake(overrides)
+    if problem is None and len(overrides) + 3 > HANDSHAKE_MAX_ENTRIES:  # with comm-core's own
+        problem = f"it has {len(overrides)} entries, more than {HANDSHAKE_MAX_ENTRIES - 3}"
+    if problem is not None:
+        raise ValueError(
+            f"handshake_overrides cannot be sent: {problem}; a handshake holds at most "
+            f"{HANDSHAKE_MAX_ENTRIES} entries with str keys, each None, a bool, an int, a "
+            f"float, a str or bytes of at most {HANDSHAKE_MAX_TEXT}, or a list or tuple of "
+            f"at most {HANDSHAKE_MAX_ITEMS} of those"
+        )
 
 
 def _local_info(comm: Comm, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -49,48 +133,92 @@ def _local_info(comm: Comm, overrides: Mapping[str, Any] | None) -> dict[str, An
     return info
 
 
+#: Longest text of an error of the peer's making that a handshake error quotes.
+_QUOTED = 400
+
+
 async def handshake(
-    comm: Comm, overrides: Mapping[str, Any] | None, timeout: float, who: str | Callable[[], str]
+    comm: Comm,
+    overrides: Mapping[str, Any] | None,
+    timeout: float,
+    who: str | Callable[[], str],
+    *,
+    limit: float | None = None,
 ) -> None:
     """Send our info and read the peer's; abort *comm* on any failure.
 
     A listener's stream comms sent their info with the preamble already
     (:meth:`ServerHandshake.greeting`); they only read, and if the peer's
     message has arrived already, no timer is needed for it. *who* (or what it
-    returns) names the two ends in error messages.
+    returns) names the two ends in error messages. *timeout* is the time left
+    (it may be 0); *limit*, the whole time allowed, which a timeout's message
+    names (default: *timeout*).
+
+    Raises:
+        HandshakeTimeoutError: the peer's handshake did not arrive in time.
+        IncompatibleProtocolError: the peer speaks another protocol version.
+        HandshakeError: the peer is not a comm endpoint (the message says what
+            it looks like), or its handshake is malformed, too large, holds a
+            value this side cannot decode, or breaks the limits of
+            :func:`check_handshake`.
+        CommClosedError: the connection closed first.
     """
     sent = comm._handshake_sent
     local = _local_info(comm, overrides) if sent is None else sent
     try:
         if sent is not None and comm._message_waiting():
-            peer = await comm.read()
+            peer = await _read_handshake(comm, who)
         else:
-            async with timeout_after(timeout):
+            async with timeout_after(max(timeout, 0.0)):
                 if sent is None:
                     await comm._send_handshake(local)
-                peer = await comm.read()
+                peer = await _read_handshake(comm, who)
     except TimeoutError as exc:
         comm.abort()
         raise HandshakeTimeoutError(
-            f"{_name(who)}: the peer did not complete the comm handshake within {timeout:g}s"
+            f"{_name(who)}: the peer did not complete the comm handshake within "
+            f"{timeout if limit is None else limit:g}s"
         ) from exc
     except BaseException:
         comm.abort()
         raise
-    if not isinstance(peer, dict) or not isinstance(peer.get("protocol"), int):
+    if not isinstance(peer, dict) or type(peer.get("protocol")) is not int:
         comm.abort()
         raise HandshakeError(
-            f"{_name(who)}: the peer sent {type(peer).__name__} {peer!r:.80} instead of a "
-            "comm handshake; is a comm endpoint listening there?"
+            f"{_name(who)}: the peer sent {type(peer).__name__} {peer_text(peer, 80)} instead "
+            "of a comm handshake; is a comm endpoint listening there?"
         )
     if peer["protocol"] != PROTOCOL_VERSION:
         comm.abort()
+        library = peer_text(peer.get("library", "?"), 60, bare=True)
+        version = peer_text(peer.get("version", "?"), 60, bare=True)
         raise IncompatibleProtocolError(
-            f"{_name(who)}: the peer speaks comm protocol {peer['protocol']} "
-            f"({peer.get('library', '?')} {peer.get('version', '?')}), this side speaks "
-            f"protocol {PROTOCOL_VERSION} (comm-core {__version__})"
+            f"{_name(who)}: the peer speaks comm protocol {peer_text(peer['protocol'], 30)} "
+            f"({library} {version}), this side speaks protocol {PROTOCOL_VERSION} "
+            f"(comm-core {__version__})"
         )
+    problem = check_handshake(peer)
+    if problem is not None:
+        comm.abort()
+        raise HandshakeError(f"{_name(who)}: refused the peer's comm handshake: {problem}")
     comm._set_handshake(local, peer)
+
+
+async def _read_handshake(comm: Comm, who: str | Callable[[], str]) -> Any:
+    """The peer's handshake message; what goes wrong reading it is a HandshakeError."""
+    try:
+        return await comm.read()
+    except HandshakeError:
+        raise
+    except ProtocolError as exc:
+        # Not a comm endpoint (its first bytes say what it is instead), or a malformed or
+        # oversized first message: the text says it all.
+        raise HandshakeError(peer_text(str(exc), _QUOTED, bare=True)) from exc
+    except SerializationError as exc:  # a custom value of a family not accepted here
+        raise HandshakeError(
+            f"{_name(who)}: the peer's handshake holds a value this side cannot decode: "
+            f"{peer_text(str(exc), _QUOTED, bare=True)}"
+        ) from exc
 
 
 def _name(who: str | Callable[[], str]) -> str:
@@ -115,6 +243,7 @@ async def connect_until(
     The body of :func:`comm_core.connect`, which has checked the address and the
     arguments; see there for what it raises.
     """
+    check_overrides(handshake_overrides)
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + budget
@@ -126,7 +255,7 @@ async def connect_until(
         try:
             async with timeout_after(max(deadline - loop.time(), 0.0)):
                 comm = await connector.connect(loc, deserialize=deserialize, **connection_args)
-        except FatalCommClosedError:
+        except (FatalCommClosedError, HandshakeError):  # an OSError, but final
             raise
         except (ConnectError, CommClosedError, TimeoutError, asyncio.TimeoutError) as exc:
             # An attempt cut short by the budget says less than the failure before it.
@@ -183,6 +312,15 @@ class ServerHandshake:
     Runs the handshake under its timeout, then the user's handler; logs and
     closes the comm if the handler fails. Tracks comms still in their handshake
     so that :meth:`Listener.stop` can abort them.
+
+    A listener that tracks its connections from the moment it accepts them
+    (:class:`comm_core.stream.StreamAcceptor`) calls :meth:`serve` instead,
+    with the deadline that started then: the preamble, the handshake (and
+    whatever the transport runs before them, such as TLS's handshake) share
+    one ``handshake_timeout``.
+
+    Raises:
+        ValueError: *overrides* break the limits of a handshake message.
     """
 
     def __init__(
@@ -191,14 +329,23 @@ class ServerHandshake:
         handler: UserHandler,
         overrides: Mapping[str, Any] | None,
         timeout: float | None,
+        max_pending: int | None = None,
     ) -> None:
+        check_overrides(overrides)
         self.address = address
         self.handler = handler
         self.overrides = overrides
         #: The handshake timeout of every comm accepted; the setting is read once, here.
         self.timeout = float(get_setting("handshake_timeout") if timeout is None else timeout)
+        #: Most comms the listener keeps in their handshake at once; the setting is read
+        #: once, here. (The listener enforces it: see StreamAcceptor.)
+        self.max_pending = int(
+            get_setting("max_pending_handshakes") if max_pending is None else max_pending
+        )
         self.listener: Listener | None = None
         self._pending: set[Comm] = set()
+        self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")
+        self._stopping = False
 
     @property
     def where(self) -> str:
@@ -218,20 +365,50 @@ class ServerHandshake:
         return _local_info(comm, self.overrides)
 
     def abort_pending(self) -> None:
+        self._stopping = True  # those aborted now did not fail: nothing to log about them
         pending, self._pending = self._pending, set()
         for comm in pending:
             comm.abort()
 
     async def __call__(self, comm: Comm) -> None:
+        await self.serve(comm)
+
+    async def serve(
+        self,
+        comm: Comm,
+        deadline: float | None = None,
+        handshake_over: Callable[[Comm], None] | None = None,
+    ) -> None:
+        """Run the handshake of *comm*, then the user's handler.
+
+        Args:
+            deadline: the event loop time by which the handshake must be done;
+                default: :attr:`timeout` from now.
+            handshake_over: called with *comm* once its handshake is over
+                (done or failed), before the user's handler runs.
+        """
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + self.timeout
         self._pending.add(comm)
         try:
-            await handshake(comm, self.overrides, self.timeout, lambda: self._who(comm))
+            await handshake(
+                comm,
+                self.overrides,
+                deadline - loop.time(),
+                lambda: self._who(comm),
+                limit=self.timeout,
+            )
         except (ProtocolError, CommClosedError) as exc:
+            if self._stopping and isinstance(exc, CommClosedError):
+                return  # the listener stopped: it aborted the comm
             level = logging.WARNING if isinstance(exc, IncompatibleProtocolError) else logging.INFO
-            logger.log(level, "dropped a comm that failed its handshake: %s", exc)
+            self._dropped.log(level, "dropped a comm that failed its handshake: %s", exc)
             return
         finally:
             self._pending.discard(comm)
+            if handshake_over is not None:
+                handshake_over(comm)
         try:
             result = self.handler(comm)
             if inspect.isawaitable(result):

@@ -140,6 +140,20 @@ class Comm(ABC):
         Transports that do not serialize (inproc) return 0. ``write`` may wait
         while too much data is queued for the peer (backpressure).
 
+        What the outcome says about delivery (each message is delivered at most
+        once; comm never sends one twice):
+
+        * A write that **returns** handed the whole message to the transport.
+          The peer reads it unless the connection breaks first or this side
+          aborts; ``close()``, even one called while the write waited, sends
+          it before closing.
+        * A write that **raises** :class:`CommClosedError` did not deliver its
+          message: the peer never reads it, so sending it again on a new comm
+          cannot duplicate it. (A stream comm whose connection ends while a
+          write waits with the message still queued raises for that reason.)
+
+        Only a reply from the peer proves that a message arrived.
+
         Args:
             msg: the message.
             serializers: the serializer families allowed for custom types.
@@ -149,7 +163,8 @@ class Comm(ABC):
                 in that value's place.
 
         Raises:
-            CommClosedError: the comm is closed, or closed during the write.
+            CommClosedError: the comm is closed, or closed during the write
+                before the message could leave; the peer never reads it.
             SerializationError: with ``on_error="raise"``, a value could not be
                 serialized; nothing was sent.
             MessageTooLargeError: the message exceeds the size limit; nothing
@@ -158,7 +173,12 @@ class Comm(ABC):
 
     @abstractmethod
     async def close(self) -> None:
-        """Flush what was written, then close. Idempotent; never raises."""
+        """Flush what was written, then close. Idempotent; never raises.
+
+        Messages whose ``write()`` returned, or is waiting with the whole
+        message handed over, are sent before the connection closes (within a
+        transport's close timeout, on a peer that does not read).
+        """
 
     @abstractmethod
     def abort(self) -> None:
@@ -331,13 +351,31 @@ class Listener(ABC):
 
         The ``handshake_timeout`` given to :func:`comm_core.listen`, else the
         ``handshake_timeout`` setting in force when ``listen()`` was called (a
-        listener made otherwise reads the setting each time). Listeners give a
-        peer that has not even started (no preamble yet) the same time.
+        listener made otherwise reads the setting each time). Stream listeners
+        (tcp, tls) count it from the moment they accept a connection: the
+        preamble, the comm handshake and whatever the transport runs first
+        (TLS's handshake) must all be done by then, not each in its own time.
         """
         timeout = getattr(self._comm_handler, "timeout", None)
         if timeout is None:
             timeout = get_setting("handshake_timeout")
         return float(timeout)
+
+    @property
+    def max_pending_handshakes(self) -> int:
+        """Most connections this listener keeps before their comm handshake is done.
+
+        The ``max_pending_handshakes`` given to :func:`comm_core.listen`, else
+        the setting in force when ``listen()`` was called (a listener made
+        otherwise reads the setting each time). Stream listeners (tcp, tls)
+        drop the oldest silent such connection when one more arrives, or
+        refuse the new one if none may go yet (see
+        :class:`comm_core.stream.StreamAcceptor`).
+        """
+        limit = getattr(self._comm_handler, "max_pending", None)
+        if limit is None:
+            limit = get_setting("max_pending_handshakes")
+        return int(limit)
 
     @property
     @abstractmethod

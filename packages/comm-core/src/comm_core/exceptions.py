@@ -12,7 +12,7 @@ clauses keep working::
     │   └── ConnectTimeoutError (+ TimeoutError)
     ├── ProtocolError                         the peer sent something that breaks the protocol
     │   ├── MessageTooLargeError              a message above ``max_message_size``
-    │   └── HandshakeError                    the comm handshake failed
+    │   └── HandshakeError (+ OSError)        the comm handshake failed, or met no comm endpoint
     │       ├── HandshakeTimeoutError (+ TimeoutError)
     │       └── IncompatibleProtocolError     the peer speaks another protocol version
     ├── SerializationError                    a value could not be (de)serialized
@@ -31,6 +31,14 @@ Retries: :func:`comm_core.connect` retries :class:`ConnectError` and plain
 :class:`CommClosedError` until its time budget is spent. It never retries
 :class:`FatalCommClosedError`, :class:`AddressError`, :class:`BackendError`
 or :class:`HandshakeError`.
+
+Every failure of :func:`comm_core.connect` to establish a comm is an
+:class:`OSError`: :class:`ConnectTimeoutError` once its budget is spent,
+:class:`FatalCommClosedError` for a failure no retry fixes, and
+:class:`HandshakeError` when the peer is not a comm endpoint or its handshake
+is refused. What it raises for the caller's own mistakes (:class:`AddressError`,
+:class:`BackendError`, :class:`EncryptionRequiredError`, :class:`ValueError`
+for unusable ``handshake_overrides``) is not.
 """
 
 from __future__ import annotations
@@ -128,8 +136,15 @@ class SerializationError(CommError):
     """
 
 
-class HandshakeError(ProtocolError):
-    """The comm handshake that follows every new connection failed."""
+class HandshakeError(ProtocolError, OSError):
+    """The comm handshake that follows every new connection failed.
+
+    Raised by :func:`comm_core.connect` (never retried) when the peer is not a
+    comm endpoint (the message says what it looks like instead: TLS, HTTP,
+    ...), or its handshake is malformed, too large, or holds values this side
+    refuses; a listener drops such a peer with a log line. It is an
+    :class:`OSError`, as every failure of ``connect()`` to establish a comm is.
+    """
 
 
 class HandshakeTimeoutError(HandshakeError, TimeoutError):

@@ -22,11 +22,12 @@ import logging
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, cast
 
 from comm_core._addressing import unparse_address
 from comm_core._config import get_setting
+from comm_core._ratelimit import LogLimiter
 from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, CommError, ProtocolError
 from comm_core.protocol import (
@@ -83,6 +84,13 @@ class StreamProtocol(asyncio.BufferedProtocol):
     #: ``max_write_chunk`` slices handed over at once, and the small messages written
     #: in one loop iteration in one ``writelines()`` call.
     zero_copy_writes: bool | None = None
+    #: For a comm a listener accepted: the event loop time by which everything before
+    #: its user's handler (a transport's own handshake, such as TLS's, the preamble and
+    #: the comm handshake) must be done. Set by :class:`StreamAcceptor`.
+    deadline: float | None = None
+    #: Called with the protocol when its connection is lost, once; set by
+    #: :class:`StreamAcceptor` until the comm is done with its handshake.
+    on_lost: Callable[[StreamProtocol], None] | None = None
 
     def __init__(
         self,
@@ -148,6 +156,9 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.transport = cast("asyncio.Transport", transport)
         self.loop = asyncio.get_running_loop()
         self.lost = self.loop.create_future()
+        if self.closing:  # aborted before its transport came (a listener dropped it)
+            self.transport.abort()
+            return
         self.local = format_sockaddr(self.scheme, transport.get_extra_info("sockname"))
         self.peer = format_sockaddr(self.scheme, transport.get_extra_info("peername"))
         self.decoder.peer = self.peer
@@ -243,6 +254,10 @@ class StreamProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_gone = True
         self._pending_comm = None
+        on_lost = self.on_lost
+        if on_lost is not None:
+            self.on_lost = None
+            on_lost(self)
         self.decoder.detach()  # it holds self.on_message: a cycle
         if exc is not None and self.error is None and not self.closing:
             self.error = exc
@@ -354,19 +369,28 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.out = []
         self.out_size = 0
 
-    async def drain(self) -> None:
-        """Wait while the transport holds more than its high-water mark."""
+    async def drain(self, whole: bool = False) -> None:
+        """Wait while the transport holds more than its high-water mark.
+
+        Raises :class:`CommClosedError` once the connection is gone (what was
+        still queued is lost with it), or at once if this side closes while
+        the message being written is not *whole* with the transport (its rest
+        will never be sent). A *whole* one waits on while ``close()`` flushes,
+        so that what ``write()`` says holds (see ``Comm.write``): a write that
+        raises did not deliver its message; one that returns handed all of it
+        to the transport.
+        """
         if self.flush_handle is not None:
             self.flush_handle.cancel()
             self.flush()
         while self.write_paused:
-            if self.closing or self.peer_gone:
+            if self.peer_gone or (self.closing and not whole):
                 raise self.closed_error() from self.error
             assert self.loop is not None
             waiter = self.loop.create_future()
             self.drain_waiters.append(waiter)
             await waiter
-        if self.peer_gone and not self.closing:
+        if self.peer_gone and not self.closing and not whole:
             raise self.closed_error() from self.error
 
     async def write_buffers(self, buffers: list[Any]) -> None:
@@ -383,8 +407,9 @@ class StreamProtocol(asyncio.BufferedProtocol):
             self.flush_handle.cancel()
         cap = self.max_write_chunk
         self.piecewise = self.loop.create_future()
+        last = len(buffers) - 1
         try:
-            for buf in buffers:
+            for index, buf in enumerate(buffers):
                 size = memoryview(buf).nbytes
                 if size < _LARGE:
                     self.out.append(buf)
@@ -401,17 +426,17 @@ class StreamProtocol(asyncio.BufferedProtocol):
                         for offset in range(0, size, cap):
                             transport.write(view[offset : offset + cap])
                     if self.write_paused:
-                        await self.drain()
+                        await self.drain(whole=index == last)
                     continue
                 step = _SLICE if cap is None else min(cap, _SLICE)
-                await self._write_sliced(transport, memoryview(buf), step)
+                await self._write_sliced(transport, memoryview(buf), step, index == last)
             self.flush()
         finally:
             piecewise, self.piecewise = self.piecewise, None
             piecewise.set_result(None)
 
     async def _write_sliced(
-        self, transport: asyncio.Transport, view: memoryview, step: int
+        self, transport: asyncio.Transport, view: memoryview, step: int, last: bool
     ) -> None:
         """Write a large buffer through a transport that copies what it cannot send at once.
 
@@ -420,7 +445,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
         encrypt into buffers of their own. So slices go out one at a time, each
         once the transport's buffer is empty: the kernel takes most of each
         straight from *view* (or from the TLS layer's buffer), only a slice's
-        remainder is copied, and the buffers in between stay small.
+        remainder is copied, and the buffers in between stay small. *last*: this
+        is the message's last buffer (so its last slice completes the message).
         """
         high = self.write_high_water
         transport.set_write_buffer_limits(high=1)  # pause until the buffer is empty
@@ -429,7 +455,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
             for offset in range(0, size, step):
                 transport.write(view[offset : offset + step])
                 if self.write_paused:
-                    await self.drain()
+                    await self.drain(whole=last and offset + step >= size)
         finally:
             if not transport.is_closing():
                 transport.set_write_buffer_limits(high=high)
@@ -671,7 +697,9 @@ class StreamComm(Comm):
             else:
                 await p.write_buffers(buffers)
             if p.write_paused:
-                await p.drain()
+                # The whole message is with the transport: if the comm closes while this
+                # waits, the write is still done (close() sends it).
+                await p.drain(whole=True)
         except asyncio.CancelledError:
             self.abort()
             raise
@@ -715,6 +743,35 @@ class StreamComm(Comm):
         self.protocol.abort()
 
 
+#: How long a connection may take to answer a listener's greeting before it may be
+#: dropped for max_pending_handshakes (see StreamAcceptor._make_room).
+_GRACE = 0.25
+#: How many of the oldest pending connections are looked at to find one to drop.
+_SCAN = 32
+
+
+def _progressing(protocol: StreamProtocol) -> bool:
+    """Whether the peer of a pending connection shows signs of completing its handshake:
+    its handshake message waits to be read, or bytes from it wait in the socket."""
+    if protocol.ready:
+        return True
+    transport = protocol.transport
+    if transport is None:
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        import fcntl
+        import termios
+
+        unread = bytearray(4)
+        fcntl.ioctl(sock.fileno(), termios.FIONREAD, unread)
+    except (ImportError, OSError, ValueError, AttributeError):
+        return False  # no way to know: treat it as silent
+    return unread != bytearray(4)
+
+
 class StreamAcceptor:
     """What a stream listener does with each connection it accepts.
 
@@ -727,43 +784,82 @@ class StreamAcceptor:
             comm = StreamComm(scheme="unix", on_established=self.acceptor.established)
             return self.acceptor.accept(comm).protocol
 
-    A peer that sends no comm preamble within the listener's
-    :attr:`~comm_core.Listener.handshake_timeout` is dropped, with a log line
-    naming it. Once the preamble arrives, the listener's ``handle_comm`` runs
-    in a task of its own (the acceptor keeps it referenced). :meth:`close`,
-    called from ``Listener.stop()``, drops the comms still waiting for their
-    preamble and refuses those that complete it later.
+    Each connection has :attr:`~comm_core.Listener.handshake_timeout` from the
+    moment it is accepted to send the comm preamble and complete the comm
+    handshake, both together (and whatever the transport runs first, such as
+    TLS's handshake: :attr:`StreamProtocol.deadline` says until when). One
+    that sends no preamble in time is dropped, with a log line naming it.
+    Once the preamble arrives, the listener's ``handle_comm`` runs in a task
+    of its own (the acceptor keeps it referenced).
+
+    At most :attr:`~comm_core.Listener.max_pending_handshakes` connections
+    are kept before their handshake is done: accepting one more drops the
+    oldest that had :attr:`grace` seconds to answer its greeting and shows no
+    sign of doing so, or refuses the new one if none may go (before greeting
+    it, if the listener asks :meth:`admit` first), so that peers that connect
+    and stay silent can neither take every file descriptor nor keep others
+    out for long, and a good client is never cut off once it could believe
+    its comm up. :meth:`close`, called
+    from ``Listener.stop()``, drops the comms not done with their handshake and
+    refuses those that complete the preamble later.
     """
 
     def __init__(self, listener: Listener, handle_comm: CommHandler) -> None:
         self.listener = listener
         self.handle_comm = handle_comm
         self.closed = False
-        # The comms still waiting for their preamble, with their deadlines (loop time),
-        # in the order they came. One timer serves them all: it fires at the first
-        # deadline and is armed again for the next (a timer per connection would be
-        # made and cancelled again for almost every connection).
-        self._waiting: dict[StreamComm, float] = {}
+        # The protocol of every comm accepted and not yet done with its handshake, with its
+        # deadline (loop time), oldest first. (The protocols, not the comms: a protocol
+        # does not keep its comm alive.) One timer serves them all: it fires at the first
+        # deadline and is armed again for the next (a timer per connection would be made
+        # and cancelled again for almost every connection).
+        self._pending: dict[StreamProtocol, float] = {}
+        # Those of them past their preamble, in the handshake run by handle_comm's serve().
+        self._handshaking: dict[StreamProtocol, asyncio.Task[None]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # handle_comm's serve(comm, deadline, handshake_over), if it runs the comm
+        # handshake (comm_core.listen()'s handler does): the comm stays pending until
+        # that is over. Another handler's comm is done once its preamble came.
+        serve = getattr(handle_comm, "serve", None)
+        self._serve: Callable[..., Coroutine[Any, Any, None]] | None = (
+            serve if callable(serve) else None
+        )
+        self._dropped_silent = LogLimiter(
+            logger, "connections dropped for sending no comm preamble in time"
+        )
+        self._dropped_oldest = LogLimiter(
+            logger, "connections dropped to keep within max_pending_handshakes", burst=1
+        )
         # The handshake message every comm of this listener sends, its encoding, and
         # the preamble with it: the same for all while their class adds nothing to it
         # (handshake_options).
         self._greeting: tuple[Mapping[str, Any], bytes, bytes] | None = None
+        #: Seconds a connection has to answer the greeting before it may be dropped to
+        #: keep within max_pending_handshakes (at most a quarter of the handshake timeout).
+        self.grace = _GRACE
+
+    @property
+    def pending(self) -> int:
+        """How many connections are accepted and not yet done with their handshake."""
+        return len(self._pending)
 
     def accept(self, comm: StreamComm) -> StreamComm:
-        """Start *comm*'s deadline for the preamble; return *comm*.
+        """Start *comm*'s deadline for the preamble and handshake; return *comm*.
 
         If the listener was made by :func:`comm_core.listen`, *comm*'s
         handshake message is encoded here and sent with the preamble as soon
         as the connection is made, without waiting for the peer's (as the
-        protocol allows); the peer then has it one round trip sooner.
+        protocol allows); the peer then has it one round trip sooner. If more
+        than ``max_pending_handshakes`` connections are then not done with
+        their handshake, the oldest of them is dropped.
         """
         cached = self._greeting
         # The same for every comm unless the comm's class adds to it.
         shared = type(comm).handshake_options is Comm.handshake_options
+        protocol = comm.protocol
         if cached is not None and shared:
-            comm.protocol.greeting = cached[1]
+            protocol.greeting = cached[1]
             comm._handshake_sent = dict(cached[0])
         else:
             greet = getattr(self.handle_comm, "greeting", None)
@@ -774,15 +870,19 @@ class StreamAcceptor:
                 except CommError:
                     pass  # unsendable handshake overrides: the handshake reports it
                 else:
-                    greeting = comm.protocol.greeting = b"".join(buffers)
+                    greeting = protocol.greeting = b"".join(buffers)
                     comm._handshake_sent = info
                     if shared:
                         self._greeting = (dict(info), greeting, PREAMBLE + greeting)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.listener.handshake_timeout
-        self._waiting[comm] = deadline
+        deadline = protocol.deadline = loop.time() + self.listener.handshake_timeout
+        protocol.on_lost = self.discard
+        pending = self._pending
+        pending[protocol] = deadline
         if self._sweep is None:
             self._sweep = loop.call_at(deadline, self._expire)
+        if len(pending) > self.listener.max_pending_handshakes:
+            self._make_room(protocol, loop.time())
         return comm
 
     def greeting(self) -> bytes | None:
@@ -796,49 +896,181 @@ class StreamAcceptor:
         cached = self._greeting
         return None if cached is None else cached[2]
 
+    def discard(self, protocol: StreamProtocol) -> None:
+        """Forget the connection of *protocol*, which ended before its handshake was done.
+
+        Called when the connection is lost (:attr:`StreamProtocol.on_lost`); a
+        listener that runs a handshake of its own on the connection first
+        (comm-tls) calls it when that fails.
+        """
+        protocol.on_lost = None
+        if self._pending.pop(protocol, None) is not None:
+            self._handshaking.pop(protocol, None)
+
+    def admit(self, peer: Any = None) -> bool:
+        """Make room for one more connection before it is accepted and greeted.
+
+        For a listener that holds each accepted socket before it makes its comm
+        (comm-tcp's): if ``max_pending_handshakes`` connections are pending, the
+        oldest that may go is dropped (see :meth:`accept`); if none may, the
+        new one should be closed at once, without a greeting, and this returns
+        ``False`` (its dialer sees the connection close during the handshake,
+        and ``connect()`` tries again). *peer* (a socket address) is for the log.
+        """
+        pending = self._pending
+        limit = self.listener.max_pending_handshakes
+        if len(pending) < limit:
+            return True
+        now = asyncio.get_running_loop().time()
+        while len(pending) >= limit:
+            if not self._drop_one(now, None):
+                where = self.listener.listen_address
+                self._refused(format_sockaddr(where.partition("://")[0], peer), limit)
+                return False
+        return True
+
+    def _make_room(self, newest: StreamProtocol, now: float) -> None:
+        """Drop connections until no more than ``max_pending_handshakes`` are pending.
+
+        The oldest go first, but only those that had time to complete their
+        handshake (:attr:`grace`) and show no sign of doing so: nothing unread
+        from the peer, no handshake message waiting. A peer that has been
+        greeted may believe its comm is up as soon as it reads the greeting,
+        so a connection whose answer may still be on its way is kept. If no
+        connection can go, the new one (*newest*, not greeted yet) is refused
+        at once; its dialer sees the connection close during the handshake,
+        and ``connect()`` tries again.
+        """
+        pending = self._pending
+        limit = self.listener.max_pending_handshakes
+        while len(pending) > limit:
+            if not self._drop_one(now, newest):
+                del pending[newest]
+                newest.on_lost = None
+                self._refused(newest.peer, limit)
+                newest.abort()
+                return
+
+    def _drop_one(self, now: float, newest: StreamProtocol | None) -> bool:
+        """Drop the oldest pending connection that may go; ``False`` if none may."""
+        pending = self._pending
+        timeout = self.listener.handshake_timeout
+        grace = min(self.grace, timeout / 4)
+        victim = None
+        for scanned, (protocol, deadline) in enumerate(pending.items()):
+            if protocol is newest or scanned >= _SCAN:
+                break
+            age = now - (deadline - timeout)
+            if protocol.closing or protocol.peer_gone:
+                victim = protocol  # gone already: only to forget
+                break
+            if age < grace:
+                break  # it, and every one after it, may still be answering
+            if not _progressing(protocol):
+                victim = protocol
+                break
+        if victim is None:
+            return False
+        del pending[victim]
+        victim.on_lost = None
+        task = self._handshaking.pop(victim, None)
+        if task is not None:
+            task.cancel()  # in its handshake (which then logs nothing)
+        if not (victim.closing or victim.peer_gone):
+            self._dropped_oldest.log(
+                logging.WARNING,
+                "%s keeps at most %d connections before their comm handshake is done "
+                "(max_pending_handshakes): dropped the oldest, from %s, %.2fs after it "
+                "connected",
+                self.listener.listen_address,
+                self.listener.max_pending_handshakes,
+                victim.peer,
+                age,
+            )
+            victim.abort()
+        return True
+
+    def _refused(self, peer: str, limit: int) -> None:
+        self._dropped_oldest.log(
+            logging.WARNING,
+            "%s keeps at most %d connections before their comm handshake is done "
+            "(max_pending_handshakes), and none of them can go yet: refused a new one "
+            "from %s",
+            self.listener.listen_address,
+            limit,
+            peer,
+        )
+
     def _expire(self) -> None:
-        """Drop the comms whose deadline has passed; arm the timer for the next one."""
+        """Drop the connections whose deadline has passed; arm the timer for the next one.
+
+        A comm in its handshake is left to the handshake's own timer, set for the
+        same deadline.
+        """
         self._sweep = None
         loop = asyncio.get_running_loop()
         now = loop.time()
         timeout = self.listener.handshake_timeout
-        waiting = self._waiting
+        pending = self._pending
+        handshaking = self._handshaking
         expired = []
-        for comm, deadline in waiting.items():
+        for protocol, deadline in pending.items():
             if deadline > now:
                 # Deadlines come in order while the timeout stays the same; should it
                 # change, a later comm's deadline waits for this one's (never longer
                 # than the old timeout).
                 self._sweep = loop.call_at(deadline, self._expire)
                 break
-            expired.append(comm)
-        for comm in expired:
-            del waiting[comm]
-            if not comm.closed():
-                logger.info(
+            if protocol not in handshaking:
+                expired.append(protocol)
+        for protocol in expired:
+            del pending[protocol]
+            protocol.on_lost = None
+            if not (protocol.closing or protocol.peer_gone):
+                self._dropped_silent.log(
+                    logging.INFO,
                     "%s dropped a connection from %s that sent no comm preamble within %gs",
                     self.listener.listen_address,
-                    comm.peer_address,
+                    protocol.peer,
                     timeout,
                 )
-                comm.abort()
+            protocol.abort()
 
     def established(self, comm: StreamComm) -> None:
         """The peer of *comm* sent a valid preamble: run the handler on it."""
-        self._waiting.pop(comm, None)
+        protocol = comm.protocol
         if self.closed:
+            self.discard(protocol)
             comm.abort()
             return
-        task = asyncio.get_running_loop().create_task(self.handle_comm(comm))
+        loop = asyncio.get_running_loop()
+        serve = self._serve
+        if serve is None:
+            self.discard(protocol)
+            task = loop.create_task(self.handle_comm(comm))
+        else:
+            deadline = self._pending.get(protocol)
+            if deadline is None:  # never accepted here
+                deadline = loop.time() + self.listener.handshake_timeout
+            task = loop.create_task(serve(comm, deadline, self._handshake_over))
+            if protocol in self._pending:
+                self._handshaking[protocol] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _handshake_over(self, comm: Comm) -> None:
+        """*comm*'s handshake is over, done or failed: it no longer counts as pending."""
+        if isinstance(comm, StreamComm):
+            self.discard(comm.protocol)
+
     def close(self) -> None:
-        """Drop the comms still waiting for their preamble; refuse later ones. Idempotent."""
+        """Drop the comms not done with their handshake; refuse later ones. Idempotent."""
         self.closed = True
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
-        waiting, self._waiting = self._waiting, {}
-        for comm in waiting:
-            comm.abort()
+        pending, self._pending = self._pending, {}
+        self._handshaking = {}
+        for protocol in pending:
+            protocol.on_lost = None
+            protocol.abort()

@@ -207,6 +207,11 @@ class InProcComm(Comm):
     ) -> int:
         """Queue *msg* (not a copy) for the peer and return 0; never waits.
 
+        A write that returns queued its message: the peer reads it unless the
+        peer closes first (this end closing after it does not drop it). One that
+        raises queued nothing, so the peer never reads it, also when another
+        thread closes the comm meanwhile (see :meth:`comm_core.Comm.write`).
+
         Raises:
             CommClosedError: this end or the peer is closed.
         """

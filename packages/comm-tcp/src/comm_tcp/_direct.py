@@ -222,10 +222,13 @@ class AcceptLoop:
     *backlog* of them) is accepted, given a protocol from *protocol_factory*
     and a transport from *make_transport*. A stream protocol's greeting (a
     listener's preamble and handshake) is sent before the transport is made,
-    which saves the peer a loop iteration of waiting for it. If ``accept()`` fails for the
-    listening socket (out of descriptors or memory), the failure is logged and
-    accepting pauses for *retry_delay* seconds: the pending connections wait in
-    the kernel's queue meanwhile.
+    which saves the peer a loop iteration of waiting for it. Before that,
+    *admit* (given the peer's address) may refuse the connection (its listener
+    holds ``max_pending_handshakes`` connections, none of which may go yet):
+    its socket is then closed at once, without a greeting. If
+    ``accept()`` fails for the listening socket (out of descriptors or memory),
+    the failure is logged and accepting pauses for *retry_delay* seconds: the
+    pending connections wait in the kernel's queue meanwhile.
     """
 
     def __init__(
@@ -239,11 +242,13 @@ class AcceptLoop:
         retry_delay: float,
         where: Callable[[], str],
         greeting: Callable[[], bytes | None] | None = None,
+        admit: Callable[[Any], bool] | None = None,
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.protocol_factory = protocol_factory
         self.greeting = greeting
+        self.admit = admit
         self.make_transport = make_transport
         self.backlog = max(backlog, 1)
         self.retry_delay = retry_delay
@@ -267,12 +272,18 @@ class AcceptLoop:
                 self._pause(exc)
                 return
             try:
+                if self.admit is not None and not self.admit(peer):
+                    conn.close()  # refused (max_pending_handshakes): before its greeting
+                    continue
                 conn.setblocking(False)
                 # The greeting first, if known: the peer waits for it, not for the comm.
                 early = self.greeting() if self.greeting is not None else None
                 sent = _send_now(conn, early) if early is not None else None
                 protocol = self.protocol_factory()
                 if isinstance(protocol, StreamProtocol):
+                    if protocol.closing:  # refused after all: it never reads the greeting
+                        conn.close()
+                        continue
                     if early is not None and sent is not None:
                         protocol.greeted(early, sent)
                     else:

@@ -185,6 +185,7 @@ class TCPListener(Listener):
                     retry_delay=self.accept_retry_delay,
                     where=self._where,
                     greeting=self.acceptor.greeting if self.greets_on_accept else None,
+                    admit=self.acceptor.admit,
                 )
                 self._accept_loops.append(accept_loop)
         except BaseException:

@@ -54,8 +54,11 @@ class _Accepted(asyncio.Protocol):
         self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.pause_reading()  # type: ignore[attr-defined]
         protocol = self.protocol
+        if protocol.closing:  # dropped before its transport came (max_pending_handshakes)
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        transport.pause_reading()  # type: ignore[attr-defined]
         protocol.pending = transport
         protocol.server_side = True
         # The addresses, for messages about this connection before the hand-over.
@@ -72,8 +75,10 @@ class TLSListener(TCPListener):
 
     Each accepted connection runs its TLS handshake in a task of its own. One
     that fails is logged (a warning naming the client, the listener and what to
-    fix) and dropped, and the listener keeps serving. The handshake and the
-    comm preamble together must finish within the handshake timeout.
+    fix) and dropped, and the listener keeps serving. The TLS handshake, the
+    comm preamble and the comm handshake together must finish within the
+    handshake timeout, counted from the accept; connections still in any of
+    them count towards ``max_pending_handshakes``.
 
     Raises:
         TLSConfigurationError: on creation, when the connection arguments hold
@@ -162,6 +167,9 @@ class TLSListener(TCPListener):
     def _accept_socket(self, conn: socket.socket) -> None:
         protocol = TCPListener._make_protocol(self)  # a comm's, with its preamble deadline
         assert isinstance(protocol, TLSProtocol)
+        if protocol.closing:  # refused at once (max_pending_handshakes)
+            conn.close()
+            return
         pending = _PendingSocket()
         protocol.pending = pending
         protocol.server_side = True
@@ -179,7 +187,7 @@ class TLSListener(TCPListener):
         """Run the TLS handshake on the accepted *conn*, then hand a transport to the comm."""
         loop = asyncio.get_running_loop()
         timeout = self.handshake_timeout
-        deadline = loop.time() + timeout
+        deadline = _deadline(protocol, loop, timeout)
         client = protocol.peer
         watch = HandshakeWatch(None)
         sock: socket.socket = conn
@@ -218,6 +226,7 @@ class TLSListener(TCPListener):
             return
         if error is not None or not watch.head or not watch.speaks_tls:
             protocol.peer_gone = True
+            self.acceptor.discard(protocol)
             if isinstance(error, ssl.SSLError):
                 watch.error = error
                 if "ALERT" not in (error.reason or ""):
@@ -252,8 +261,11 @@ class TLSListener(TCPListener):
         tls: asyncio.BaseTransport | None = None
         error: BaseException | None = None
         timeout = self.handshake_timeout
-        if raw.is_closing():  # aborted before this task ran
+        remaining = _deadline(protocol, loop, timeout) - loop.time()
+        if raw.is_closing() or remaining <= 0:  # aborted before this task ran, or too late
             protocol.pending = None
+            raw.abort()  # type: ignore[attr-defined]
+            self.acceptor.discard(protocol)
             return
         # Pause for real: Python 3.10's transports start reading after connection_made()
         # even if it paused them, and a byte read before start_tls's protocol is connected
@@ -268,7 +280,7 @@ class TLSListener(TCPListener):
                 pending,
                 self.ssl_context,
                 server_side=True,
-                ssl_handshake_timeout=timeout,
+                ssl_handshake_timeout=remaining,
             )
         except asyncio.CancelledError:
             protocol.pending = None
@@ -295,6 +307,7 @@ class TLSListener(TCPListener):
             return
         if tls is None or pending.ended or aborted:
             protocol.peer_gone = True
+            self.acceptor.discard(protocol)
             if tls is not None:
                 tls.abort()  # type: ignore[attr-defined]
             if aborted:
@@ -372,6 +385,13 @@ class TLSListener(TCPListener):
             return self.contact_address
         except RuntimeError:
             return self.listen_address
+
+
+def _deadline(protocol: TLSProtocol, loop: asyncio.AbstractEventLoop, timeout: float) -> float:
+    """When *protocol*'s connection must be done with TLS's handshake and the comm's: the
+    deadline its listener's acceptor set on accepting it, else *timeout* from now."""
+    deadline = protocol.deadline
+    return loop.time() + timeout if deadline is None else deadline
 
 
 class _PendingSocket:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import comm_core
 from comm_core._addressing import parse_address, unparse_address, unparse_host_port
 from comm_core._registry import get_registry
+from comm_core._text import peer_text
 from comm_core.abc import Backend, Capability
 from comm_core.cli._common import (
     EXIT_FAILURE,
@@ -468,6 +469,8 @@ async def _comm_handshake(address: str, timeout: float, connection_args: dict[st
     async with comm:
         info = comm.handshake_info
         return (
-            f"{info.get('library', '?')} {info.get('version', '?')} (protocol "
-            f"{info.get('protocol', '?')}) answered in {elapsed * 1e3:.2f} ms"
+            f"{peer_text(info.get('library', '?'), 60, bare=True)} "
+            f"{peer_text(info.get('version', '?'), 60, bare=True)} (protocol "
+            f"{peer_text(info.get('protocol', '?'), 30, bare=True)}) answered in "
+            f"{elapsed * 1e3:.2f} ms"
         )

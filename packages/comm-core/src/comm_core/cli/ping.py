@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import comm_core
+from comm_core._text import peer_text
 from comm_core.abc import Comm
 from comm_core.cli._common import (
     EXIT_FAILURE,
@@ -238,7 +239,8 @@ async def _ping(address: str, args: argparse.Namespace, connection_args: dict[st
     info = comm.handshake_info
     print(
         f"PING {address}: {args.size} bytes of payload; connected in {connected * 1e3:.3f} ms "
-        f"to {info.get('library', '?')} {info.get('version', '?')}",
+        f"to {peer_text(info.get('library', '?'), 60, bare=True)} "
+        f"{peer_text(info.get('version', '?'), 60, bare=True)}",
         flush=True,
     )
     pinger = _Pinger(comm, address, args)
