@@ -83,6 +83,7 @@ import msgpack
 from comm_core import _bounds
 from comm_core._config import get_setting
 from comm_core._record import Record
+from comm_core._text import peer_text
 from comm_core.exceptions import MessageTooLargeError, ProtocolError, SerializationError
 
 __all__ = [
@@ -479,14 +480,6 @@ def _all_str(values: list[Any]) -> bool:
     return all(type(value) is str for value in values)
 
 
-def _text(value: str, limit: int = 200) -> str:
-    """*value* as a peer may have written it, made safe for a log line: quoted,
-    escaped (one line, no control characters) and cut to about *limit* characters."""
-    if len(value) > limit:
-        return repr(value[:limit]) + f"... ({len(value)} characters)"
-    return repr(value)
-
-
 def _safe_repr(obj: Any) -> str:
     try:
         text = repr(obj)
@@ -635,7 +628,7 @@ class Decoder:
             raise
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise ProtocolError(
-                f"malformed message body: {type(exc).__name__}: {_text(str(exc))}"
+                f"malformed message body: {type(exc).__name__}: {peer_text(str(exc))}"
             ) from exc
         except RecursionError as exc:
             raise ProtocolError("malformed message body: nested too deeply") from exc
@@ -776,7 +769,7 @@ class Decoder:
         family = families.get(name)
         if family is None:
             raise SerializationError(
-                f"peer sent a value of serializer family {_text(name)}, which is not "
+                f"peer sent a value of serializer family {peer_text(name)}, which is not "
                 f"installed here (known: {', '.join(sorted(families)) or 'none'})"
             )
         allowed = family.trusted_by_default if self.accept is None else name in self.accept
@@ -791,7 +784,7 @@ class Decoder:
         except Exception as exc:
             raise SerializationError(
                 f"serializer family {name!r} failed to deserialize a value: "
-                f"{_text(f'{type(exc).__name__}: {exc}')}"
+                f"{peer_text(f'{type(exc).__name__}: {exc}', bare=True)}"
             ) from exc
 
     def unpack(self, data: bytes) -> Any:
