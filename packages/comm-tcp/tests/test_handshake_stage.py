@@ -369,9 +369,17 @@ async def _connect_fails(address: str) -> BaseException:
             id="forged-text",
         ),
         pytest.param(
-            PREAMBLE + handshake_bytes({"protocol": PROTOCOL_VERSION, "pad": [{}] * 20000}),
+            PREAMBLE + handshake_bytes({"protocol": PROTOCOL_VERSION, "pad": [0] * 20000}),
             HandshakeError,
             "refused the peer's comm handshake: entry 'pad' is a list of 20000 items",
+            id="long-list",
+        ),
+        pytest.param(
+            # 20 KB that would decode to 1.6 MB of dicts: refused before they are built.
+            PREAMBLE + handshake_bytes({"protocol": PROTOCOL_VERSION, "pad": [{}] * 20000}),
+            HandshakeError,
+            "sent a message that breaks the protocol: message body of 20018 bytes would "
+            "decode to more than",
             id="padded",
         ),
     ],
@@ -427,8 +435,13 @@ async def test_connect_raises_a_handshake_error_that_is_an_oserror(
             id="nested",
         ),
         pytest.param(
-            {"protocol": PROTOCOL_VERSION, "pad": [{}] * 20000},
+            {"protocol": PROTOCOL_VERSION, "pad": [0] * 20000},
             "entry 'pad' is a list of 20000 items, more than 64",
+            id="long-list",
+        ),
+        pytest.param(
+            {"protocol": PROTOCOL_VERSION, "pad": [{}] * 20000},
+            "would decode to more than",
             id="padded",
         ),
         pytest.param(

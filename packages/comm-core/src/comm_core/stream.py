@@ -591,9 +591,11 @@ class StreamComm(Comm):
         try:
             return self._decoder.decode(frames, deserializers)
         except ProtocolError as exc:
-            p.error = exc
+            # The decoder does not know whose message it was: say it.
+            error = ProtocolError(f"{p.peer} sent a message that breaks the protocol: {exc}")
+            p.error = error
             self.abort()
-            raise
+            raise error from exc
 
     def _read_greeting_now(self) -> None:
         """Take the listener's greeting from the socket now, if it is there already.
