@@ -463,7 +463,7 @@ def mixed_hash_flood(count: int, *, target: int = 0x5EED) -> bytes:
     """:func:`hash_flood` with keys of mixed item types (:func:`colliding_keys`), plus
     ints and floats that share hashes among themselves."""
     keys: list[Any] = colliding_keys(count, target=target)
-    for residue in range(1, 1 + count // 40):
+    for residue in range(1, 1 + count // 200):
         keys.extend(_hash_siblings(residue))
     return map_header(len(keys), width=32) + b"".join(pack(key) + NIL for key in keys)
 
@@ -614,7 +614,7 @@ CLASSES: dict[str, AttackClass] = {
         AttackClass(
             "hash-flood-mixed",
             "colliding keys of every non-randomized type (int, float, tuples of them)",
-            body=lambda size: mixed_hash_flood(max(1, size // 36)),
+            body=lambda size: mixed_hash_flood(max(1, size // 23)),
         ),
         AttackClass("empty-maps", "a body of empty maps (one byte each)", body=container_flood),
         AttackClass(
@@ -721,7 +721,7 @@ def bodies(max_depth: int = 100_000, max_size: int = 256 * 1024) -> Any:
         st.booleans(),
     )
     lies = st.sampled_from(list(lying_lengths().values()) + list(lying_lengths(70_000).values()))
-    leaves = st.one_of(scalars, chain, floods, collisions, lies)
+    leaves = st.one_of(scalars, chain, chain, floods, collisions, lies)  # chains: twice
 
     def combine(children: Any) -> Any:
         return st.one_of(
@@ -753,11 +753,13 @@ def streams(max_depth: int = 100_000, max_size: int = 256 * 1024) -> Any:
         return tiny_messages(extra + 1, data[:64])
 
     framed = st.builds(
-        frame, st.sampled_from(["honest", "honest", "count", "length", "tiny"]), body,
+        frame, st.sampled_from(["honest"] * 4 + ["count", "length", "tiny"]), body,
         st.integers(0, 3),
     )  # fmt: skip
     return st.builds(
         lambda msgs, cut: (PREAMBLE + b"".join(msgs))[: cut or None],
         st.lists(framed, min_size=1, max_size=3),
-        st.one_of(st.just(0), st.integers(1, 4096)),
+        st.sampled_from([0, 0, 0, None]).flatmap(
+            lambda cut: st.just(0) if cut == 0 else st.integers(1, 4096)
+        ),
     )
