@@ -107,9 +107,9 @@ def _first_message_size(framed: bytes) -> int:
     """Bytes of the first message of *framed* on the wire: count, lengths and frames."""
     if len(framed) < 4:
         return 0
-    (count,) = struct.unpack_from("<I", framed)
+    count: int = struct.unpack_from("<I", framed)[0]
     lengths = struct.unpack_from(f"<{count}Q", framed, 4) if len(framed) >= 4 + 8 * count else ()
-    return 4 + 8 * count + sum(lengths)
+    return 4 + 8 * count + int(sum(lengths))
 
 
 @pytest.mark.parametrize("phase", ["handshake", "after"])

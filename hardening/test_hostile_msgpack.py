@@ -99,7 +99,7 @@ def test_extensions_and_timestamps() -> None:
     ) == (1, (2, "x"))
 
 
-def _naive(kinds: list[str], leaf: Any, family: str = "nope") -> bytes:
+def _naive(kinds: list[str], leaf: bytes, family: str = "nope") -> bytes:
     """The same nesting as hm.nest, built the slow, obvious way (inside out)."""
     inner = leaf
     for kind in reversed(kinds):
