@@ -48,7 +48,7 @@ TIME_BASE = 0.02
 #: Traced memory while decoding N bytes may peak at MEMORY_PER_BYTE * N + MEMORY_BASE.
 #: Legitimate bodies stay below it (a list of small ints: 8 bytes per byte; one-char
 #: non-Latin-1 strings: 28); an empty map is one byte that decodes to a 64-byte dict.
-MEMORY_PER_BYTE = 32
+MEMORY_PER_BYTE = 64
 MEMORY_BASE = 1 * MiB
 #: A decoder waiting for the rest of a message may hold this much more than twice what
 #: it received: a receive buffer for frames below 64 KiB (as test_hostile's

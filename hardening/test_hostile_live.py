@@ -69,7 +69,7 @@ RESOLVE_BOUND = 10.0
 BLOCK_WAIT = 1.0
 #: The child's peak RSS may grow by MEMORY_PER_BYTE x bytes sent + PER_CONNECTION x
 #: connections + LIVE_BASE (see test_hostile_decoding for the factor).
-MEMORY_PER_BYTE = 32
+MEMORY_PER_BYTE = 64
 PER_CONNECTION = {"tcp": 96 * KiB, "tls": 640 * KiB}
 LIVE_BASE = 24 * MiB
 #: A peer that announces bytes it does not send may cost at most this much more than a

@@ -84,7 +84,8 @@ def test_nesting_up_to_the_limit_decodes_and_beyond_it_is_refused(kind: str) -> 
     decoded = decode_message([nested(kind, fitting)], families=families)
     assert depth_of(decoded) >= fitting
     for depth in (101, 1_000, 100_000):
-        with pytest.raises(ProtocolError, match="more than 100 deep"):
+        # Deep chains of extension values may run out of memory before depth.
+        with pytest.raises(ProtocolError, match=r"more than 100 deep|in one another"):
             decode_message([nested(kind, depth)], families=families)
     if kind in FITTING:
         with pytest.raises(ProtocolError, match="more than 100 deep"):
@@ -105,7 +106,7 @@ def test_the_limit_is_a_setting(kind: str) -> None:
         with pytest.raises(ProtocolError, match="more than 10 deep"):
             decode_message([nested(kind, 11)], deserialize=False)
     # Far deeper too, within Python's recursion limit (each tuple costs a few frames).
-    levels = 500 if kind == "array" else 200
+    levels = 500 if kind == "array" else 100
     assert Decoder(max_depth=500, deserialize=False).decode([nested(kind, levels)]) is not None
 
 
@@ -444,9 +445,13 @@ def test_nested_large_tuples_hold_a_bounded_amount_of_memory() -> None:
         with pytest.raises(ProtocolError, match="in one another"):
             decode_message([body])
 
-    with comm_core.configure(max_message_expansion=4):
-        assert peak_while(decode) < 16 * 1024 * 1024
-        assert depth_of(decode_message([nested("tuple", 3, leaf=leaf)])) == 3
+    assert peak_while(decode) < 64 * len(body) + (1 << 20)
+    assert depth_of(decode_message([nested("tuple", 3, leaf=leaf)])) == 3
+    with (
+        comm_core.configure(max_message_expansion=4),
+        pytest.raises(ProtocolError, match="in one another"),
+    ):
+        decode_message([nested("tuple", 2, leaf=leaf)])
 
 
 def test_claimed_items_that_are_missing_reserve_nothing() -> None:

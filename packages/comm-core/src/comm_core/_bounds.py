@@ -27,6 +27,7 @@ protocol page states them for users.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Final
 
 import msgpack
@@ -255,6 +256,10 @@ for _byte in range(256):
         _FIXED[_byte] = 9
     elif 0xCC <= _byte <= 0xD3:
         _FIXED[_byte] = 1 + (1 << (_byte & 0x03))
+# One-byte items: positive and negative fixints, nil, booleans, empty maps and arrays.
+_ONE_BYTE_ITEMS = re.compile(b"[\\x00-\\x80\\x90\\xc0\\xc2\\xc3\\xe0-\\xff]+")
+_STARTS_RUN = [_FIXED[_byte] == 1 or _byte in (0x80, 0x90) for _byte in range(256)]
+_RUN = 16  # runs shorter than this are walked item by item
 # Strings and binaries: the width of their length field.
 _STRINGS = {0xC4: 1, 0xC5: 2, 0xC6: 4, 0xD9: 1, 0xDA: 2, 0xDB: 4}
 # Extension values: the width of their length field (0: a fixext, whose length is in the
@@ -285,10 +290,11 @@ def scan(
     Raises :class:`ProtocolError` unless *data* is exactly one well-formed
     value whose containers hold every item they announce.
     """
-    buf = data if type(data) is bytes else memoryview(data).cast("B")
+    buf = data if type(data) is bytes else bytes(data)
     end = len(buf)
     pos = 0
     items = 0
+    runs_from = 0  # runs of one-byte items are looked for from this item on
     deepest = 0
     containers = 0  # their estimated memory
     payload = 0  # bytes of long strings and binaries
@@ -297,6 +303,7 @@ def scan(
     remaining, stop, depth, contents = 1, end, 0, False
     parents: list[tuple[int, int, int, bool]] = []
     fixed = _FIXED
+    starts_run = _STARTS_RUN
     over = (1 << 62) if budget is None else budget
     while True:
         if not remaining:
@@ -312,8 +319,33 @@ def scan(
         if pos >= stop:
             raise _truncated()
         byte = buf[pos]
-        remaining -= 1
         size = fixed[byte]
+        if starts_run[byte] and remaining >= _RUN and items >= runs_from:
+            # A run of one-byte items (small ints, nil, booleans, empty containers):
+            # measured at C speed. A flood of empty maps is one.
+            run = _ONE_BYTE_ITEMS.match(buf, pos, pos + remaining)
+            assert run is not None  # this byte is one
+            length = run.end() - pos
+            if length < _RUN:
+                runs_from = items + 4 * _RUN  # not worth looking again for a while
+            else:
+                items += length - 1
+                if items > cap:
+                    return None
+                empty_maps = buf.count(b"\x80", pos, pos + length)
+                empty_arrays = buf.count(b"\x90", pos, pos + length)
+                containers += MAP_COST * empty_maps + ARRAY_COST * empty_arrays
+                if empty_maps or empty_arrays:
+                    if depth >= deepest:
+                        deepest = depth + 1
+                        if deepest > limit:
+                            return deepest, BYTE_COST * items + containers + payload
+                    if BYTE_COST * items + containers + payload > over:
+                        return deepest, BYTE_COST * items + containers + payload
+                remaining -= length
+                pos += length
+                continue
+        remaining -= 1
         if size:
             pos += size
             continue

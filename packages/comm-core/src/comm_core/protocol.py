@@ -476,6 +476,11 @@ class Encoder:
         )
 
 
+def _unpack_flat(data: bytes) -> Any:
+    """The msgpack value in *data*, extension values in it left as ``msgpack.ExtType``."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
 def _all_str(values: list[Any]) -> bool:
     return all(type(value) is str for value in values)
 
@@ -522,8 +527,12 @@ def _too_large(size: int, limit: int) -> None:
 MAX_EQUAL_HASHES: Final = 8
 # With at most this many extension values, a message cannot make keys collide much.
 _FEW_EXTS = 64
-# Extension contents up to this long are decoded by a reused decoding context.
-_POOLED = 512
+# Extension contents up to this long need no check when their holder needed none: they
+# nest at most max_message_depth deep in one another, so they hold little memory.
+_SHORT = 512
+# Extension values nested at most this deep are decoded with msgpack.unpackb, whose
+# decoding context (about 40 KiB) is on the C stack; deeper ones in Python.
+_ON_STACK = 4
 _UNLIMITED = -1  # an allowance of depth that needs no more checks
 _NONE: Final = object()
 
@@ -557,7 +566,6 @@ class Decoder:
         "_held",
         "_levels",
         "_nesting",
-        "_pools",
         "_seen",
         "_shallow",
         "accept",
@@ -596,9 +604,6 @@ class Decoder:
         # each hash, and the others of each hash that is not unique.
         self._seen: dict[int, Any] = {}
         self._hashes: dict[int, list[Any]] = {}
-        # Reused decoding contexts for short extension contents, one per nesting level:
-        # each [unpacker, its stream offset].
-        self._pools: list[list[Any]] = []
 
     def decode(self, frames: Sequence[Any], accept: Collection[str] | None = None) -> Any:
         """Decode the message made of *frames* (body first, then out-of-band frames).
@@ -654,7 +659,7 @@ class Decoder:
         inner: int | None = _UNLIMITED
         # A body with few items for its size (most of it strings or binaries) is walked
         # in Python, which measures it exactly; the walk gives up on one with many.
-        shape = _bounds.scan(body, limit, size >> 8, budget) if size >= _POOLED else None
+        shape = _bounds.scan(body, limit, size >> 8, budget) if size >= _SHORT else None
         if shape is None:
             # Many items: bound the depth and the containers by the bytes that may
             # begin one (a pass of C over the body).
@@ -664,7 +669,7 @@ class Decoder:
                 # Perhaps too many containers: measure them all, building nothing.
                 shape = _bounds.scan(body, limit, 1 << 62, budget)
             elif len(headers) <= limit:
-                if size > _POOLED and _bounds.has_long_arrays(headers):
+                if size > _SHORT and _bounds.has_long_arrays(headers):
                     _bounds.validate(body)
             elif not _bounds.within_depth(body, limit):
                 raise self._too_deep()
@@ -705,7 +710,8 @@ class Decoder:
         elif code == EXT_CUSTOM:
             value = self.custom(self.unpack(data))
         elif code == EXT_UNSERIALIZABLE:
-            fields = self.unpack(data)
+            # Three strings: extension values in it stay undecoded (and are refused).
+            fields = _unpack_flat(data)
             # Strings only: str() of a nested SerializationFailure quotes it, and its
             # text would double at each level.
             if not (type(fields) is list and len(fields) == 3 and _all_str(fields)):
@@ -795,29 +801,9 @@ class Decoder:
         that value leaves of the allowance.
         """
         size = len(data)
-        if size <= _POOLED:
-            if self._shallow:  # _unpack_pooled(), inlined: tuples are common
-                pool = self._pools
-                index = self._nesting
-                if index < len(pool):
-                    entry = pool[index]
-                    unpacker = entry[0]
-                    unpacker.feed(data)
-                    self._nesting = index + 1
-                    try:
-                        value = unpacker.unpack()
-                    except BaseException:
-                        pool[index] = [self._pooled_unpacker(), 0]
-                        raise
-                    finally:
-                        self._nesting = index
-                    end = entry[1] + size
-                    if unpacker.tell() == end:
-                        entry[1] = end
-                        return value
-                    pool[index] = [self._pooled_unpacker(), 0]
-                    raise ProtocolError("malformed extension value: extra bytes after its contents")
-                return self._unpack_pooled(data, size)
+        if size <= _SHORT:
+            if self._shallow:
+                return self._nested(data, size)
             allowance = self._levels[-1][2]
             if allowance is not None and (allowance < 0 or size <= allowance):
                 # The common case: a short value with depth to spare, and so are all
@@ -825,7 +811,7 @@ class Decoder:
                 # so they hold little memory.
                 self._shallow = True
                 try:
-                    return self._unpack_pooled(data, size)
+                    return self._nested(data, size)
                 finally:
                     self._shallow = False  # never set around the slow path below
         levels = self._levels
@@ -836,20 +822,24 @@ class Decoder:
             if depth is None:  # checked before decoding it
                 raise self._too_deep()
             allowance = level[2] = level[1] - depth
-        held = self._held + size
-        if held > self._budget:
+        # msgpack hands each extension's contents over as a copy, and a decoder in
+        # Python copies them again: twice their size, for every one that holds the
+        # next, at once. They may take half of what the body may decode to.
+        held = self._held + 2 * size
+        if 2 * held > self._budget:
             raise ProtocolError(
-                f"message nests extension values holding {held} bytes in one another, more "
-                f"than the {self._budget} bytes it may decode to (max_message_expansion)"
+                f"message nests extension values in one another that hold {held} bytes at "
+                f"once while decoded, more than half the {self._budget} bytes the message "
+                "may decode to (max_message_expansion)"
             )
         inner: int | None = _UNLIMITED
         if allowance < 0 or size <= allowance:
-            if size > _POOLED and _bounds.has_long_arrays(_bounds.header_bytes(data)):
+            if size > _SHORT and _bounds.has_long_arrays(_bounds.header_bytes(data)):
                 _bounds.validate(data)
         else:
             headers = _bounds.header_bytes(data)
             if len(headers) <= allowance:
-                if size > _POOLED and _bounds.has_long_arrays(headers):
+                if size > _SHORT and _bounds.has_long_arrays(headers):
                     _bounds.validate(data)
             elif not _bounds.within_depth(data, allowance):
                 raise self._too_deep()
@@ -858,79 +848,28 @@ class Decoder:
         levels.append([data, allowance, inner])
         self._held = held
         try:
-            if size <= _POOLED:
-                return self._unpack_pooled(data, size)
-            # A decoding context of its own, on the heap: nesting extension values
-            # then costs little C stack (msgpack.unpackb's context is on it).
-            unpacker = msgpack.Unpacker(
-                ext_hook=self.ext_hook,
-                raw=False,
-                strict_map_key=False,
-                max_buffer_size=size,
-                max_str_len=size,
-                max_bin_len=size,
-                max_array_len=size,
-                max_map_len=size,
-                max_ext_len=size,
-            )
-            unpacker.feed(data)
-            value = unpacker.unpack()
-            if unpacker.tell() != size:
-                raise ProtocolError("malformed extension value: extra bytes after its contents")
-            return value
+            return self._nested(data, size)
         finally:
             levels.pop()
-            self._held -= size
+            self._held -= 2 * size
 
-    def _unpack_pooled(self, data: bytes, size: int) -> Any:
-        """Decode *data* with the reused unpacker of the present nesting level."""
-        pool = self._pools
-        index = self._nesting
+    def _nested(self, data: bytes, size: int) -> Any:
+        """Decode *data*, an extension value's contents, once their bounds are checked."""
+        nesting = self._nesting
+        self._nesting = nesting + 1
         try:
-            entry = pool[index]
-        except IndexError:
-            while len(pool) <= index:
-                pool.append([self._pooled_unpacker(), 0])
-            entry = pool[index]
-        unpacker = entry[0]
-        unpacker.feed(data)
-        self._nesting = index + 1
-        try:
-            value = unpacker.unpack()
-        except BaseException:
-            pool[index] = [self._pooled_unpacker(), 0]  # it holds half a value
-            raise
+            if nesting < _ON_STACK:
+                return msgpack.unpackb(
+                    data, ext_hook=self.ext_hook, raw=False, strict_map_key=False
+                )
+            # Deeper, msgpack's decoder in Python: msgpack.unpackb's decoding context
+            # (about 40 KiB) is on the C stack, which a few hundred of them would
+            # exhaust, and one on the heap (msgpack.Unpacker) costs as much memory.
+            from msgpack import fallback
+
+            return fallback.unpackb(data, ext_hook=self.ext_hook, raw=False, strict_map_key=False)
         finally:
-            self._nesting = index
-        end = entry[1] + size
-        if unpacker.tell() != end:
-            pool[index] = [self._pooled_unpacker(), 0]
-            raise ProtocolError("malformed extension value: extra bytes after its contents")
-        entry[1] = end
-        return value
-
-    def _pooled_unpacker(self) -> msgpack.Unpacker:
-        # The unpacker's hook must not hold the decoder, which holds the unpacker: a
-        # reference cycle would wait for the garbage collector, every comm's with it.
-        ref = weakref.ref(self)
-
-        def ext_hook(code: int, data: bytes) -> Any:
-            decoder = ref()
-            assert decoder is not None  # it is decoding
-            return decoder.ext_hook(code, data)
-
-        return msgpack.Unpacker(
-            ext_hook=ext_hook,
-            raw=False,
-            strict_map_key=False,
-            read_size=_POOLED,
-            max_buffer_size=_POOLED,
-            max_str_len=_POOLED,
-            max_bin_len=_POOLED,
-            max_array_len=_POOLED,
-            max_map_len=_POOLED,
-            max_ext_len=_POOLED,
-        )
+            self._nesting = nesting
 
     def _too_deep(self) -> ProtocolError:
         return ProtocolError(
