@@ -511,6 +511,32 @@ def test_a_first_message_may_have_64_kib_header_included(frames: int) -> None:
 # -- pausing -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "msg",
+    [{}, 7, {"op": "push", "i": 12345, "data": b"x" * 16}, [b"ab", b"cd", b"ef"]],
+    ids=["empty", "int", "small", "three-frames"],
+)
+def test_held_bytes_covers_what_queued_messages_cost(msg: Any) -> None:
+    """What a stream comm counts against read_high_water for a message waiting unread
+    (comm_core.stream.held_bytes) covers the memory its frames and their containers
+    take, as traced, without counting more than twice that."""
+    import collections
+
+    from comm_core.stream import held_bytes
+
+    count = 20_000
+    data = wire(msg, threshold=2) * count
+    ready: collections.deque[list[Any]] = collections.deque()
+    decoder = FrameDecoder(ready.append, max_message_size=1 << 30)
+    decoder.feed(PREAMBLE)
+    with _traced() as growth:
+        decoder.feed(data)
+    assert len(ready) == count
+    held = sum(held_bytes(frames) for frames in ready)
+    received = decoder.held_bytes  # the decoder's receive buffer, traced too
+    assert growth[0] - received <= held <= 2 * growth[0], (growth[0], received, held)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 4096, 100_000, None])
 def test_a_paused_decoder_keeps_what_arrives_until_resumed(chunk: int | None) -> None:
     """A decoder paused from on_message delivers nothing more, keeping what arrives
