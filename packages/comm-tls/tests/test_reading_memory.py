@@ -18,11 +18,12 @@ import tracemalloc
 import pytest
 
 import comm_core
-from comm_core import Comm, CommClosedError
+from comm_core import PROTOCOL_VERSION, Comm, CommClosedError
+from comm_core.protocol import PREAMBLE, encode_message
 from comm_core.stream import StreamProtocol, held_bytes
 from comm_core.testing import until
 from comm_tls import Security
-from tls_support import MiB, connected, serving, within
+from tls_support import IPV4, MiB, connected, serving, within
 
 pytestmark = pytest.mark.usefixtures("loop_name", "tls_layer")
 
@@ -49,13 +50,13 @@ def small_buffers(comm: Comm, option: int) -> None:
 async def flood_until_blocked(
     client: Comm, reader: StreamProtocol, progress: list[int]
 ) -> asyncio.Task[None]:
-    """Write tiny messages (0, 1, 2, ...) to *client* until its writes block because the
-    *reader* stopped reading; return the writing task, still running."""
+    """Write empty messages to *client* until its writes block because the *reader*
+    stopped reading; return the writing task, still running."""
     protocol: StreamProtocol = client.protocol  # type: ignore[attr-defined]
 
     async def flood() -> None:
-        for index in range(FLOOD_MESSAGES):
-            await client.write(index)
+        for _ in range(FLOOD_MESSAGES):
+            await client.write({})
             progress[0] += 1
 
     writer = asyncio.ensure_future(flood())
@@ -78,8 +79,7 @@ async def test_a_flood_of_tiny_messages_blocks_the_writer(temporary: Security) -
     """Regression: 2 million empty messages to a handler that does not read grew a tls
     listener by about 300 MiB without ever blocking the writer (read_high_water counted
     payload bytes only). Now the reader pauses at read_high_water, through either TLS
-    layer, the memory traced stays within the high-water marks, and the writer blocks;
-    reading then gets every message, in order."""
+    layer, and the writer's write() stops completing; reading then resumes."""
     async with (
         serving(hold, security=temporary, read_high_water=READ_HIGH_WATER) as served,
         connected(
@@ -91,29 +91,70 @@ async def test_a_flood_of_tiny_messages_blocks_the_writer(temporary: Security) -
         # Small socket buffers, so that the writer blocks after fewer messages.
         small_buffers(client, socket.SO_SNDBUF)
         small_buffers(server, socket.SO_RCVBUF)
-        gc.collect()
         progress = [0]
-        tracemalloc.start()
+        writer = await flood_until_blocked(client, reader, progress)
         try:
-            traced_before = tracemalloc.get_traced_memory()[0]
-            writer = await flood_until_blocked(client, reader, progress)
-            traced = tracemalloc.get_traced_memory()[0] - traced_before
-        finally:
-            tracemalloc.stop()
-        try:
-            # Both ends are in this process: the reader's queue, the writer's buffer (up to
-            # twice its high-water mark), and the TLS layers' buffers.
-            bound = READ_HIGH_WATER + 2 * WRITE_HIGH_WATER + 4 * MiB
-            assert traced < bound, f"{traced:,} bytes traced after {progress[0]:,} messages"
-            assert reader.ready_bytes <= READ_HIGH_WATER + held_bytes([bytes(9)])
+            assert reader.ready_bytes <= READ_HIGH_WATER + held_bytes([bytes(1)])
+            # An empty message waiting unread takes more than 100 bytes of memory.
             queued = len(reader.ready)
+            assert queued <= READ_HIGH_WATER // 100, queued
             for index in range(queued + 1000):
-                assert await within(server.read(), f"message {index}") == index
+                assert await within(server.read(), f"message {index}") == {}
         finally:
             writer.cancel()
             client.abort()
         with pytest.raises(asyncio.CancelledError):
             await writer
+
+
+async def test_a_flood_of_empty_messages_keeps_the_reader_flat(temporary: Security) -> None:
+    """The same flood from a plain TLS peer (asyncio streams, so that only the reader's
+    memory and the peer's TLS buffers are traced): the reader's memory grows by
+    read_high_water and a little more, not by what the peer sends, and the peer's
+    writes stop going through once the reader pauses."""
+    chunk = bytes(encode_message({})[0][0]) * 80_000  # 1 MB of empty messages
+    handshake = b"".join(map(bytes, encode_message({"protocol": PROTOCOL_VERSION})[0]))
+    async with serving(hold, security=temporary, read_high_water=READ_HIGH_WATER) as served:
+        _, peer = await within(
+            asyncio.open_connection(
+                IPV4, served.port, ssl=temporary.client_context, server_hostname=IPV4
+            ),
+            "a TLS connection",
+        )
+        try:
+            peer.write(PREAMBLE + handshake)
+            await within(peer.drain(), "the handshake")
+            server = await served.accepted()
+            reader: StreamProtocol = server.protocol  # type: ignore[attr-defined]
+            peer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            small_buffers(server, socket.SO_RCVBUF)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + FLOOD_SECONDS
+                sent = 0
+                while sent < FLOOD_MESSAGES and loop.time() < deadline:
+                    peer.write(chunk)
+                    draining = asyncio.ensure_future(peer.drain())
+                    done, _ = await asyncio.wait({draining}, timeout=3 * QUIET)
+                    if not done and reader.reading_paused:
+                        break  # the peer is blocked: the reader stopped reading
+                    await within(draining, "a chunk of the flood")
+                    sent += 80_000
+                else:
+                    pytest.fail(f"{sent:,} empty messages went through without blocking")
+                traced = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                tracemalloc.stop()
+            draining.cancel()
+            # The queue, the receive buffer, and the TLS layers' buffers at both ends.
+            bound = READ_HIGH_WATER + 4 * MiB
+            assert traced < bound, f"{traced:,} bytes traced, {sent:,} sent"
+            assert reader.ready_bytes <= READ_HIGH_WATER + held_bytes([bytes(1)])
+        finally:
+            peer.transport.abort()
 
 
 async def test_tiny_messages_paused_many_times_all_arrive_in_order(temporary: Security) -> None:
