@@ -368,7 +368,7 @@ def test_a_large_frame_header_reserves_little(claim: int) -> None:
     vm_after = _virtual_memory()
     if vm_before is not None and vm_after is not None:
         assert vm_after - vm_before < 2**20, (vm_before, vm_after)
-    assert decoder.held_bytes <= 16 * 1024 + 64 * 1024
+    assert decoder.reserved_bytes <= 16 * 1024 + 64 * 1024
 
 
 @pytest.mark.parametrize("size", [OOB_THRESHOLD, 100_000, 2**20 - 1, 5 * 2**20 + 3])
@@ -379,14 +379,14 @@ def test_a_large_frame_buffer_grows_with_what_arrives(size: int, chunk: int) -> 
     decoder, messages = _after_handshake()
     payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
     decoder.feed(struct.pack("<IQ", 1, size))
-    base = decoder.held_bytes
+    base = decoder.reserved_bytes
     arrived = 0
     while arrived < size:
         piece = payload[arrived : arrived + chunk]
         decoder.feed(piece)
         arrived += len(piece)
         if arrived < size:
-            reserved = decoder.held_bytes - base
+            reserved = decoder.reserved_bytes - base
             assert reserved <= max(64 * 1024, 4 * arrived), (arrived, reserved)
     assert len(messages) == 2
     (frame,) = messages[1]
@@ -405,12 +405,12 @@ def test_a_frame_no_longer_than_one_before_gets_its_buffer_whole() -> None:
         decoder.feed(struct.pack("<IQ", 1, size) + b"a")
         decoder.feed(b"b" * (size - 1))
     assert [bytes(frames[0]) for frames in messages[1:]] == [b"a" + b"b" * (size - 1)] * 2
-    base = decoder.held_bytes
+    base = decoder.reserved_bytes
     decoder.feed(struct.pack("<IQ", 1, size) + b"a")
-    assert decoder.held_bytes - base == size
+    assert decoder.reserved_bytes - base == size
     decoder.feed(b"b" * (size - 1))
     decoder.feed(struct.pack("<IQ", 1, size + 1) + b"a")
-    assert decoder.held_bytes - base <= 64 * 1024
+    assert decoder.reserved_bytes - base <= 64 * 1024
 
 
 def test_a_growing_frame_survives_a_caller_that_holds_its_last_buffer() -> None:
@@ -438,18 +438,18 @@ def test_small_frames_and_headers_are_buffered_as_they_arrive() -> None:
     """Regression: a header announcing a frame just under 64 KiB, or a message of 65,536
     frames, made the receive buffer grow to that size before the bytes came."""
     decoder, messages = _after_handshake()
-    base = decoder.held_bytes
+    base = decoder.reserved_bytes
     with _traced() as growth:
         decoder.feed(struct.pack("<IQ", 1, OOB_THRESHOLD - 1) + b"x" * 10)
     assert growth[0] < 4096, growth
-    assert decoder.held_bytes == base
+    assert decoder.reserved_bytes == base
     decoder.feed(b"x" * (OOB_THRESHOLD - 11))
     assert messages[1] == [b"x" * (OOB_THRESHOLD - 1)]
     decoder, messages = _after_handshake()
     with _traced() as growth:
         decoder.feed(struct.pack("<I", MAX_FRAMES) + bytes(80))
     assert growth[0] < 4096, growth
-    assert decoder.held_bytes == base
+    assert decoder.reserved_bytes == base
     decoder.feed(bytes(8 * MAX_FRAMES - 80))
     assert messages[1] == [b""] * MAX_FRAMES
 
@@ -533,7 +533,7 @@ def test_held_bytes_covers_what_queued_messages_cost(msg: Any) -> None:
         decoder.feed(data)
     assert len(ready) == count
     held = sum(held_bytes(frames) for frames in ready)
-    received = decoder.held_bytes  # the decoder's receive buffer, traced too
+    received = decoder.reserved_bytes  # the decoder's receive buffer, traced too
     assert growth[0] - received <= held <= 2 * growth[0], (growth[0], received, held)
 
 

@@ -783,9 +783,9 @@ class FrameDecoder:
             self._fast_max = min(value, self._first_limit - _ONE_HEADER)
 
     @property
-    def held_bytes(self) -> int:
-        """Bytes of buffer memory the decoder holds now: its receive buffer, and what is
-        reserved for the large frame being received (not the frames already delivered)."""
+    def reserved_bytes(self) -> int:
+        """Bytes of buffer memory the decoder has allocated for data not yet delivered:
+        its receive buffer, and the buffer of the large frame being received."""
         direct = self._direct
         return len(self._buf) + (0 if direct is None else direct.nbytes)
 
