@@ -910,14 +910,15 @@ class FrameDecoder:
             view = view[n:]
             self.buffer_updated(n)
 
-    def _too_large(self, size: int, first: bool) -> MessageTooLargeError:
+    def _too_large(self, size: int, first: str = "") -> MessageTooLargeError:
+        """The error for a message of *size* bytes; *first*: what the first message's
+        header announced that takes it past its limit."""
         if first:
             limit = self._first_limit
             assert limit is not None
             return MessageTooLargeError(
-                f"peer {self.peer} sent a first message (the comm handshake) of {size} "
-                f"bytes or more, header included, more than the {limit} bytes a first "
-                "message may have",
+                f"peer {self.peer} announced a first message (the comm handshake) of "
+                f"{first}; a first message may have at most {limit} bytes",
                 size=size,
                 limit=limit,
             )
@@ -963,15 +964,18 @@ class FrameDecoder:
                 header = 4 + 8 * count
                 first_limit = self._first_limit
                 if first_limit is not None and header > first_limit:
-                    raise self._too_large(header, first=True)
+                    raise self._too_large(
+                        header, f"{count} frames, whose header alone takes {header} bytes"
+                    )
                 if avail < header:
                     return
                 lengths = list(struct.unpack_from(f"<{count}Q", buf, start + 4))
                 total = sum(lengths)
                 if first_limit is not None and header + total > first_limit:
-                    raise self._too_large(header + total, first=True)
+                    size = header + total
+                    raise self._too_large(size, f"{size} bytes, header included")
                 if total > self._max_size:
-                    raise self._too_large(total, first=False)
+                    raise self._too_large(total)
                 self._start += header
                 self._lengths = lengths
                 self._frames = []
