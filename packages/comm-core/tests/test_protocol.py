@@ -308,6 +308,263 @@ def test_receiver_refuses_bad_frame_counts(count: int) -> None:
         decoder.feed(PREAMBLE + struct.pack("<I", count))
 
 
+# -- what a header makes the receiver reserve --------------------------------------------
+
+
+def _after_handshake(**kwargs: Any) -> tuple[FrameDecoder, list[list[Any]]]:
+    """A decoder as a stream comm has one, past its preamble and first message."""
+    messages: list[list[Any]] = []
+    decoder = FrameDecoder(
+        messages.append,
+        max_message_size=1 << 31,
+        first_message_limit=MAX_FIRST_MESSAGE,
+        **kwargs,
+    )
+    decoder.feed(PREAMBLE + wire({"protocol": 1}))
+    assert len(messages) == 1
+    return decoder, messages
+
+
+def _virtual_memory() -> int | None:
+    """This process's virtual memory size in bytes (Linux), else None."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def _traced() -> Any:
+    """Trace allocations in the block; yields a list that gets the growth, in bytes."""
+    import gc
+    import tracemalloc
+
+    growth: list[int] = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        yield growth
+        growth.append(tracemalloc.get_traced_memory()[0] - before)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("claim", [2**20 - 1, 2**30 - 1])
+def test_a_large_frame_header_reserves_little(claim: int) -> None:
+    """Regression: after the handshake, a 12-byte header announcing a frame made the
+    receiver allocate the whole frame's buffer at once: zeroed (resident) below 1 MiB,
+    mapped above (address space, and commit charge where overcommit is strict), held
+    for as long as the peer kept the connection open."""
+    decoder, _ = _after_handshake()
+    vm_before = _virtual_memory()
+    with _traced() as growth:
+        decoder.feed(struct.pack("<IQ", 1, claim) + b"x" * 100)
+    assert growth[0] < 96 * 1024, growth
+    vm_after = _virtual_memory()
+    if vm_before is not None and vm_after is not None:
+        assert vm_after - vm_before < 2**20, (vm_before, vm_after)
+    assert decoder.reserved_bytes <= 16 * 1024 + 64 * 1024
+
+
+@pytest.mark.parametrize("size", [OOB_THRESHOLD, 100_000, 2**20 - 1, 5 * 2**20 + 3])
+@pytest.mark.parametrize("chunk", [65537, 300_000])
+def test_a_large_frame_buffer_grows_with_what_arrives(size: int, chunk: int) -> None:
+    """What the decoder holds for a large frame stays within four times what arrived of
+    it (at least 64 KiB); the frame is still received in place, whole and writable."""
+    decoder, messages = _after_handshake()
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    decoder.feed(struct.pack("<IQ", 1, size))
+    base = decoder.reserved_bytes
+    arrived = 0
+    while arrived < size:
+        piece = payload[arrived : arrived + chunk]
+        decoder.feed(piece)
+        arrived += len(piece)
+        if arrived < size:
+            reserved = decoder.reserved_bytes - base
+            assert reserved <= max(64 * 1024, 4 * arrived), (arrived, reserved)
+    assert len(messages) == 2
+    (frame,) = messages[1]
+    assert isinstance(frame, memoryview)
+    assert not frame.readonly
+    assert frame == payload
+
+
+def test_a_frame_no_longer_than_one_before_gets_its_buffer_whole() -> None:
+    """Once the peer has sent a frame of some length, frames up to that length are
+    received into a buffer of their full length, allocated once; a longer frame starts
+    small again."""
+    decoder, messages = _after_handshake()
+    size = 4 * 2**20
+    for _ in range(2):
+        decoder.feed(struct.pack("<IQ", 1, size) + b"a")
+        decoder.feed(b"b" * (size - 1))
+    assert [bytes(frames[0]) for frames in messages[1:]] == [b"a" + b"b" * (size - 1)] * 2
+    base = decoder.reserved_bytes
+    decoder.feed(struct.pack("<IQ", 1, size) + b"a")
+    assert decoder.reserved_bytes - base == size
+    decoder.feed(b"b" * (size - 1))
+    decoder.feed(struct.pack("<IQ", 1, size + 1) + b"a")
+    assert decoder.reserved_bytes - base <= 64 * 1024
+
+
+def test_a_growing_frame_survives_a_caller_that_holds_its_last_buffer() -> None:
+    """A transport may still hold the buffer it filled when it asks for the next one
+    (asyncio's TLS layer on Python 3.10 does): the frame's buffer cannot grow in place
+    then, and is copied into a larger one instead, bytes intact."""
+    decoder, messages = _after_handshake()
+    size = 3 * 2**20 + 5
+    payload = bytes(range(251)) * (size // 251) + b"q" * (size % 251)
+    data = memoryview(struct.pack("<IQ", 1, size) + payload)
+    held: list[memoryview] = []
+    while data.nbytes:
+        buf = decoder.get_buffer(data.nbytes)
+        n = min(buf.nbytes, data.nbytes, 200_000)
+        buf[:n] = data[:n]
+        held = [buf]  # the previous buffer is released only now
+        data = data[n:]
+        decoder.buffer_updated(n)
+    del held
+    assert len(messages) == 2
+    assert messages[1][0] == payload
+
+
+def test_small_frames_and_headers_are_buffered_as_they_arrive() -> None:
+    """Regression: a header announcing a frame just under 64 KiB, or a message of 65,536
+    frames, made the receive buffer grow to that size before the bytes came."""
+    decoder, messages = _after_handshake()
+    base = decoder.reserved_bytes
+    with _traced() as growth:
+        decoder.feed(struct.pack("<IQ", 1, OOB_THRESHOLD - 1) + b"x" * 10)
+    assert growth[0] < 4096, growth
+    assert decoder.reserved_bytes == base
+    decoder.feed(b"x" * (OOB_THRESHOLD - 11))
+    assert messages[1] == [b"x" * (OOB_THRESHOLD - 1)]
+    decoder, messages = _after_handshake()
+    with _traced() as growth:
+        decoder.feed(struct.pack("<I", MAX_FRAMES) + bytes(80))
+    assert growth[0] < 4096, growth
+    assert decoder.reserved_bytes == base
+    decoder.feed(bytes(8 * MAX_FRAMES - 80))
+    assert messages[1] == [b""] * MAX_FRAMES
+
+
+# -- the first message's limit covers every byte of it ------------------------------------
+
+
+@pytest.mark.parametrize("count", [(MAX_FIRST_MESSAGE - 4) // 8 + 1, MAX_FRAMES])
+@pytest.mark.parametrize("max_message_size", [1024, 1 << 30])
+def test_a_first_message_header_is_refused_from_its_frame_count(
+    count: int, max_message_size: int
+) -> None:
+    """Regression: the limit of a first message counted its frames' bytes only, so a
+    first header announcing 65,536 frames of nothing passed it, and the receiver waited
+    for 512 KiB of frame lengths, reserving room for them. 4 + 8 * count alone now
+    exceeds the limit: refused from the count, before a single length arrives (also when
+    max_message_size is below the first message's limit)."""
+    decoder = FrameDecoder(
+        lambda f: None,
+        max_message_size=max_message_size,
+        first_message_limit=MAX_FIRST_MESSAGE,
+        peer="tcp://peer:1",
+    )
+    with pytest.raises(MessageTooLargeError, match=r"tcp://peer:1.*first message") as info:
+        decoder.feed(PREAMBLE + struct.pack("<I", count))
+    assert info.value.size == 4 + 8 * count
+    assert info.value.limit == MAX_FIRST_MESSAGE
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_a_first_message_may_have_64_kib_header_included(frames: int) -> None:
+    """A first message of exactly MAX_FIRST_MESSAGE bytes, header included, is accepted;
+    one byte more is refused (before the fix, the header's 4 + 8 * N bytes were not
+    counted, and one-frame messages passed up to 12 bytes over)."""
+    header = 4 + 8 * frames
+    body = MAX_FIRST_MESSAGE - header
+    lengths = [body - 2 * (frames - 1), *[2] * (frames - 1)]
+
+    def message(extra: int) -> bytes:
+        sizes = [lengths[0] + extra, *lengths[1:]]
+        return struct.pack(f"<I{frames}Q", frames, *sizes) + b"".join(
+            bytes([i]) * n for i, n in enumerate(sizes)
+        )
+
+    accepted: list[list[Any]] = []
+    decoder = FrameDecoder(
+        accepted.append, max_message_size=1 << 30, first_message_limit=MAX_FIRST_MESSAGE
+    )
+    decoder.feed(PREAMBLE + message(0))
+    assert [sum(map(len, f)) for f in accepted] == [body]
+    refused = FrameDecoder(
+        lambda f: None, max_message_size=1 << 30, first_message_limit=MAX_FIRST_MESSAGE
+    )
+    with pytest.raises(MessageTooLargeError, match="first message") as info:
+        refused.feed(PREAMBLE + message(1))
+    assert info.value.size == MAX_FIRST_MESSAGE + 1
+
+
+# -- pausing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [{}, 7, {"op": "push", "i": 12345, "data": b"x" * 16}, [b"ab", b"cd", b"ef"]],
+    ids=["empty", "int", "small", "three-frames"],
+)
+def test_held_bytes_covers_what_queued_messages_cost(msg: Any) -> None:
+    """What a stream comm counts against read_high_water for a message waiting unread
+    (comm_core.stream.held_bytes) covers the memory its frames and their containers
+    take, as traced, without counting more than twice that."""
+    import collections
+
+    from comm_core.stream import held_bytes
+
+    count = 20_000
+    data = wire(msg, threshold=2) * count
+    ready: collections.deque[list[Any]] = collections.deque()
+    decoder = FrameDecoder(ready.append, max_message_size=1 << 30)
+    decoder.feed(PREAMBLE)
+    with _traced() as growth:
+        decoder.feed(data)
+    assert len(ready) == count
+    held = sum(held_bytes(frames) for frames in ready)
+    received = decoder.reserved_bytes  # the decoder's receive buffer, traced too
+    assert growth[0] - received <= held <= 2 * growth[0], (growth[0], received, held)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 100_000, None])
+def test_a_paused_decoder_keeps_what_arrives_until_resumed(chunk: int | None) -> None:
+    """A decoder paused from on_message delivers nothing more, keeping what arrives
+    undecoded; resume() delivers it, message by message here (each pauses again)."""
+    msgs: list[Any] = [{"i": i, "data": bytes([i]) * (i * 9000)} for i in range(12)]
+    data = b"".join(wire(m) for m in msgs)
+    received: list[list[Any]] = []
+    decoder: FrameDecoder
+
+    def on_message(frames: list[Any]) -> None:
+        received.append(frames)
+        decoder.pause()
+
+    decoder = FrameDecoder(on_message, max_message_size=1 << 30)
+    stream = PREAMBLE + data
+    step = chunk or len(stream)
+    for start in range(0, len(stream), step):
+        decoder.feed(stream[start : start + step])
+        assert len(received) <= 1
+    assert decoder.paused
+    for count in range(2, len(msgs) + 1):
+        decoder.resume()
+        assert len(received) == count
+    decoder.resume()
+    assert not decoder.paused
+    assert [_bytesify(decode_message(f)) for f in received] == msgs
+
+
 # -- garbage ---------------------------------------------------------------------------
 
 

@@ -894,24 +894,41 @@ def decode_message(
 _DIRECT = 64 * 1024  # frames at least this long are received into their own buffer
 _MAX_READ = 1 << 30  # never ask the OS (or OpenSSL) for more than this in one call
 _MAX_BUFFER = 256 * 1024  # the receive buffer for small frames grows up to this
-_HUGE_PAGES_FROM = 4 * 1024 * 1024  # frames at least this long are received into huge pages
+_MAPPED_FROM = 1 << 20  # frames at least this long are received into mapped memory
+_HUGE_PAGES_FROM = 4 * 1024 * 1024  # buffers at least this long are backed by huge pages
+#: A large frame's buffer starts at most this long (or as long as what has arrived of the
+#: frame), unless the peer sent a frame at least as long before; then it grows by
+#: _GROWTH each time it is full, so that what a peer's header makes us reserve stays
+#: within a small multiple of what it has sent.
+_FIRST_CAPACITY = _DIRECT
+_GROWTH = 4
+#: The header of a message with one frame.
+_ONE_HEADER = _ONE_FRAME.size
 
 
-def _allocate(size: int) -> memoryview:
-    if size >= (1 << 20) and sys.platform != "win32":
+def _allocate(size: int, mapped: bool) -> bytearray | Any:
+    """A zeroed buffer of *size* bytes: an anonymous private mapping if *mapped* (and the
+    platform has one that can grow in place), else a :class:`bytearray`."""
+    if mapped and sys.platform != "win32":
         import mmap
 
         # Zero pages, touched once by recv. Private: a shared mapping (mmap's default)
         # would be shared with forked children, and is slower to fault in (shmem).
         buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-        if size >= _HUGE_PAGES_FROM:
-            # Transparent huge pages (where the OS has them, on request): filling a
-            # fresh buffer then costs one page fault per 2 MiB instead of per 4 KiB,
-            # which doubles the speed of receiving a large frame.
-            with contextlib.suppress(AttributeError, OSError):
-                buffer.madvise(mmap.MADV_HUGEPAGE)
-        return memoryview(buffer)
-    return memoryview(bytearray(size))
+        _advise_huge_pages(buffer)
+        return buffer
+    return bytearray(size)
+
+
+def _advise_huge_pages(buffer: Any) -> None:
+    if len(buffer) >= _HUGE_PAGES_FROM:
+        import mmap
+
+        # Transparent huge pages (where the OS has them, on request): filling a fresh
+        # buffer then costs one page fault per 2 MiB instead of per 4 KiB, which
+        # doubles the speed of receiving a large frame.
+        with contextlib.suppress(AttributeError, OSError):
+            buffer.madvise(mmap.MADV_HUGEPAGE)
 
 
 def _discard(frames: list[Any]) -> None:
@@ -926,18 +943,34 @@ class FrameDecoder:
     message is passed, as a list of frames, to *on_message*. :meth:`feed` does
     both for a chunk of bytes.
 
+    Frames of 64 KiB or more are received into a buffer of their own, which
+    becomes the frame (a writable ``memoryview``), so they are never copied
+    once received. What a header makes the decoder reserve grows with what
+    arrives, not with what the header announces: a frame longer than any the
+    peer sent before on this connection starts in a buffer of 64 KiB (or of
+    what has arrived of it), which grows fourfold each time it is full (on
+    Linux by remapping, without a copy); frames no longer than one the peer
+    sent before get a buffer of their full size at once. The receive buffer
+    of smaller frames and headers likewise grows only when received bytes
+    fill it. So the memory a connection holds is at most a few times what
+    its peer has sent.
+
     Args:
         on_message: called with the frames of each complete message; during the
-            call, :attr:`message_size` holds the message's size in bytes.
+            call, :attr:`message_size` holds the message's size in bytes. It may
+            call :meth:`pause` to receive no further message for now.
         max_message_size: larger messages raise :class:`MessageTooLargeError`
-            from the header, before anything is allocated for them.
+            from the header, before anything is allocated for them (the size of
+            a message is the sum of its frames' lengths).
         peer: named in error messages.
         expect_preamble: check the peer's preamble first.
-        first_message_limit: a lower limit for the first message only (the
-            comm handshake), such as :data:`MAX_FIRST_MESSAGE`; ``None``: none.
+        first_message_limit: a limit for the first message only (the comm
+            handshake), such as :data:`MAX_FIRST_MESSAGE`, on all its bytes,
+            the header included: a header whose frame count alone could take
+            the message past it is refused at once. ``None``: none.
 
-    Errors raised from :meth:`buffer_updated` leave the decoder unusable: the
-    caller closes the connection.
+    Errors raised from :meth:`buffer_updated` (and :meth:`resume`) leave the
+    decoder unusable: the caller closes the connection.
     """
 
     def __init__(
@@ -953,14 +986,15 @@ class FrameDecoder:
         self.on_message = on_message
         #: Size in bytes of the message being delivered to *on_message*.
         self.message_size = 0
-        self.max_message_size = max_message_size
-        self._later_limit: int | None = None
         self._deliver = on_message
-        if first_message_limit is not None and first_message_limit < max_message_size:
-            # Until the first message is delivered: a lower limit, and a hook that lifts
-            # it (so the check of every later message costs nothing more).
-            self._later_limit = max_message_size
-            self.max_message_size = first_message_limit
+        self._first_limit = first_message_limit
+        self._max_size = max_message_size
+        # The largest body a one-frame message may have on the fast path of _parse.
+        self._fast_max = max_message_size
+        if first_message_limit is not None:
+            # Until the first message is delivered: its own limit, header included, and
+            # a hook that lifts it (so the check of every later message costs nothing more).
+            self._fast_max = min(max_message_size, first_message_limit - _ONE_HEADER)
             self.on_message = self._first_message
         self.peer = peer
         self._buf = bytearray(buffer_size)
@@ -970,8 +1004,35 @@ class FrameDecoder:
         self._need_preamble = expect_preamble
         self._lengths: list[int] | None = None  # of the message being received
         self._frames: list[Any] = []
-        self._direct: memoryview | None = None  # frame being received in place
+        # The large frame being received in place: a view of its buffer (as much as is
+        # reserved so far), the buffer, the frame's length and how much has arrived.
+        self._direct: memoryview | None = None
+        self._backing: Any = None
+        self._direct_size = 0
         self._filled = 0
+        # The longest large frame received so far: one no longer gets its buffer whole.
+        self._credit = 0
+        self._paused = False
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message accepted after the first, in bytes (frame lengths summed)."""
+        return self._max_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        self._max_size = value
+        if self._first_limit is None:
+            self._fast_max = value
+        else:
+            self._fast_max = min(value, self._first_limit - _ONE_HEADER)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of buffer memory the decoder has allocated for data not yet delivered:
+        its receive buffer, and the buffer of the large frame being received."""
+        direct = self._direct
+        return len(self._buf) + (0 if direct is None else direct.nbytes)
 
     def detach(self) -> None:
         """Drop the *on_message* callback; messages decoded later are discarded.
@@ -984,8 +1045,8 @@ class FrameDecoder:
 
     def _first_message(self, frames: list[Any]) -> None:
         """Deliver the first message, then apply ``max_message_size`` to the next ones."""
-        assert self._later_limit is not None
-        self.max_message_size, self._later_limit = self._later_limit, None
+        self._first_limit = None
+        self._fast_max = self._max_size
         self.on_message = self._deliver
         self._deliver(frames)
 
@@ -994,35 +1055,91 @@ class FrameDecoder:
         """Whether the peer's preamble has yet to arrive."""
         return self._need_preamble
 
+    @property
+    def paused(self) -> bool:
+        """Whether :meth:`pause` was called, and :meth:`resume` not since."""
+        return self._paused
+
+    def pause(self) -> None:
+        """Deliver no further message until :meth:`resume`.
+
+        Called from *on_message*, the message being delivered is the last for
+        now. Bytes received meanwhile are kept as they are, undecoded (a
+        transport asked to pause reading may still deliver what it holds).
+        """
+        self._paused = True
+
+    def resume(self) -> None:
+        """Deliver the messages received while paused, then the next ones as they arrive.
+
+        *on_message* may pause the decoder again. Raises what
+        :meth:`buffer_updated` raises.
+        """
+        if self._paused:
+            self._paused = False
+            if self._direct is None:
+                self._parse()
+
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         direct = self._direct
         if direct is not None:
-            return direct[self._filled : self._filled + _MAX_READ]
+            filled = self._filled
+            if filled == direct.nbytes:
+                direct = self._grow()
+            return direct[filled : filled + _MAX_READ]
         if self._end == len(self._buf):
             self._compact()
         return self._view[self._end :]
 
-    def _compact(self, need: int = 0) -> None:
-        """Move unparsed bytes to the front; grow the buffer when *need* bytes won't fit."""
+    def _compact(self) -> None:
+        """Make room after the received bytes: move the unparsed ones to the front, or
+        grow the buffer (double it) when they fill it."""
         pending = self._end - self._start
         size = len(self._buf)
         # A full buffer means the peer sends faster than we parse: grow it, up to a
-        # limit, so that each recv_into takes more at once.
-        if need > size or pending == size or (self._end == size and size < _MAX_BUFFER):
+        # limit, so that each recv_into takes more at once. Past the limit it grows
+        # only for a header or a frame that does not fit, as its bytes arrive.
+        if pending == size or size < _MAX_BUFFER:
             # A new buffer: slices handed out earlier may still pin the old one.
-            new = bytearray(max(need, 2 * size))
+            new = bytearray(2 * size)
             new[:pending] = self._view[self._start : self._end]
             self._buf, self._view = new, memoryview(new)
-        elif self._start:
+        else:
             self._view[:pending] = self._view[self._start : self._end]
         self._start, self._end = 0, pending
+
+    def _grow(self) -> memoryview:
+        """The large frame's buffer is full: grow it (fourfold, up to the frame's length)."""
+        direct = self._direct
+        assert direct is not None
+        old = direct.nbytes
+        capacity = min(self._direct_size, old * _GROWTH)
+        backing = self._backing
+        if type(backing) is bytearray:
+            new: Any = bytearray(capacity)
+            new[:old] = direct
+        else:
+            # A mapping grows in place, or moves without a copy (mremap), unless a view
+            # of it is still held somewhere (or the OS cannot remap); then it is copied.
+            try:
+                direct.release()
+                backing.resize(capacity)
+                new = backing
+            except (BufferError, OSError, SystemError):  # SystemError: no mremap
+                new = _allocate(capacity, mapped=True)
+                new[:old] = memoryview(backing)[:old]
+            _advise_huge_pages(new)
+        self._backing = new
+        direct = self._direct = memoryview(new)
+        return direct
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct is not None:
             self._filled += nbytes
-            if self._filled == len(self._direct):
+            if self._filled == self._direct_size:
                 self._frames.append(self._direct)
-                self._direct = None
+                self._direct = self._backing = None
+                self._credit = max(self._credit, self._direct_size)
                 self._parse()
             return
         self._end += nbytes
@@ -1034,12 +1151,32 @@ class FrameDecoder:
             buf = self.get_buffer(view.nbytes)
             n = min(buf.nbytes, view.nbytes)
             buf[:n] = view[:n]
+            del buf
             view = view[n:]
             self.buffer_updated(n)
 
+    def _too_large(self, size: int, first: str = "") -> MessageTooLargeError:
+        """The error for a message of *size* bytes; *first*: what the first message's
+        header announced that takes it past its limit."""
+        if first:
+            limit = self._first_limit
+            assert limit is not None
+            return MessageTooLargeError(
+                f"peer {self.peer} announced a first message (the comm handshake) of "
+                f"{first}; a first message may have at most {limit} bytes",
+                size=size,
+                limit=limit,
+            )
+        return MessageTooLargeError(
+            f"peer {self.peer} sent a message of {size} bytes, more than "
+            f"max_message_size of {self._max_size} bytes",
+            size=size,
+            limit=self._max_size,
+        )
+
     def _parse(self) -> None:
         buf = self._buf
-        while True:
+        while not self._paused:
             start, avail = self._start, self._end - self._start
             if self._need_preamble:
                 if avail < PREAMBLE_SIZE:
@@ -1058,7 +1195,7 @@ class FrameDecoder:
                 (count,) = _U32.unpack_from(buf, start)
                 if count == 1 and avail >= 12:  # fast path: a small one-frame message
                     size = _ONE_FRAME.unpack_from(buf, start)[1]
-                    if size < _DIRECT and avail >= 12 + size and size <= self.max_message_size:
+                    if size < _DIRECT and avail >= 12 + size and size <= self._fast_max:
                         self._start = start + 12 + size
                         self.message_size = size
                         self.on_message([self._view[start + 12 : self._start].tobytes()])
@@ -1069,25 +1206,22 @@ class FrameDecoder:
                         f"peer {self.peer} sent a message header with {count} frames; "
                         f"the protocol allows 1 to {MAX_FRAMES}"
                     )
-                if avail < 4 + 8 * count:
-                    if start + 4 + 8 * count > len(buf):
-                        self._compact(4 + 8 * count)
+                header = 4 + 8 * count
+                first_limit = self._first_limit
+                if first_limit is not None and header > first_limit:
+                    raise self._too_large(
+                        header, f"{count} frames, whose header alone takes {header} bytes"
+                    )
+                if avail < header:
                     return
                 lengths = list(struct.unpack_from(f"<{count}Q", buf, start + 4))
                 total = sum(lengths)
-                if total > self.max_message_size:
-                    what = (
-                        "max_message_size"
-                        if self._later_limit is None
-                        else "the limit of a first message (the comm handshake)"
-                    )
-                    raise MessageTooLargeError(
-                        f"peer {self.peer} sent a message of {total} bytes, more than "
-                        f"{what} of {self.max_message_size} bytes",
-                        size=total,
-                        limit=self.max_message_size,
-                    )
-                self._start += 4 + 8 * count
+                if first_limit is not None and header + total > first_limit:
+                    size = header + total
+                    raise self._too_large(size, f"{size} bytes, header included")
+                if total > self._max_size:
+                    raise self._too_large(total)
+                self._start += header
                 self._lengths = lengths
                 self._frames = []
                 continue
@@ -1098,22 +1232,26 @@ class FrameDecoder:
                 self.on_message(frames)
                 continue
             size = lengths[index]
-            if avail >= size and size < _DIRECT:
+            if size < _DIRECT:
+                if avail < size:
+                    return  # get_buffer() makes room as the frame's bytes arrive
                 self._frames.append(self._view[start : start + size].tobytes())
                 self._start += size
                 continue
-            if size < _DIRECT:
-                if start + size > len(buf):
-                    self._compact(size)
-                return
             # A large frame: copy what we already hold, receive the rest in place.
-            dest = _allocate(size)
             have = min(avail, size)
+            # Longer than any frame before: start small (see _FIRST_CAPACITY).
+            seen = size <= self._credit
+            capacity = size if seen else min(size, max(_FIRST_CAPACITY, have))
+            backing = _allocate(capacity, mapped=size >= _MAPPED_FROM)
+            dest = memoryview(backing)
             dest[:have] = self._view[start : start + have]
             self._start += have
             if have == size:
                 self._frames.append(dest)
+                self._credit = max(self._credit, size)
                 continue
-            self._direct, self._filled = dest, have
+            self._direct, self._backing = dest, backing
+            self._direct_size, self._filled = size, have
             self._start = self._end = 0
             return

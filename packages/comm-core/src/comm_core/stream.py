@@ -11,8 +11,10 @@ and so can third-party stream transports (Unix sockets, pipes, ...)::
 Writes made during one event loop iteration go out together in one system
 call; large buffers are sent without copying. ``write()`` waits while more
 than ``write_high_water`` bytes are queued for the peer, and reading pauses
-while more than ``read_high_water`` bytes of messages wait unread, so memory
-stays bounded whatever the peer's speed.
+while the messages waiting unread take more than ``read_high_water`` bytes of
+memory (their frames' bytes, plus what each message and frame costs besides:
+see :func:`held_bytes`), so memory stays bounded whatever the peer's speed and
+however small its messages.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from comm_core.protocol import (
     serializer_families,
 )
 
-__all__ = ["StreamAcceptor", "StreamComm", "StreamProtocol", "format_sockaddr"]
+__all__ = ["StreamAcceptor", "StreamComm", "StreamProtocol", "format_sockaddr", "held_bytes"]
 
 logger = logging.getLogger("comm_core.stream")
 
@@ -47,10 +49,29 @@ _WRITELINES_ZERO_COPY = sys.version_info >= (3, 12)
 #: Large buffers go to a transport that copies (Python < 3.12) in slices this big.
 _SLICE = 1024 * 1024
 _LARGE = 1024 * 1024  # buffers at least this long are written apart from small ones
+#: What a message waiting unread costs besides its frames' bytes: its list of frames
+#: and its place in the queue (a list of one frame takes 64 bytes, its array of items
+#: 16 and the queue 8, on CPython 3.10 to 3.13, with pymalloc's rounding) ...
+_MESSAGE_COST = 96
+#: ... and what each frame costs besides its bytes: a ``bytes`` object's header (33
+#: bytes, 48 once rounded) and its place in the list.
+_FRAME_COST = 64
+#: Until the comm's first message (the handshake) has been read, reading pauses once
+#: this many bytes wait unread: a peer not yet known cannot make us hold more.
+_FIRST_READ_LIMIT = MAX_FIRST_MESSAGE
 #: How long a dialing comm holds its preamble and handshake while it waits for the
 #: listener's (comm listeners speak first); then they go out anyway, for a peer that
 #: waits to be spoken to (and is then found not to be a comm endpoint, at once).
 _HOLD_HANDSHAKE = 0.05
+
+
+def held_bytes(frames: list[Any]) -> int:
+    """The memory counted against ``read_high_water`` for a message of *frames* waiting
+    unread: its frames' bytes, plus 96 bytes for the message and 64 for each frame
+    (CPython's objects that hold them)."""
+    if len(frames) == 1:
+        return len(frames[0]) + (_MESSAGE_COST + _FRAME_COST)
+    return sum(map(len, frames)) + _MESSAGE_COST + _FRAME_COST * len(frames)
 
 
 def format_sockaddr(scheme: str, sockaddr: Any) -> str:
@@ -118,8 +139,13 @@ class StreamProtocol(asyncio.BufferedProtocol):
             first_message_limit=MAX_FIRST_MESSAGE,  # the handshake: reserve little for it
         )
         self.established = False
-        self.ready: deque[tuple[list[Any], int]] = deque()  # frames and their size
+        #: The frames of each message received and not read yet.
+        self.ready: deque[list[Any]] = deque()
+        #: What they hold (see held_bytes()).
         self.ready_bytes = 0
+        #: Reading pauses when ready_bytes exceeds this: read_high_water, or less until
+        #: the first message has been read.
+        self.read_limit = min(read_high_water, _FIRST_READ_LIMIT)
         self.reading_paused = False
         self.waiter: asyncio.Future[list[Any]] | None = None
         self.out: list[Any] = []
@@ -238,13 +264,34 @@ class StreamProtocol(asyncio.BufferedProtocol):
             self.waiter = None
             waiter.set_result(frames)
             return
-        size = self.decoder.message_size
-        self.ready.append((frames, size))
-        self.ready_bytes += size
-        if self.ready_bytes > self.read_high_water and not self.reading_paused:
-            self.reading_paused = True
-            assert self.transport is not None
+        self.ready.append(frames)
+        self.ready_bytes += held_bytes(frames)
+        if self.ready_bytes > self.read_limit and not self.reading_paused:
+            self.pause_reading()
+
+    def pause_reading(self) -> None:
+        """Take no more messages from the peer until :meth:`resume_reading`.
+
+        The decoder delivers no further message (what arrives meanwhile stays
+        undecoded in its buffer), and the transport stops reading, so the peer's
+        writes soon wait on TCP's flow control.
+        """
+        self.reading_paused = True
+        self.decoder.pause()
+        if self.transport is not None:
             self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Take messages again: first those already received, then from the transport
+        (unless they take the comm past its limit again)."""
+        self.reading_paused = False
+        try:
+            self.decoder.resume()
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        if not self.reading_paused and self.transport is not None and not self.peer_gone:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         self.peer_gone = True
@@ -258,6 +305,13 @@ class StreamProtocol(asyncio.BufferedProtocol):
         if on_lost is not None:
             self.on_lost = None
             on_lost(self)
+        if self.decoder.paused and not self.closing and self.error is None:
+            # What the peer sent before it went can still be read: decode what the
+            # paused decoder holds (reading_paused stays set, so it is not paused again).
+            try:
+                self.decoder.resume()
+            except ProtocolError as error:
+                self.error = error
         self.decoder.detach()  # it holds self.on_message: a cycle
         if exc is not None and self.error is None and not self.closing:
             self.error = exc
@@ -474,8 +528,11 @@ class StreamComm(Comm):
         max_message_size: the largest message sent or accepted; default: the
             ``max_message_size`` setting.
         write_high_water: ``write()`` waits while more bytes than this are queued.
-        read_high_water: reading from the transport pauses while more bytes than
-            this wait unread in the comm.
+        read_high_water: reading from the transport pauses while the messages
+            waiting unread in the comm hold more than this many bytes of memory
+            (see :func:`held_bytes`), and resumes once they hold half as much.
+            Until the first message (the handshake) has been read, it pauses
+            above 64 KiB already.
         on_established: called with the comm once the peer's preamble is valid
             (listeners use it to start the handshake only for real comm peers).
     """
@@ -551,12 +608,11 @@ class StreamComm(Comm):
         if p.hold_handshake and not p.ready:
             self._read_greeting_now()
         if p.ready:
-            frames, size = p.ready.popleft()
-            p.ready_bytes -= size
-            if p.reading_paused and p.ready_bytes <= p.read_high_water // 2:
-                p.reading_paused = False
-                if p.transport is not None and not p.peer_gone:
-                    p.transport.resume_reading()
+            frames = p.ready.popleft()
+            p.ready_bytes -= held_bytes(frames)
+            p.read_limit = p.read_high_water  # the first message is read
+            if p.reading_paused and p.ready_bytes <= p.read_limit // 2:
+                p.resume_reading()
         else:
             if p.closing or p.peer_gone or p.loop is None:
                 if p.loop is None and not p.closing:
@@ -583,6 +639,7 @@ class StreamComm(Comm):
                 del waiter
                 if hold is not None:
                     hold.cancel()
+            p.read_limit = p.read_high_water  # the first message is read
             if hold is not None and p.preamble_pending and p.flush_handle is None:
                 # The handshake is done: what it held leaves with a write made in
                 # this loop iteration, or else at its end (a listener drops a
