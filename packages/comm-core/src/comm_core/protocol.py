@@ -900,7 +900,7 @@ _HUGE_PAGES_FROM = 4 * 1024 * 1024  # buffers at least this long are backed by h
 #: frame), unless the peer sent a frame at least as long before; then it grows by
 #: _GROWTH each time it is full, so that what a peer's header makes us reserve stays
 #: within a small multiple of what it has sent.
-_FIRST_CAPACITY = _DIRECT
+_FIRST_CAPACITY = 32 * 1024
 _GROWTH = 4
 #: The header of a message with one frame.
 _ONE_HEADER = _ONE_FRAME.size
