@@ -28,10 +28,15 @@ After the preamble the stream is a sequence of messages::
     frame 1..N-1 out-of-band buffers, raw bytes
 
 The receiver adds the lengths up and refuses a message above its
-``max_message_size`` before allocating anything for it. The first message
-of a connection, the comm handshake, may be at most ``MAX_FIRST_MESSAGE``
-(64 KiB) long, whatever ``max_message_size`` says: a peer that has not
-said who it is cannot make the receiver reserve more.
+``max_message_size`` before allocating anything for it, and reserves memory
+for a frame only as its bytes arrive. The first message of a connection, the
+comm handshake, may be at most ``MAX_FIRST_MESSAGE`` (64 KiB) long, header
+included, whatever ``max_message_size`` says: a peer that has not said who it
+is cannot make the receiver reserve more.
+
+Decoding a body is bounded too (see :class:`Decoder`): in nesting depth
+(``max_message_depth``), in the memory it decodes to
+(``max_message_expansion`` times its size) and in keys made to collide.
 
 The body is msgpack (``bin`` for bytes, ``str`` for UTF-8 text, maps with any
 key type). These msgpack extension types carry what msgpack lacks:
@@ -50,12 +55,14 @@ What :meth:`Comm.read <comm_core.Comm.read>` returns
 * ``bytes``, ``bytearray`` and ``memoryview`` values shorter than
   ``oob_threshold`` (64 KiB) travel inside the body and are read as ``bytes``.
   Longer ones travel as their own frame, are sent without copying, received
-  straight into a buffer allocated once at the right size, and are read as a
-  writable ``memoryview`` over that buffer (``bytes(view)`` copies it).
+  straight into a buffer of their own (which grows as the frame arrives, the
+  first time a peer sends one that long), and are read as a writable
+  ``memoryview`` over that buffer (``bytes(view)`` copies it).
 * Tuples are read as tuples (also as dict keys), lists as lists, dicts as
   dicts with their keys' types kept; subclasses of builtin containers and
   scalars (``OrderedDict``, ``IntEnum``, named tuples) are read as the builtin
-  type. ``None``, ``bool``, ``int`` (64-bit), ``float`` and ``str`` round-trip.
+  type. ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str`` and
+  ``msgpack.Timestamp`` round-trip.
 * Other types need a serializer family (see :func:`serializer_families`).
   A family turns an object into a small msgpack-able header plus frames, and
   back. ``write(serializers=...)`` picks the families a write may use;
