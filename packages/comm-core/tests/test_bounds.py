@@ -288,6 +288,36 @@ def test_the_measures_agree_with_the_decoded_value(body: bytes, limit: int) -> N
             decoder.decode([body])
 
 
+def test_every_byte_that_starts_a_run_is_one_item() -> None:
+    for byte in range(256):
+        if _bounds._STARTS_RUN[byte]:
+            assert _bounds._ONE_BYTE_ITEMS.fullmatch(bytes([byte])), hex(byte)
+            msgpack.unpackb(bytes([byte]))  # one whole item: no error
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([0x00, 0x7F, 0x80, 0x90, 0xA0, 0xC0, 0xC2, 0xC3, 0xE0, 0xFF]), max_size=300
+    ),
+    st.lists(st.sampled_from([NIL, integer(1000), text("abc"), array(NIL)]), max_size=3),
+)
+def test_runs_of_one_byte_items_are_measured_as_walked(run: list[int], tail: list[bytes]) -> None:
+    items = [bytes([byte]) for byte in run] + tail
+    body = array(*items)
+    shape = _bounds.scan(body, 100, 1 << 30)
+    assert shape is not None
+    decoded = msgpack.unpackb(body, strict_map_key=False)
+    assert len(decoded) == len(items)
+    maps = run.count(0x80)
+    arrays = 1 + run.count(0x90) + tail.count(array(NIL))
+    count = 1 + len(items) + tail.count(array(NIL))
+    assert shape == (
+        depth_of(decoded),
+        _bounds.BYTE_COST * count + _bounds.MAP_COST * maps + _bounds.ARRAY_COST * arrays,
+    )
+
+
 @pytest.mark.parametrize(
     "body",
     [

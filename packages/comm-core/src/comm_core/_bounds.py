@@ -256,8 +256,9 @@ for _byte in range(256):
         _FIXED[_byte] = 9
     elif 0xCC <= _byte <= 0xD3:
         _FIXED[_byte] = 1 + (1 << (_byte & 0x03))
-# One-byte items: positive and negative fixints, nil, booleans, empty maps and arrays.
-_ONE_BYTE_ITEMS = re.compile(b"[\\x00-\\x80\\x90\\xc0\\xc2\\xc3\\xe0-\\xff]+")
+# One-byte items: positive and negative fixints, nil, booleans, the empty string, empty
+# maps and arrays (what _STARTS_RUN marks).
+_ONE_BYTE_ITEMS = re.compile(b"[\\x00-\\x80\\x90\\xa0\\xc0\\xc2\\xc3\\xe0-\\xff]+")
 _STARTS_RUN = [_FIXED[_byte] == 1 or _byte in (0x80, 0x90) for _byte in range(256)]
 _RUN = 16  # runs shorter than this are walked item by item
 # Strings and binaries: the width of their length field.
@@ -324,8 +325,7 @@ def scan(
             # A run of one-byte items (small ints, nil, booleans, empty containers):
             # measured at C speed. A flood of empty maps is one.
             run = _ONE_BYTE_ITEMS.match(buf, pos, pos + remaining)
-            assert run is not None  # this byte is one
-            length = run.end() - pos
+            length = 0 if run is None else run.end() - pos  # never None: byte is one
             if length < _RUN:
                 runs_from = items + 4 * _RUN  # not worth looking again for a while
             else:
