@@ -56,11 +56,16 @@ HANDSHAKE_MAX_ITEMS = 64
 HANDSHAKE_MAX_VALUES = 256
 
 _SCALARS = (bool, int, float, str, bytes, type(None))
+_PLAIN = frozenset({bool, int, float, type(None)})  # scalars of any size: no check needed
+_TEXT = frozenset({str, bytes})
 
 
 def _scalar_problem(value: Any) -> str | None:
-    if not isinstance(value, _SCALARS):
-        return f"a value of type {type(value).__name__}"
+    kind = type(value)
+    if kind in _PLAIN:
+        return None
+    if kind not in _TEXT and not isinstance(value, _SCALARS):
+        return f"a value of type {kind.__name__}"
     if isinstance(value, (str, bytes)) and len(value) > HANDSHAKE_MAX_TEXT:
         unit = "characters" if isinstance(value, str) else "bytes"
         return f"a {type(value).__name__} of {len(value)} {unit}"
@@ -82,23 +87,23 @@ def check_handshake(info: Mapping[Any, Any]) -> str | None:
             return f"it has a key of type {type(key).__name__}, {peer_text(key, 40)}; keys are str"
         if len(key) > HANDSHAKE_MAX_KEY:
             return f"it has a key of {len(key)} characters, more than {HANDSHAKE_MAX_KEY}"
-        where = f"entry {peer_text(key, 60)}"
-        if isinstance(value, (list, tuple)):
+        kind = type(value)
+        if kind is list or kind is tuple or isinstance(value, (list, tuple)):
             if len(value) > HANDSHAKE_MAX_ITEMS:
                 return (
-                    f"{where} is a {type(value).__name__} of {len(value)} items, more than "
-                    f"{HANDSHAKE_MAX_ITEMS}"
+                    f"entry {peer_text(key, 60)} is a {kind.__name__} of {len(value)} items, "
+                    f"more than {HANDSHAKE_MAX_ITEMS}"
                 )
             values += len(value)
             for item in value:
                 problem = _scalar_problem(item)
                 if problem is not None:
-                    return f"{where} holds {problem}"
+                    return f"entry {peer_text(key, 60)} holds {problem}"
         else:
             values += 1
             problem = _scalar_problem(value)
             if problem is not None:
-                return f"{where} is {problem}"
+                return f"entry {peer_text(key, 60)} is {problem}"
         if values > HANDSHAKE_MAX_VALUES:
             return f"it holds more than {HANDSHAKE_MAX_VALUES} values"
     return None
