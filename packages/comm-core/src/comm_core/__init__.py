@@ -130,11 +130,12 @@ __all__ = [
 
 #: Submodules reachable as attributes without being imported first (they were once
 #: imported with comm_core; now the first comm imports them: they need msgpack or asyncio).
-_SUBMODULES = frozenset({"protocol", "stream"})
+_SUBMODULES = frozenset({"message", "protocol", "stream"})
 
 
 def _import_submodule(name: str) -> object:
-    """``comm_core.protocol`` and ``comm_core.stream``, imported on first access."""
+    """``comm_core.message``, ``comm_core.protocol`` and ``comm_core.stream``, imported on first
+    access."""
     if name in _SUBMODULES:
         from importlib import import_module
 

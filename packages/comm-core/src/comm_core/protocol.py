@@ -112,6 +112,7 @@ __all__ = [
     "encode_message",
     "pickle_family",
     "serializer_families",
+    "split_message",
 ]
 
 MAGIC: Final = b"\x8eCOMM"
@@ -894,6 +895,79 @@ def decode_message(
 ) -> Any:
     """Decode a message from its frames: a one-off :class:`Decoder`; see :meth:`Decoder.decode`."""
     return Decoder(families, deserialize=deserialize).decode(frames, accept)
+
+
+# -- whole messages -------------------------------------------------------------------------
+
+
+def split_message(
+    data: Any,
+    *,
+    max_message_size: int,
+    first_message_limit: int | None = None,
+    peer: str = "peer",
+) -> list[Any]:
+    """Cut one whole wire message (a frame header, then its frames) into its frames.
+
+    For transports that deliver messages whole (see :mod:`comm_core.message`).
+    The body comes back as ``bytes`` and the out-of-band frames as
+    ``memoryview`` slices of *data*, not copied (writable if *data* is).
+
+    Args:
+        data: the message, a bytes-like object.
+        max_message_size: refuse a message whose frames hold more bytes.
+        first_message_limit: for the first message of a connection: refuse one
+            longer than this, header included (see :data:`MAX_FIRST_MESSAGE`).
+        peer: named in error messages.
+
+    Raises:
+        MessageTooLargeError: the frames exceed *max_message_size*, or the
+            whole message *first_message_limit*.
+        ProtocolError: the header is malformed or its lengths do not add up to
+            the message.
+    """
+    view = memoryview(data).cast("B") if type(data) is not bytes else memoryview(data)
+    size = view.nbytes
+    if first_message_limit is not None and size > first_message_limit:
+        raise MessageTooLargeError(
+            f"peer {peer} sent a first message of {size} bytes, more than the limit of a "
+            f"first message (the comm handshake) of {first_message_limit} bytes",
+            size=size,
+            limit=first_message_limit,
+        )
+    if size < 4:
+        raise ProtocolError(f"peer {peer} sent a message of {size} bytes, too short for a header")
+    (count,) = _U32.unpack_from(view)
+    if not 1 <= count <= MAX_FRAMES:
+        raise ProtocolError(
+            f"peer {peer} sent a message header with {count} frames; "
+            f"the protocol allows 1 to {MAX_FRAMES}"
+        )
+    start = 4 + 8 * count
+    if size < start:
+        raise ProtocolError(
+            f"peer {peer} sent a message of {size} bytes, shorter than its header of {count} "
+            "frame lengths"
+        )
+    lengths = struct.unpack_from(f"<{count}Q", view, 4)
+    total = sum(lengths)
+    if total > max_message_size:
+        raise MessageTooLargeError(
+            f"peer {peer} sent a message of {total} bytes, more than max_message_size of "
+            f"{max_message_size} bytes",
+            size=total,
+            limit=max_message_size,
+        )
+    if start + total != size:
+        raise ProtocolError(
+            f"peer {peer} sent a message of {size} bytes whose header announces {start + total}"
+        )
+    frames: list[Any] = [view[start : start + lengths[0]].tobytes()]
+    position = start + lengths[0]
+    for length in lengths[1:]:
+        frames.append(view[position : position + length])
+        position += length
+    return frames
 
 
 # -- incremental frame decoding -----------------------------------------------------------
