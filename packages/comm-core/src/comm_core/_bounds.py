@@ -39,6 +39,7 @@ __all__ = [
     "BYTE_COST",
     "FREE_BYTES",
     "MAP_COST",
+    "NOT_HEADER",
     "container_depth",
     "count_exts",
     "count_maps",
@@ -63,7 +64,9 @@ def _deleting_all_but(keep: frozenset[int]) -> bytes:
     return bytes(b for b in range(256) if b not in keep)
 
 
-_NOT_HEADER = _deleting_all_but(_MAPS | _ARRAYS | _EXTS)
+#: The bytes that may not begin a container or an extension: ``data.translate(None,
+#: NOT_HEADER)`` keeps those that may (:func:`header_bytes`, without a call).
+NOT_HEADER: Final = _deleting_all_but(_MAPS | _ARRAYS | _EXTS)
 _NOT_MAP = _deleting_all_but(_MAPS)
 _NOT_EXT = _deleting_all_but(_EXTS)
 _CHUNK = 1 << 20  # a memoryview is translated in pieces of this size
@@ -84,12 +87,12 @@ def header_bytes(data: Any) -> bytes:
     An over-count: the contents of strings, binaries and numbers are included.
     """
     if type(data) is bytes:
-        return data.translate(None, _NOT_HEADER)
+        return data.translate(None, NOT_HEADER)
     view = memoryview(data).cast("B")
     if view.nbytes <= _CHUNK:
-        return view.tobytes().translate(None, _NOT_HEADER)
+        return view.tobytes().translate(None, NOT_HEADER)
     return b"".join(
-        view[start : start + _CHUNK].tobytes().translate(None, _NOT_HEADER)
+        view[start : start + _CHUNK].tobytes().translate(None, NOT_HEADER)
         for start in range(0, view.nbytes, _CHUNK)
     )
 

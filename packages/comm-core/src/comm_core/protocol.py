@@ -88,6 +88,7 @@ from typing import Any, Final
 import msgpack
 
 from comm_core import _bounds
+from comm_core._bounds import NOT_HEADER as _NOT_HEADER
 from comm_core._config import get_setting
 from comm_core._record import Record
 from comm_core._text import peer_text
@@ -663,11 +664,22 @@ class Decoder:
         if size <= limit:  # as in decode()
             self._shallow = True
             return msgpack.unpackb(body, ext_hook=self.ext_hook, raw=False, strict_map_key=False)
-        budget = self._budget = _bounds.FREE_BYTES + int(self.max_expansion * size)
         inner: int | None = _UNLIMITED
+        if size < _SHORT and type(body) is bytes:
+            # A short body cannot decode to more than the first MiB of its budget: only
+            # its depth may need a look.
+            self._budget = _bounds.FREE_BYTES
+            headers = body.translate(None, _NOT_HEADER)
+            if len(headers) > limit:
+                if not _bounds.within_depth(body, limit):
+                    raise self._too_deep()
+                inner = None  # found when an extension value needs it
+            levels.append([body, limit, inner])
+            return msgpack.unpackb(body, ext_hook=self.ext_hook, raw=False, strict_map_key=False)
+        budget = self._budget = _bounds.FREE_BYTES + int(self.max_expansion * size)
         # A body with few items for its size (most of it strings or binaries) is walked
         # in Python, which measures it exactly; the walk gives up on one with many.
-        shape = _bounds.scan(body, limit, size >> 8, budget) if size >= _SHORT else None
+        shape = _bounds.scan(body, limit, size >> 8, budget)
         if shape is None:
             # Many items: bound the depth and the containers by the bytes that may
             # begin one (a pass of C over the body).
