@@ -268,6 +268,11 @@ def test_serve_and_ping_tls_with_temporary_credentials(
     serve: type[Served], credentials: Path
 ) -> None:
     served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    # comm-tls's note, which comm serve prints once it listens.
+    served.wait_for(
+        rf"^temporary TLS credentials: {re.escape(str(credentials))} \(clients: "
+        rf"--temporary-credentials {re.escape(str(credentials))}\)$"
+    )
     assert sorted(p.name for p in credentials.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
     if sys.platform != "win32":
         assert (credentials / "key.pem").stat().st_mode & 0o077 == 0

@@ -121,10 +121,13 @@ def comm_cli_add_options(command: str, parser: Parser) -> None:
     :meth:`argparse.ArgumentParser.add_argument`; plugins add long options
     only (``--name``), and none may be required. An option (or its ``dest``,
     or a group title) that the command or another plugin already has is an
-    error, never a silent override: the registry raises
+    error, never a silent override: ``add_option`` raises
     :class:`~comm_core.exceptions.PluginError` naming both plugins, and
-    ``comm`` exits with status 2 whatever the command. Prefix your options
-    with your transport's name when they are not obviously its own.
+    ``comm`` prints it and exits with status 2, whatever the command (as
+    pytest refuses to start with clashing plugins). Prefix your options with
+    your transport's name when they are not obviously its own.
+
+    Not ``firstresult``: every plugin adds its own options.
 
     :param command: the command's name.
     :param parser: where this plugin adds its options (a :class:`comm_core.cli.Parser`).

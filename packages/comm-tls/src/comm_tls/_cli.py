@@ -3,14 +3,13 @@
 Reached through the ``comm_cli_*`` hooks of :mod:`comm_tls._plugin`, as any
 plugin's would be. Loaded whenever ``comm`` builds its parser, ``comm --help``
 included, so ssl and comm-tls's heavy modules are imported only inside the
-functions that need them.
+functions that need them (pathlib too: ``comm --help`` pays for every import here).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from comm_core import Capability
@@ -19,6 +18,7 @@ from comm_core.cli import TCP_CONNECT, CLIError, DoctorStep, Stage, StepFailed
 if TYPE_CHECKING:
     import argparse
     import ssl
+    from pathlib import Path
 
     from comm_core import Backend
     from comm_core.cli import DoctorContext, Parser
@@ -156,6 +156,8 @@ class _Options:
             raise CLIError(f"TLS options: {exc}") from exc
 
     def _temporary(self, *, create: bool) -> Security:
+        from pathlib import Path
+
         from comm_tls._security import Security
 
         directory = Path(self.temporary_credentials or ".")
