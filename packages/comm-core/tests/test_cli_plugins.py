@@ -9,6 +9,7 @@ transports in the root ``tests/test_cli.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -243,6 +244,19 @@ def test_options_a_plugin_may_not_add(
         build_parser()
     assert "plugin 'bad' (registered in code) adds option" in str(info.value)
     assert message in str(info.value)
+
+
+def test_a_clash_cannot_be_swallowed(memory: MemoryBackend) -> None:
+    class Sly:
+        @comm_core.hookimpl
+        def comm_cli_add_options(self, parser: Parser) -> None:
+            with contextlib.suppress(PluginError):  # carry on as if nothing happened
+                parser.group("Sly options").add_option("--memory-token")
+
+    comm_core.register_plugin(Sly(), name="sly")
+    comm_core.register_plugin(TokenPlugin(), name="token")  # called first: sly clashes
+    with pytest.raises(PluginError, match=r"plugin 'sly'.*--memory-token.*plugin 'token'"):
+        build_parser()
 
 
 def test_two_plugins_one_group_title(plugin: TokenPlugin) -> None:

@@ -59,6 +59,15 @@ class _CommandOptions:
         self.dests.update({"run": itself, _ATTRIBUTE: itself})
         self.titles = {g.title: itself for g in parser._action_groups if g.title}
         self.groups: list[OptionGroup] = []
+        #: The first clash or refusal, kept in case a plugin's hook swallows the exception.
+        self.error: PluginError | None = None
+
+    def refuse(self, message: str) -> PluginError:
+        """A :class:`PluginError` with *message*, remembered as this command's first error."""
+        error = PluginError(message)
+        if self.error is None:
+            self.error = error
+        return error
 
 
 class OptionGroup:
@@ -103,33 +112,33 @@ class OptionGroup:
         named = ", ".join(flags) or "(none)"
         where = f"{owner.describe()} adds option {named} to `comm {command.command}`"
         if not flags:
-            raise PluginError(f"{where}: an option needs a flag, such as --name")
+            raise command.refuse(f"{where}: an option needs a flag, such as --name")
         for flag in flags:
             if not (flag.startswith("--") and len(flag) > 2 and not flag.startswith("---")):
-                raise PluginError(
+                raise command.refuse(
                     f"{where}: plugins add long options only (--name); {flag!r} is not one"
                 )
         if settings.get("required"):
-            raise PluginError(f"{where}: a plugin's option cannot be required")
+            raise command.refuse(f"{where}: a plugin's option cannot be required")
         dest = settings.pop("dest", None) or flags[0][2:].replace("-", "_")
         for flag in flags:
             owner_of_flag = command.flags.get(flag)
             if owner_of_flag == command.itself:
-                raise PluginError(f"{where}, but {owner_of_flag} has {flag}: rename the option")
+                raise command.refuse(f"{where}, but {owner_of_flag} has {flag}: rename the option")
             if owner_of_flag is not None:
-                raise PluginError(
+                raise command.refuse(
                     f"{where}, but {owner_of_flag} has {flag} already: uninstall one of the "
                     "two, or ask their authors to rename the option"
                 )
         if dest in command.dests:
-            raise PluginError(
+            raise command.refuse(
                 f"{where}, whose value would be stored as {dest!r} as that of "
                 f"{command.dests[dest]}: pass another dest="
             )
         try:
             action = self._group.add_argument(*flags, dest=dest, **settings)
         except (argparse.ArgumentError, TypeError, ValueError) as exc:
-            raise PluginError(f"{where}: argparse refuses it: {exc}") from exc
+            raise command.refuse(f"{where}: argparse refuses it: {exc}") from exc
         for flag in flags:
             command.flags[flag] = owner.describe()
         command.dests[dest] = owner.describe()
@@ -180,7 +189,7 @@ class Parser:
             return group
         owner = self._command.titles.get(title)
         if owner is not None:
-            raise PluginError(
+            raise self._command.refuse(
                 f"{self._owner.describe()} adds the option group {title!r} to "
                 f"`comm {self.command}`, which {owner} has already: each plugin titles "
                 "its groups after itself"
@@ -217,6 +226,8 @@ def add_plugin_options(parser: argparse.ArgumentParser, command: str) -> None:
                 f"{impl.describe()} failed in comm_cli_add_options() for `comm {command}`: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        if options.error is not None:  # refused, and the plugin carried on regardless
+            raise options.error
 
 
 class ConnectionArgs:
