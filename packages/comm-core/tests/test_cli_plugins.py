@@ -26,10 +26,10 @@ from comm_core.cli import (
     Stage,
     StepFailed,
     build_parser,
+    connection_args,
     doctor,
     main,
 )
-from comm_core.cli._plugins import connection_args
 from memory_backend import InProcessMemoryBackend, MemoryBackend
 
 COMMANDS = ["serve", "ping", "bench", "doctor"]

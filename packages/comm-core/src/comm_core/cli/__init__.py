@@ -7,7 +7,8 @@ does not import it. :func:`main` is its one entry point.
 Plugins extend the commands through the ``comm_cli_*`` hooks of
 :mod:`comm_core.hookspecs`: options, the connection arguments made of them,
 and ``comm doctor`` steps. The names this package exports are what those hooks
-receive and return; the modules of this package are not an API.
+receive and return, and what a plugin's tests need (:func:`build_parser`,
+:func:`connection_args`); the modules of this package are not an API.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from comm_core.cli._common import (
     CLIError,
     print_error,
 )
-from comm_core.cli._plugins import OptionGroup, Parser, add_plugin_options
+from comm_core.cli._plugins import OptionGroup, Parser, add_plugin_options, connection_args
 from comm_core.cli.doctor import TCP_CONNECT, DoctorContext, DoctorStep, Stage, StepFailed
 from comm_core.exceptions import PluginError
 
@@ -42,6 +43,8 @@ __all__ = [
     "Parser",
     "Stage",
     "StepFailed",
+    "build_parser",
+    "connection_args",
     "main",
 ]
 
