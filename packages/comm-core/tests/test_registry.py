@@ -332,7 +332,7 @@ def test_register_plugin_without_hooks_in_code(registry: Registry) -> None:
     with pytest.raises(PluginError) as info:
         comm_core.register_plugin(MemoryBackend, name="not-a-plugin")
     message = str(info.value)
-    assert "registered in code provides no comm hook" in message
+    assert message.startswith("plugin 'not-a-plugin' (registered in code) provides no comm hook")
     assert "the backend class memory_backend.MemoryBackend" in message
     # Nothing is left behind: the name is free, and lookups work.
     comm_core.register_plugin(_Plugin(), name="not-a-plugin")

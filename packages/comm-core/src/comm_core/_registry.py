@@ -425,7 +425,8 @@ class Registry:
         with self._lock:
             pm = self._plugin_manager()
             plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
-            self._register(pm, plugin, _PluginOrigin(plugin_name, None, None), "registered in code")
+            where = f"plugin {plugin_name!r} (registered in code)"
+            self._register(pm, plugin, _PluginOrigin(plugin_name, None, None), where)
             self._infos = None
             self._families = None
             self._instances.clear()
