@@ -8,6 +8,7 @@ SIGTERM. Tests that need comm-tls are skipped where it is not installed.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -37,8 +38,13 @@ needs_signals = pytest.mark.skipif(
 )
 
 
-def _environment() -> dict[str, str]:
+def _environment(path: Path | None = None) -> dict[str, str]:
+    """The environment of a command: no COMM_* variable; *path* first on ``sys.path``."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("COMM_")}
+    if path is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [str(path), *filter(None, [environment.get("PYTHONPATH")])]
+        )
     return {**environment, "PYTHONIOENCODING": "utf-8"}
 
 
@@ -46,14 +52,14 @@ def _command(*args: str) -> list[str]:
     return [sys.executable, "-W", "error", "-m", "comm_core", *args]
 
 
-def comm(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m comm_core *args`` to completion."""
+def comm(*args: str, path: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m comm_core *args`` to completion (*path*: more distributions)."""
     return subprocess.run(
         _command(*args),
         capture_output=True,
         text=True,
         encoding="utf-8",
-        env=_environment(),
+        env=_environment(path),
         timeout=TIMEOUT,
     )
 
@@ -61,14 +67,14 @@ def comm(*args: str) -> subprocess.CompletedProcess[str]:
 class Served:
     """A ``comm serve`` subprocess; its output is read by threads, line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, path: Path | None = None) -> None:
         self.proc = subprocess.Popen(
             _command("serve", *args),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             encoding="utf-8",
-            env=_environment(),
+            env=_environment(path),
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.stdout: list[str] = []
@@ -138,9 +144,9 @@ def serve() -> Iterator[type[Served]]:
     started: list[Served] = []
 
     class Tracked(Served):
-        def __init__(self, *args: str) -> None:
+        def __init__(self, *args: str, path: Path | None = None) -> None:
             started.append(self)
-            super().__init__(*args)
+            super().__init__(*args, path=path)
 
     yield Tracked
     for served in started:
@@ -252,7 +258,7 @@ def test_tls_options_on_a_tcp_address(closed_port: int) -> None:
     assert result.returncode == 2
     assert result.stderr == (
         "comm: error: --ca: TLS options are for encrypted schemes such as tls://, and tcp:// "
-        "does not encrypt\n"
+        "does not use them\n"
     )
 
 
@@ -262,6 +268,11 @@ def test_serve_and_ping_tls_with_temporary_credentials(
     serve: type[Served], credentials: Path
 ) -> None:
     served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    # comm-tls's note, which comm serve prints once it listens.
+    served.wait_for(
+        rf"^temporary TLS credentials: {re.escape(str(credentials))} \(clients: "
+        rf"--temporary-credentials {re.escape(str(credentials))}\)$"
+    )
     assert sorted(p.name for p in credentials.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
     if sys.platform != "win32":
         assert (credentials / "key.pem").stat().st_mode & 0o077 == 0
@@ -466,3 +477,141 @@ def test_backends_lists_the_installed_transports() -> None:
         assert rows[scheme][:3] == [scheme, info.distribution, info.version]
     document = json.loads(comm("backends", "--json").stdout)
     assert [b["scheme"] for b in document["backends"]] == sorted(comm_core.backends())
+
+
+# -- plugins extend the command ----------------------------------------------------------------
+
+_LIGHT_COMMANDS = """
+import contextlib, io, sys
+from comm_core.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    main(["backends"])
+    main(["backends", "--json"])
+    for argv in (["--help"], ["serve", "--help"], ["ping", "--help"], ["doctor", "--help"]):
+        with contextlib.suppress(SystemExit):
+            main(argv)
+print(sorted(m for m in ("asyncio", "ssl", "msgpack", "comm_tls._cli") if m in sys.modules))
+"""
+
+
+@needs_tls
+def test_help_and_listing_import_no_ssl() -> None:
+    # comm-tls's options are in the help, and loading them imports neither ssl nor asyncio.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", _LIGHT_COMMANDS],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=_environment(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['comm_tls._cli']"
+
+
+@needs_tls
+@pytest.mark.parametrize("command", ["serve", "ping", "bench", "doctor"])
+def test_tls_options_come_from_comm_tls(command: str) -> None:
+    result = comm(command, "--help")
+    assert result.returncode == 0, result.stderr
+    _, _, section = result.stdout.partition("\nTLS options:\n")
+    assert section.startswith("  For tls:// (and other encrypted schemes)")
+    flags = ["--ca FILE", "--cert FILE", "--key FILE", "--temporary-credentials DIR"]
+    flags.append("--no-client-cert" if command == "serve" else "--no-check-hostname")
+    for flag in flags:
+        assert flag in section
+    assert "TLS" not in comm("backends", "--help").stdout
+
+
+#: A third party's plugin for tcp://, published as a distribution of its own.
+AUDIT_PLUGIN = """
+import comm_core
+from comm_core.cli import DoctorStep, Stage
+
+
+def _check(context):
+    return f"tag {context.options.audit_tag} for {context.host}"
+
+
+STEP = DoctorStep("audit", _check, Stage.CONNECT)
+
+
+@comm_core.hookimpl
+def comm_cli_add_options(command, parser):
+    group = parser.group("Audit options", applies_to="tcp://")
+    group.add_option("--audit-tag", metavar="TAG", default="none", help="a tag for the audit")
+    if ADD_CA:
+        group.add_option("--ca", help="a second --ca")
+
+
+@comm_core.hookimpl
+def comm_cli_connection_args(scheme, server_side, options, notes):
+    if scheme != "tcp":
+        return None
+    if server_side:
+        notes.append(f"audit tag: {options.audit_tag}")
+    return {}
+
+
+@comm_core.hookimpl
+def comm_cli_doctor_steps(scheme):
+    return [STEP] if scheme == "tcp" else None
+"""
+
+
+def _audit_distribution(root: Path, *, add_ca: bool = False) -> Path:
+    """``comm-audit``, installed-looking in *root*: a module and its ``.dist-info``."""
+    root.mkdir()
+    source = f"ADD_CA = {add_ca}\n{AUDIT_PLUGIN}"
+    (root / "comm_audit_plugin.py").write_text(source, encoding="utf-8")
+    info = root / "comm_audit-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: comm-audit\nVersion: 2.0\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[comm_core.backends]\naudit = comm_audit_plugin\n", encoding="utf-8"
+    )
+    return root
+
+
+@needs_signals
+def test_a_third_party_plugin_extends_serve_and_doctor(
+    serve: type[Served], tmp_path: Path, closed_port: int
+) -> None:
+    site = _audit_distribution(tmp_path / "site")
+    served = serve("tcp://127.0.0.1:0", "--audit-tag", "blue", path=site)
+    served.wait_for(r"^audit tag: blue$")  # its note, printed once listening
+
+    result = comm("doctor", served.address, "--audit-tag", "red", path=site)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(_doctor_lines(result.stdout)) == [
+        "address",
+        "backend",
+        "name resolution",
+        "TCP connect",  # comm-tcp's, then the plugin's in the same stage
+        "audit",
+        "comm handshake",
+    ]
+    assert "tag red for 127.0.0.1" in result.stdout
+    assert served.stop() == 0
+
+    # Its options with an address it does not serve: the generic error.
+    result = comm("ping", "inproc://x", "--audit-tag", "x", path=site)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "comm: error: --audit-tag: Audit options are for tcp://, and inproc:// does not use them\n"
+    )
+
+
+@needs_tls
+def test_a_plugin_whose_option_clashes_with_comm_tls(tmp_path: Path) -> None:
+    site = _audit_distribution(tmp_path / "site", add_ca=True)
+    for args in (["ping", "--help"], ["backends"]):
+        result = comm(*args, path=site)
+        assert result.returncode == 2
+        assert result.stdout == ""
+        [line] = result.stderr.splitlines()
+        assert line.startswith("comm: error: ")
+        assert "comm-audit 2.0 (plugin 'audit')" in line
+        assert f"comm-tls {importlib.metadata.version('comm-tls')} (plugin 'tls')" in line
+        assert "--ca" in line

@@ -226,3 +226,67 @@ def test_third_party_backend_distribution(tmp_path: Path) -> None:
     assert result["replies"] == ["ping", {"n": 1}, [1, 2, 3]]
     assert result["protocol"] == comm_core.PROTOCOL_VERSION
     assert "inproc" in result["schemes"]  # the installed transports are still there
+
+
+_DASK_SHAPED_PROBE = """
+import json
+import comm_core
+
+registry = comm_core.get_registry()
+errors = []
+for scheme in ("thirdparty", "tcp"):
+    try:
+        comm_core.get_backend(scheme)
+    except comm_core.PluginError as exc:
+        errors.append(str(exc))
+print(json.dumps({
+    "errors": errors,
+    "broken": [[b.plugin, b.entry_point, b.distribution, b.version] for b in registry.broken()],
+    "others": sorted(registry.backends(strict=False)),
+}))
+"""
+
+
+def test_entry_point_with_dasks_shape(tmp_path: Path) -> None:
+    # A distribution whose entry point names its backend class, as Dask's
+    # distributed.comm.backends entry points do, instead of a plugin module.
+    project = tmp_path / "comm-thirdparty"
+    shutil.copytree(
+        HERE / "thirdparty_backend", project, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    pyproject = project / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    plugin_line = 'thirdparty = "comm_thirdparty._plugin"'
+    assert plugin_line in text
+    value = "comm_thirdparty._backend:ThirdPartyBackend"
+    pyproject.write_text(text.replace(plugin_line, f'thirdparty = "{value}"'), encoding="utf-8")
+    site = tmp_path / "site"
+    install = subprocess.run(_installer(site, project), capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    pythonpath = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = json.loads(_run_python(_DASK_SHAPED_PROBE, PYTHONPATH=pythonpath))
+    # Every lookup says what is wrong, not "no comm backend for scheme 'thirdparty'".
+    assert len(result["errors"]) == 2
+    for message in result["errors"]:
+        assert message.startswith(
+            f"entry point 'thirdparty' = {value!r} of distribution comm-thirdparty 0.1.0 "
+            "(group 'comm_core.backends') provides no comm hook: it names the backend class "
+            "comm_thirdparty._backend.ThirdPartyBackend"
+        )
+        assert "@comm_core.hookimpl def comm_register_backends(): return [MyBackend]" in message
+    assert result["broken"] == [["thirdparty", value, "comm-thirdparty", "0.1.0"]]
+    assert {"inproc", "tcp"} <= set(result["others"])
+
+    environment = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONIOENCODING": "utf-8"}
+    listing = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "comm_core", "backends"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in environment.items() if not k.startswith("COMM_")},
+        timeout=120,
+    )
+    assert listing.returncode == 2
+    assert "tcp " in listing.stdout.partition("Broken plugins:")[0]
+    assert f"thirdparty = {value}" in listing.stdout.partition("Broken plugins:")[2]
+    assert listing.stderr.startswith("comm: error: entry point 'thirdparty'")

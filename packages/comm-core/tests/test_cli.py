@@ -274,12 +274,64 @@ def test_backends_with_a_broken_plugin(fake_dists: FakeDistributions) -> None:
     fake_dists.add(
         "comm-clibroken", {"broken": "clibroken_plugin"}, {"clibroken_plugin": "raise 1 / 0\n"}
     )
+    fake_dists.add(
+        "comm-clifine", {"clifine": "clifine_plugin"}, {"clifine_plugin": backend_plugin("clifine")}
+    )
     result = comm("backends", PYTHONPATH=str(fake_dists.root))
     assert result.returncode == 2
     assert result.stderr.startswith("comm: error: comm backend plugin failed to import")
     assert "comm-clibroken" in result.stderr
     assert "ZeroDivisionError" in result.stderr
     assert "Traceback" not in result.stderr
+    # The others are listed, and the broken one too, apart.
+    table, _, broken = result.stdout.partition("Broken plugins:")
+    assert "clifine " in table
+    assert "comm-clibroken" not in table
+    assert "comm looks up no backend" in broken
+    assert ["comm-clibroken", "1.0", "broken", "=", "clibroken_plugin"] in [
+        line.split() for line in broken.splitlines()
+    ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["clidask_mod:DaskBackend", "clidask_mod:make_backend", "clidask_mod"],
+    ids=["backend-class", "factory", "module"],
+)
+def test_backends_with_an_entry_point_that_names_no_plugin(
+    fake_dists: FakeDistributions, value: str
+) -> None:
+    # Dask's shape: the entry point names a backend class or factory, not a plugin module.
+    source = backend_plugin("clidask").replace("@comm_core.hookimpl", "")
+    source = source.replace("StubBackend", "DaskBackend")
+    source += "\ndef make_backend():\n    return DaskBackend()\n"
+    fake_dists.add("comm-clidask", {"clidask": value}, {"clidask_mod": source}, version="0.9")
+    fake_dists.add(
+        "comm-clifine", {"clifine": "clifine_plugin"}, {"clifine_plugin": backend_plugin("clifine")}
+    )
+    result = comm("backends", PYTHONPATH=str(fake_dists.root))
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith(
+        f"comm: error: entry point 'clidask' = {value!r} of distribution comm-clidask 0.9 "
+        "(group 'comm_core.backends') provides no comm hook"
+    )
+    assert "@comm_core.hookimpl def comm_register_backends(): return [MyBackend]" in line
+    assert "clifine " in result.stdout.partition("Broken plugins:")[0]
+
+    document = json.loads(comm("backends", "--json", PYTHONPATH=str(fake_dists.root)).stdout)
+    assert "clifine" in {b["scheme"] for b in document["backends"]}
+    [broken] = document["broken"]
+    assert broken["distribution"] == "comm-clidask"
+    assert broken["entry_point"] == value
+    assert "provides no comm hook" in broken["error"]
+
+    # Every other command says so too, instead of "no comm backend for scheme 'clidask'".
+    result = comm("ping", "clidask://x", PYTHONPATH=str(fake_dists.root))
+    assert result.returncode == 2
+    assert "comm-clidask 0.9" in result.stderr
+    assert "provides no comm hook" in result.stderr
+    assert "no comm backend for scheme" not in result.stderr
 
 
 # -- unknown schemes, malformed addresses, no transport ----------------------------------------
@@ -316,7 +368,7 @@ def test_bench_with_no_transport() -> None:
     result = comm("bench", **NO_PLUGINS)
     assert result.returncode == 2
     assert result.stderr.startswith("comm: error: no comm transport is installed")
-    assert "pip install comm-inproc comm-tcp comm-tls" in result.stderr
+    assert "pip install comm-inproc comm-tcp" in result.stderr
 
 
 def test_malformed_environment_variable() -> None:

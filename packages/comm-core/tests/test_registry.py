@@ -194,6 +194,175 @@ def test_hook_returning_a_non_backend(fake_dists: FakeDistributions, returned: s
     assert "comm_register_backends" in message or "scheme" in message
 
 
+# -- entry points that name no plugin ---------------------------------------------------------
+
+#: A module with Dask's shape: an entry point names the backend class (or a factory),
+#: which Dask instantiates; comm expects a plugin module with hook implementations.
+DASK_SHAPED = """
+import comm_core
+
+class DaskyBackend(comm_core.Backend):
+    scheme = "dasky"
+
+    def get_connector(self):
+        raise NotImplementedError
+
+    def get_listener(self, loc, handle_comm, deserialize, **connection_args):
+        raise NotImplementedError
+
+    def get_address_host(self, loc):
+        return loc
+
+    def resolve_address(self, loc):
+        return loc
+
+    def get_local_address_for(self, loc):
+        return loc
+
+def backend_factory():
+    return DaskyBackend()
+"""
+
+
+def _assert_names_the_shape(message: str, distribution: str, entry_point: str) -> None:
+    assert distribution in message  # who published it, with its version
+    assert entry_point in message  # the entry point: name and value
+    assert "provides no comm hook" in message
+    assert "@comm_core.hookimpl" in message  # the expected shape, with an example
+    assert "def comm_register_backends(): return [MyBackend]" in message
+    assert "comm_register_serializers" in message  # the hooks there are
+    assert "'Plugins and entry points'" in message  # and where the docs say more
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ("fakehookless_mod", "module fakehookless_mod"),
+        ("fakehookless_mod:DaskyBackend", "the backend class fakehookless_mod.DaskyBackend"),
+        ("fakehookless_mod:backend_factory", "the callable fakehookless_mod.backend_factory"),
+    ],
+    ids=["module", "backend-class", "factory"],
+)
+def test_entry_point_that_provides_no_hook(
+    fake_dists: FakeDistributions, value: str, named: str
+) -> None:
+    fake_dists.add(
+        "comm-fakehookless", {"dasky": value}, {"fakehookless_mod": DASK_SHAPED}, version="0.3"
+    )
+    fake_dists.add(
+        "comm-fakefine", {"fine": "fakefine_plugin"}, {"fakefine_plugin": plugin_source("fine")}
+    )
+    registry = Registry()
+    # At the first lookup, and every one after it, whatever the scheme: never an
+    # UnknownSchemeError for "dasky", and no silently missing backend.
+    for lookup in ("dasky", "fine", "dasky"):
+        with pytest.raises(PluginError) as info:
+            registry.get_backend(lookup)
+        message = str(info.value)
+        _assert_names_the_shape(message, "comm-fakehookless 0.3", f"'dasky' = {value!r}")
+        assert named in message
+    with pytest.raises(PluginError):
+        registry.backends()
+    # The others are still listed for those who ask for a partial view.
+    [broken] = registry.broken()
+    assert broken == comm_core.BrokenPlugin(
+        "dasky", value, "comm-fakehookless", "0.3", broken.message
+    )
+    _assert_names_the_shape(broken.message, "comm-fakehookless 0.3", f"'dasky' = {value!r}")
+    assert set(registry.backends(strict=False)) >= {"fine"}
+    assert "dasky" not in registry.backends(strict=False)
+    assert dict(registry.conflicts(strict=False)) == {}
+
+
+def test_plugin_that_fails_to_import_is_listed_as_broken(fake_dists: FakeDistributions) -> None:
+    fake_dists.add(
+        "comm-fakeboom",
+        {"boom": "fakeboom_plugin"},
+        {"fakeboom_plugin": "raise RuntimeError('boom at import')\n"},
+    )
+    fake_dists.add("comm-fakeok", {"ok": "fakeok_plugin"}, {"fakeok_plugin": plugin_source("ok")})
+    registry = Registry()
+    with pytest.raises(PluginError, match=r"comm-fakeboom 1\.0.*RuntimeError: boom at import"):
+        registry.get_backend("ok")
+    [broken] = registry.broken()
+    assert (broken.plugin, broken.entry_point, broken.distribution) == (
+        "boom",
+        "fakeboom_plugin",
+        "comm-fakeboom",
+    )
+    assert "RuntimeError: boom at import" in broken.message
+    assert "ok" in registry.backends(strict=False)
+
+
+def test_several_broken_plugins(fake_dists: FakeDistributions) -> None:
+    fake_dists.add("comm-fakenone", {"none": "fakenone_mod"}, {"fakenone_mod": "X = 1\n"})
+    fake_dists.add("comm-fakegone", {"gone": "fakegone_nowhere"}, {})
+    registry = Registry()
+    with pytest.raises(PluginError, match=r"and 1 more broken: `comm backends` lists them"):
+        registry.get_backend("none")
+    assert sorted(b.distribution or "" for b in registry.broken()) == [
+        "comm-fakegone",
+        "comm-fakenone",
+    ]
+
+
+def test_plugin_with_cli_hooks_only_is_a_plugin(fake_dists: FakeDistributions) -> None:
+    # A plugin may extend the command line only (for another distribution's transport).
+    source = (
+        "import comm_core\n\n"
+        "@comm_core.hookimpl\ndef comm_cli_doctor_steps(scheme):\n    return None\n"
+    )
+    fake_dists.add(
+        "comm-fakeclionly", {"clionly": "fakeclionly_plugin"}, {"fakeclionly_plugin": source}
+    )
+    registry = Registry()
+    assert registry.broken() == ()
+    found = registry.implementations("comm_cli_doctor_steps")
+    [impl] = [impl for impl in found if impl.plugin == "clionly"]
+    assert (impl.plugin, impl.distribution, impl.argnames) == (
+        "clionly",
+        "comm-fakeclionly",
+        ("scheme",),
+    )
+    assert impl.describe() == "comm-fakeclionly 1.0 (plugin 'clionly')"
+    assert impl.call(scheme="x", backend=None, options=None) is None
+
+
+def test_register_plugin_without_hooks_in_code(registry: Registry) -> None:
+    with pytest.raises(PluginError) as info:
+        comm_core.register_plugin(MemoryBackend, name="not-a-plugin")
+    message = str(info.value)
+    assert message.startswith("plugin 'not-a-plugin' (registered in code) provides no comm hook")
+    assert "the backend class memory_backend.MemoryBackend" in message
+    # Nothing is left behind: the name is free, and lookups work.
+    comm_core.register_plugin(_Plugin(), name="not-a-plugin")
+    assert registry.broken() == ()
+    assert "memory-local" in comm_core.backends()
+
+
+def test_implementations_in_calling_order(registry: Registry) -> None:
+    class First:
+        @comm_core.hookimpl
+        def comm_cli_doctor_steps(self, scheme: str, backend: object) -> None:
+            return None
+
+    class Second:
+        @comm_core.hookimpl(tryfirst=True)
+        def comm_cli_doctor_steps(self, options: object) -> None:
+            return None
+
+    comm_core.register_plugin(First(), name="first")
+    comm_core.register_plugin(Second(), name="second")
+    found = registry.implementations("comm_cli_doctor_steps")
+    assert [(impl.plugin, impl.argnames) for impl in found] == [
+        ("second", ("options",)),
+        ("first", ("scheme", "backend")),
+    ]
+    assert found[1].describe() == "plugin 'first' (registered in code)"
+    with pytest.raises(ValueError, match="no comm hook is named 'comm_nope'"):
+        registry.implementations("comm_nope")
+
+
 def test_backend_with_a_bad_scheme_attribute(registry: Registry) -> None:
     for scheme in ("", "UPPER", None):
         cls = type("OddBackend", (MemoryBackend,), {"scheme": scheme})

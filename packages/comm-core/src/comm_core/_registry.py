@@ -1,10 +1,28 @@
-"""The backend registry: pluggy plugins found through entry points, built lazily."""
+"""The backend registry: pluggy plugins found through entry points, built lazily.
+
+When a plugin is broken
+-----------------------
+The registry is built on first use: every entry point of the group is loaded
+and registered, then every plugin's ``comm_register_backends()`` is called. A
+plugin that fails at any of these steps is *broken*: its entry point failed to
+import, names something that implements no comm hook (a backend class, a
+backend factory as Dask's entry points name, a module without
+``@comm_core.hookimpl`` functions), implements a hook that does not exist, or
+its ``comm_register_backends()`` raised or returned something else than
+backend classes. A broken plugin contributes nothing, and every lookup
+(:meth:`Registry.get_backend`, :meth:`Registry.backends`, ...) raises a
+:class:`~comm_core.exceptions.PluginError` naming its distribution and entry
+point, whatever the scheme looked up: a broken installation is reported, not
+worked around. :meth:`Registry.broken` lists the broken plugins without
+raising, and ``backends(strict=False)`` the backends of the others, which is
+how ``comm backends`` shows both.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import pluggy
@@ -23,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackendInfo",
+    "BrokenPlugin",
+    "HookImplementation",
     "Registry",
     "backends",
     "get_backend",
@@ -33,6 +53,9 @@ __all__ = [
 
 #: The entry point group in which distributions publish their comm plugin.
 ENTRY_POINT_GROUP = "comm_core.backends"
+
+#: Where the docs show what a plugin looks like (extending.rst, "Plugins and entry points").
+_PLUGIN_DOCS = "see 'Plugins and entry points' in comm's guide to extending it"
 
 
 class BackendInfo(Record):
@@ -79,15 +102,133 @@ class BackendInfo(Record):
         return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
 
 
+class BrokenPlugin(Record):
+    """A plugin the registry could not use, and why (immutable; compared by value)."""
+
+    __slots__ = ("plugin", "entry_point", "distribution", "version", "message")  # noqa: RUF023 (field order)
+
+    #: The entry point's name, or the name the plugin was registered with in code.
+    plugin: str
+    #: What the entry point names, as written (``module[:attr]``); ``None`` for code.
+    entry_point: str | None
+    #: The distribution that published the entry point, or ``None`` for code.
+    distribution: str | None
+    #: The version of that distribution.
+    version: str | None
+    #: What is wrong: the message of the :class:`~comm_core.exceptions.PluginError`
+    #: that lookups raise.
+    message: str
+
+    def __init__(
+        self,
+        plugin: str,
+        entry_point: str | None,
+        distribution: str | None,
+        version: str | None,
+        message: str,
+    ) -> None:
+        self._assign(
+            plugin=plugin,
+            entry_point=entry_point,
+            distribution=distribution,
+            version=version,
+            message=message,
+        )
+
+
+class HookImplementation(Record):
+    """One plugin's implementation of a comm hook (immutable; compared by value)."""
+
+    __slots__ = ("hook", "plugin", "distribution", "version", "function", "argnames")  # noqa: RUF023 (field order)
+
+    #: The hook's name, such as ``"comm_cli_add_options"``.
+    hook: str
+    #: The plugin's name (entry point name, or the name given in code).
+    plugin: str
+    #: The distribution that published the plugin, or ``None`` for one registered in code.
+    distribution: str | None
+    #: The version of that distribution.
+    version: str | None
+    #: The function marked ``@comm_core.hookimpl``.
+    function: Any
+    #: The hook arguments the function takes, in order.
+    argnames: tuple[str, ...]
+
+    def __init__(
+        self,
+        hook: str,
+        plugin: str,
+        distribution: str | None,
+        version: str | None,
+        function: Any,
+        argnames: tuple[str, ...],
+    ) -> None:
+        self._assign(
+            hook=hook,
+            plugin=plugin,
+            distribution=distribution,
+            version=version,
+            function=function,
+            argnames=argnames,
+        )
+
+    def call(self, **arguments: Any) -> Any:
+        """Call the function with those of the hook's *arguments* it takes, as pluggy does.
+
+        Raises:
+            Exception: whatever the plugin's function raises, unchanged.
+        """
+        return self.function(*(arguments[name] for name in self.argnames))
+
+    def describe(self) -> str:
+        """``"comm-tls 0.1.0 (plugin 'tls')"`` or ``"plugin 'x' (registered in code)"``."""
+        if self.distribution is None:
+            return f"plugin {self.plugin!r} (registered in code)"
+        return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
+
+
 class _PluginOrigin(Record):
-    __slots__ = ("name", "distribution", "version")  # noqa: RUF023 (field order)
+    __slots__ = ("name", "distribution", "version", "entry_point")  # noqa: RUF023 (field order)
 
     name: str
     distribution: str | None
     version: str | None
+    entry_point: str | None
 
-    def __init__(self, name: str, distribution: str | None, version: str | None) -> None:
-        self._assign(name=name, distribution=distribution, version=version)
+    def __init__(
+        self,
+        name: str,
+        distribution: str | None,
+        version: str | None,
+        entry_point: str | None = None,
+    ) -> None:
+        self._assign(name=name, distribution=distribution, version=version, entry_point=entry_point)
+
+
+def _hook_names() -> list[str]:
+    """The names of comm's hooks, in the order :mod:`comm_core.hookspecs` defines them."""
+    marker = f"{hookspecs.PROJECT_NAME}_spec"
+    return [name for name, obj in vars(hookspecs).items() if hasattr(obj, marker)]
+
+
+def _describe_object(obj: object) -> str:
+    """What an entry point named, for the message saying that it is no plugin."""
+    if isinstance(obj, ModuleType):
+        return f"module {obj.__name__}"
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    module = getattr(obj, "__module__", None)
+    qualified = f"{module}.{name}" if module else name
+    if isinstance(obj, type) and issubclass(obj, Backend):
+        return (
+            f"the backend class {qualified}, which is not a plugin (a plugin's "
+            "comm_register_backends() returns it)"
+        )
+    if callable(obj):
+        return (
+            f"the callable {qualified}, which is not a plugin (comm calls no backend "
+            "factory, as Dask does with its entry points)"
+        )
+    return f"{type(obj).__name__} {obj!r:.60}"
 
 
 class Registry:
@@ -111,6 +252,9 @@ class Registry:
         self._lock = threading.RLock()
         self._pm: pluggy.PluginManager | None = None
         self._origins: dict[str, _PluginOrigin] = {}
+        # Plugins that failed to load or register, then those whose backends hook failed.
+        self._load_failures: list[tuple[BrokenPlugin, BaseException | None]] = []
+        self._collect_failures: list[tuple[BrokenPlugin, BaseException | None]] = []
         self._infos: dict[str, BackendInfo] | None = None
         self._conflicts: dict[str, list[BackendInfo]] = {}
         self._code_backends: dict[str, BackendInfo] = {}
@@ -120,6 +264,7 @@ class Registry:
     # -- building -------------------------------------------------------------------
 
     def _plugin_manager(self) -> pluggy.PluginManager:
+        """The plugin manager, with every plugin that loads; broken ones are recorded."""
         with self._lock:
             if self._pm is None:
                 pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
@@ -127,12 +272,11 @@ class Registry:
                 autoload = self._autoload
                 if autoload is None:
                     autoload = not get_setting("disable_plugin_autoload")
-                # Forget the plugins of an earlier attempt that failed.
                 self._origins.clear()
+                self._load_failures.clear()
                 if autoload:
                     for ep in entry_points(group=self.group):
                         self._load_entry_point(pm, ep)
-                self._check(pm)
                 self._pm = pm
             return self._pm
 
@@ -140,42 +284,75 @@ class Registry:
         dist_name = ep.distribution
         version = ep.version
         where = f"entry point {ep.name!r} = {ep.value!r} of distribution {dist_name} {version}"
+        name = ep.name if ep.name not in self._origins else f"{dist_name}:{ep.name}"
+        origin = _PluginOrigin(name, dist_name, version, ep.value)
         try:
             plugin = ep.load()
         except Exception as exc:
-            raise PluginError(
+            message = (
                 f"comm backend plugin failed to import: {where} "
                 f"(group {self.group!r}): {type(exc).__name__}: {exc}"
-            ) from exc
-        name = ep.name if ep.name not in self._origins else f"{dist_name}:{ep.name}"
-        self._register(pm, plugin, _PluginOrigin(name, dist_name, version), where)
+            )
+            self._load_failures.append((self._broken_plugin(origin, message), exc))
+            return
+        try:
+            self._register(pm, plugin, origin, f"{where} (group {self.group!r})")
+        except PluginError as exc:
+            self._load_failures.append((self._broken_plugin(origin, str(exc)), exc.__cause__))
+
+    @staticmethod
+    def _broken_plugin(origin: _PluginOrigin, message: str) -> BrokenPlugin:
+        return BrokenPlugin(
+            origin.name, origin.entry_point, origin.distribution, origin.version, message
+        )
 
     def _register(
         self, pm: pluggy.PluginManager, plugin: object, origin: _PluginOrigin, where: str
     ) -> None:
+        """Register *plugin*, or raise PluginError and leave nothing of it behind."""
         if origin.name in self._origins or pm.get_plugin(origin.name) is not None:
             raise PluginError(f"a comm plugin named {origin.name!r} is already registered")
         try:
             pm.register(plugin, name=origin.name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"invalid comm plugin, {where}: {exc}") from exc
+        try:
+            if not pm.get_hookcallers(plugin):
+                raise PluginError(
+                    f"{where} provides no comm hook: it names {_describe_object(plugin)}. "
+                    "Expected a module or object with functions marked @comm_core.hookimpl "
+                    "named after comm's hooks, such as `@comm_core.hookimpl def "
+                    "comm_register_backends(): return [MyBackend]` (hooks: "
+                    f"{', '.join(_hook_names())}; {_PLUGIN_DOCS})"
+                )
+            self._check(pm, origin)
+        except PluginError:
+            pm.unregister(plugin)
+            raise
         self._origins[origin.name] = origin
 
-    def _check(self, pm: pluggy.PluginManager) -> None:
+    def _check(self, pm: pluggy.PluginManager, origin: _PluginOrigin) -> None:
         try:
             pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            origin = self._origins.get(pm.get_name(exc.plugin) or "")
-            known = ", ".join(sorted(name for name in dir(hookspecs) if name.startswith("comm_")))
             source = (
                 f"distribution {origin.distribution} {origin.version}"
-                if origin is not None and origin.distribution
+                if origin.distribution
                 else "code"
             )
             raise PluginError(
-                f"comm plugin {origin.name if origin else exc.plugin!r} from {source} "
-                f"implements a hook that does not exist ({exc}); known hooks: {known}"
+                f"comm plugin {origin.name!r} from {source} implements a hook that does not "
+                f"exist ({exc}); known hooks: {', '.join(_hook_names())}"
             ) from exc
+
+    def _raise_if_broken(self) -> None:
+        """Raise the PluginError of the first broken plugin, if any (a new one each time)."""
+        failures = self._load_failures or self._collect_failures
+        if failures:
+            broken, cause = failures[0]
+            more = len(self._load_failures) + len(self._collect_failures) - 1
+            extra = f" (and {more} more broken: `comm backends` lists them)" if more else ""
+            raise PluginError(broken.message + extra) from cause
 
     def _collect(self) -> dict[str, BackendInfo]:
         with self._lock:
@@ -183,33 +360,43 @@ class Registry:
                 return self._infos
             pm = self._plugin_manager()
             claims: dict[str, list[BackendInfo]] = {}
+            self._collect_failures = []
             for impl in pm.hook.comm_register_backends.get_hookimpls():
                 origin = self._origins.get(
                     impl.plugin_name, _PluginOrigin(impl.plugin_name, None, None)
                 )
                 try:
-                    classes = impl.function()
-                except Exception as exc:
-                    raise PluginError(
-                        f"comm plugin {origin.name!r} failed in comm_register_backends(): "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                if classes is None:
-                    classes = ()
-                if isinstance(classes, (str, type)) or not isinstance(classes, Iterable):
-                    raise PluginError(
-                        f"comm plugin {origin.name!r} returned {classes!r} from "
-                        "comm_register_backends(); expected a sequence of comm_core.Backend "
-                        "subclasses"
-                    )
-                for cls in classes:
-                    info = self._make_info(cls, origin)
+                    infos = self._backends_of(impl.function, origin)
+                except PluginError as exc:
+                    broken = self._broken_plugin(origin, str(exc))
+                    self._collect_failures.append((broken, exc.__cause__))
+                    continue
+                for info in infos:
                     claims.setdefault(info.scheme, []).append(info)
             for scheme, info in self._code_backends.items():
                 claims[scheme] = [info]  # registered in code with replace=True wins
             self._infos = {scheme: found[0] for scheme, found in claims.items() if len(found) == 1}
             self._conflicts = {scheme: found for scheme, found in claims.items() if len(found) > 1}
             return self._infos
+
+    def _backends_of(self, hook: Any, origin: _PluginOrigin) -> list[BackendInfo]:
+        """Call one plugin's ``comm_register_backends()`` and check what it returns."""
+        try:
+            classes = hook()
+        except Exception as exc:
+            raise PluginError(
+                f"comm plugin {origin.name!r} failed in comm_register_backends(): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if classes is None:
+            classes = ()
+        if isinstance(classes, (str, type)) or not isinstance(classes, Iterable):
+            raise PluginError(
+                f"comm plugin {origin.name!r} returned {classes!r} from "
+                "comm_register_backends(); expected a sequence of comm_core.Backend "
+                "subclasses"
+            )
+        return [self._make_info(cls, origin) for cls in classes]
 
     @staticmethod
     def _make_info(cls: Any, origin: _PluginOrigin) -> BackendInfo:
@@ -232,18 +419,14 @@ class Registry:
         """Register a plugin object (a module or instance with ``@hookimpl`` functions).
 
         Raises:
-            PluginError: the plugin is invalid or the name is taken.
+            PluginError: the plugin is invalid (it implements no comm hook, or one
+                that does not exist), or the name is taken.
         """
         with self._lock:
             pm = self._plugin_manager()
             plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
-            self._register(pm, plugin, _PluginOrigin(plugin_name, None, None), "registered in code")
-            try:
-                self._check(pm)
-            except PluginError:  # leave no rejected plugin behind
-                pm.unregister(name=plugin_name)
-                del self._origins[plugin_name]
-                raise
+            where = f"plugin {plugin_name!r} (registered in code)"
+            self._register(pm, plugin, _PluginOrigin(plugin_name, None, None), where)
             self._infos = None
             self._families = None
             self._instances.clear()
@@ -284,6 +467,7 @@ class Registry:
 
         Raises:
             BackendConflictError: two plugins register families with one name.
+            PluginError: a plugin is broken (see :meth:`broken`).
         """
         families = self._families
         if families is not None:
@@ -292,6 +476,7 @@ class Registry:
 
         with self._lock:
             pm = self._plugin_manager()
+            self._raise_if_broken()
             found: dict[str, SerializerFamily] = {pickle_family.name: pickle_family}
             for impl in pm.hook.comm_register_serializers.get_hookimpls():
                 provided = cast("Sequence[SerializerFamily]", impl.function() or ())
@@ -305,14 +490,72 @@ class Registry:
             self._families = MappingProxyType(found)
             return self._families
 
-    def backends(self) -> Mapping[str, BackendInfo]:
-        """A read-only view of the usable backends, by scheme (conflicted ones excluded)."""
-        return MappingProxyType(self._collect())
+    def backends(self, *, strict: bool = True) -> Mapping[str, BackendInfo]:
+        """A read-only view of the usable backends, by scheme (conflicted ones excluded).
 
-    def conflicts(self) -> Mapping[str, tuple[BackendInfo, ...]]:
-        """Schemes claimed by more than one plugin, with every claimant."""
+        Args:
+            strict: raise if a plugin is broken; ``False`` leaves broken plugins
+                out (:meth:`broken` lists them), for listings such as ``comm backends``.
+
+        Raises:
+            PluginError: *strict*, and a plugin is broken.
+        """
+        infos = self._collect()
+        if strict:
+            self._raise_if_broken()
+        return MappingProxyType(infos)
+
+    def conflicts(self, *, strict: bool = True) -> Mapping[str, tuple[BackendInfo, ...]]:
+        """Schemes claimed by more than one plugin, with every claimant.
+
+        Raises:
+            PluginError: *strict*, and a plugin is broken (as for :meth:`backends`).
+        """
         self._collect()
+        if strict:
+            self._raise_if_broken()
         return MappingProxyType({s: tuple(found) for s, found in self._conflicts.items()})
+
+    def broken(self) -> tuple[BrokenPlugin, ...]:
+        """The plugins that could not be used, and why; never raises for them.
+
+        An entry point that fails to import, names no plugin (an object with no
+        ``@comm_core.hookimpl`` function), implements a hook that does not exist,
+        or whose ``comm_register_backends()`` fails is broken: while one is, every
+        lookup raises :class:`~comm_core.exceptions.PluginError`.
+        """
+        self._collect()
+        return tuple(broken for broken, _ in [*self._load_failures, *self._collect_failures])
+
+    def implementations(self, hook: str) -> tuple[HookImplementation, ...]:
+        """Each plugin's implementation of *hook*, in the order pluggy would call them.
+
+        For callers of hooks that comm-core does not call itself during lookups,
+        such as the command line's; each implementation comes with its plugin's
+        name and distribution, for messages. Broken plugins are left out (this
+        never raises for them: see :meth:`broken`).
+
+        Raises:
+            ValueError: *hook* is not the name of a comm hook.
+        """
+        if hook not in _hook_names():
+            raise ValueError(f"no comm hook is named {hook!r}; hooks: {', '.join(_hook_names())}")
+        pm = self._plugin_manager()
+        found = []
+        for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
+            default = _PluginOrigin(impl.plugin_name, None, None)
+            origin = self._origins.get(impl.plugin_name, default)
+            found.append(
+                HookImplementation(
+                    hook,
+                    origin.name,
+                    origin.distribution,
+                    origin.version,
+                    impl.function,
+                    tuple(impl.argnames),
+                )
+            )
+        return tuple(found)
 
     def get_backend(self, scheme: str, *, address: str | None = None) -> Backend:
         """Return the backend instance for *scheme*, created on first use.
@@ -320,13 +563,14 @@ class Registry:
         Raises:
             UnknownSchemeError: no installed backend serves *scheme*.
             BackendConflictError: several distributions claim *scheme*.
-            PluginError: a plugin failed to load or validate.
+            PluginError: a plugin is broken, whatever *scheme* is (see :meth:`broken`).
         """
         backend = self._instances.get(scheme)
         if backend is not None:
             return backend
         with self._lock:
             infos = self._collect()
+            self._raise_if_broken()
             info = infos.get(scheme)
             if info is None:
                 self._raise_missing(scheme, address, infos)
@@ -384,7 +628,11 @@ def get_backend(scheme: str) -> Backend:
 
 
 def backends() -> Mapping[str, BackendInfo]:
-    """A read-only view of the installed backends, by scheme."""
+    """A read-only view of the installed backends, by scheme.
+
+    Raises:
+        PluginError: an installed plugin is broken.
+    """
     return get_registry().backends()
 
 

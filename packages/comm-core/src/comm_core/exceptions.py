@@ -182,7 +182,15 @@ class BackendConflictError(BackendError):
 
 
 class PluginError(BackendError):
-    """A backend plugin failed to import, or declares hooks that do not exist."""
+    """A plugin is broken: its entry point fails to import or names no plugin, or its hooks fail.
+
+    Raised by every lookup while an installed plugin is broken (see
+    :meth:`comm_core.Registry.broken`): an entry point whose module fails to
+    import, that names something with no ``@comm_core.hookimpl`` function (a
+    backend class or factory, say), a hook that does not exist, or a
+    ``comm_register_backends()`` that fails. The message names the
+    distribution and the entry point.
+    """
 
 
 class EncryptionRequiredError(CommError, ValueError):

@@ -21,24 +21,40 @@ comm's own transports (comm-tcp, comm-tls, comm-inproc) register exactly this
 way. Applications and tests can register a plugin or a backend in code with
 :func:`comm_core.register_plugin` and :func:`comm_core.register_backend`.
 
+The first two hooks give comm backends and serializer families. The
+``comm_cli_*`` hooks extend the ``comm`` command as pytest plugins extend
+pytest: a plugin adds options to its commands, turns them into connection
+arguments for :func:`comm_core.connect` and :func:`comm_core.listen`, and adds
+steps to ``comm doctor``. comm-tls contributes its ``--ca``, ``--cert``, ...
+options and its certificate diagnosis this way; the command itself knows no
+transport. The command calls these hooks only when it runs, one plugin at a
+time (so that it can name the plugin in its messages), in pluggy's order.
+
 A hook implementation with a name not listed here makes the registry fail with
 :class:`~comm_core.exceptions.PluginError`, so a misspelled hook never goes
-unnoticed.
+unnoticed; so does an entry point that names something with no hook
+implementation at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+
     from comm_core.abc import Backend
+    from comm_core.cli import DoctorStep, Parser
     from comm_core.protocol import SerializerFamily
 
 __all__ = [
     "PROJECT_NAME",
+    "comm_cli_add_options",
+    "comm_cli_connection_args",
+    "comm_cli_doctor_steps",
     "comm_register_backends",
     "comm_register_serializers",
     "hookimpl",
@@ -82,4 +98,108 @@ def comm_register_serializers() -> Sequence[SerializerFamily]:  # type: ignore[e
     one name raise :class:`~comm_core.exceptions.BackendConflictError`.
 
     :return: a sequence of ``SerializerFamily`` (may be empty).
+    """
+
+
+# -- the comm command ---------------------------------------------------------------------
+
+
+@hookspec
+def comm_cli_add_options(command: str, parser: Parser) -> None:
+    """Add command-line options to the ``comm`` command *command*.
+
+    Called when ``comm`` builds its argument parser (for every command, even
+    ``comm --help``: keep it light, and import nothing heavy such as ssl), once
+    for each of the commands that connect or listen: ``"serve"``, ``"ping"``,
+    ``"bench"`` and ``"doctor"``. Add options in groups of your own, whose
+    title says whose they are::
+
+        group = parser.group("WebSocket options", applies_to="ws:// and wss://")
+        group.add_option("--ws-path", metavar="PATH", help="the request path")
+
+    :meth:`comm_core.cli.OptionGroup.add_option` takes the arguments of
+    :meth:`argparse.ArgumentParser.add_argument`; plugins add long options
+    only (``--name``), and none may be required. An option (or its ``dest``,
+    or a group title) that the command or another plugin already has is an
+    error, never a silent override: ``add_option`` raises
+    :class:`~comm_core.exceptions.PluginError` naming both plugins, and
+    ``comm`` prints it and exits with status 2, whatever the command (as
+    pytest refuses to start with clashing plugins). Prefix your options with
+    your transport's name when they are not obviously its own.
+
+    Not ``firstresult``: every plugin adds its own options.
+
+    :param command: the command's name.
+    :param parser: where this plugin adds its options (a :class:`comm_core.cli.Parser`).
+    """
+
+
+@hookspec
+def comm_cli_connection_args(
+    command: str,
+    scheme: str,
+    backend: Backend,
+    options: argparse.Namespace,
+    server_side: bool,
+    in_process: bool,
+    notes: list[str],
+) -> Mapping[str, Any] | None:
+    """Turn the parsed options into connection arguments for *backend*, or return ``None``.
+
+    Called when a command is about to :func:`~comm_core.connect` to an
+    address or :func:`~comm_core.listen` on one, once for the address's
+    backend. Return ``None`` if this plugin does not serve that backend (most
+    plugins serve only their own scheme); otherwise a mapping, maybe empty,
+    of keyword arguments for ``connect()`` or ``listen()``, such as
+    ``{"security": Security(...)}``. Returning a mapping *consumes* this
+    plugin's options for the address: options given on the command line
+    that no plugin consumed make ``comm`` fail with a usage error such as
+    ``--ca: TLS options are for encrypted schemes such as tls://, and tcp://
+    does not use them`` (the group's title and ``applies_to``). Two plugins
+    returning the same key is an error too.
+
+    Not ``firstresult``: several plugins may serve one backend (a TLS plugin
+    and an authentication plugin, say), and their mappings are merged.
+
+    :param command: ``"serve"``, ``"ping"``, ``"bench"`` or ``"doctor"``.
+    :param scheme: the address's scheme (``backend.scheme``).
+    :param backend: the address's backend.
+    :param options: the parsed command line; this plugin's options are
+        attributes named by their ``dest`` (``--temporary-credentials``:
+        ``options.temporary_credentials``).
+    :param server_side: the arguments are for ``listen()`` (``comm serve``,
+        and ``comm bench`` measuring in one process), not ``connect()``.
+    :param in_process: ``comm bench`` will pass the same arguments to both
+        ``listen()`` and ``connect()`` in this process: make them work for
+        both sides, with throwaway credentials if none are given.
+    :param notes: lines for the user, such as where credentials were written:
+        ``comm serve`` prints them once it listens; the other commands do not.
+    :raises comm_core.cli.CLIError: options this plugin cannot use (a missing
+        file, a contradiction); ``comm`` prints the message and exits with status 2.
+    :return: keyword arguments for ``connect()``/``listen()``, or ``None``.
+    """
+
+
+@hookspec
+def comm_cli_doctor_steps(
+    scheme: str, backend: Backend, options: argparse.Namespace
+) -> Sequence[DoctorStep] | None:
+    """Return the steps this plugin adds to ``comm doctor`` for an address of *backend*.
+
+    Called once the address is parsed and its backend found. comm's own steps
+    are generic: the address, the backend, the name resolution of a host:port
+    address, and the comm handshake. A transport adds what only it knows:
+    checking its options, opening its connection (comm-core offers
+    :data:`comm_core.cli.TCP_CONNECT` for transports over TCP), its own
+    handshake. Each :class:`~comm_core.cli.DoctorStep` has a name (its line's
+    label), a function that checks one thing and returns a detail for its
+    line or raises :class:`~comm_core.cli.StepFailed` with what to fix, and a
+    :class:`~comm_core.cli.Stage` that places it among the others. Steps of
+    one stage run in the order the plugins give them; a step given by two
+    plugins (the same object) runs once.
+
+    :param scheme: the address's scheme (``backend.scheme``).
+    :param backend: the address's backend.
+    :param options: the parsed command line.
+    :return: the steps (may be empty), or ``None`` for none.
     """

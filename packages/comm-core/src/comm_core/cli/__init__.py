@@ -2,8 +2,13 @@
 
 Installed with comm-core as the ``comm`` console script, and run by ``python -m
 comm_core``. It uses the standard library only, and importing :mod:`comm_core`
-does not import it. :func:`main` is its one entry point; the modules of this
-package are not an API.
+does not import it. :func:`main` is its one entry point.
+
+Plugins extend the commands through the ``comm_cli_*`` hooks of
+:mod:`comm_core.hookspecs`: options, the connection arguments made of them,
+and ``comm doctor`` steps. The names this package exports are what those hooks
+receive and return, and what a plugin's tests need (:func:`build_parser`,
+:func:`connection_args`); the modules of this package are not an API.
 """
 
 from __future__ import annotations
@@ -25,8 +30,23 @@ from comm_core.cli._common import (
     CLIError,
     print_error,
 )
+from comm_core.cli._plugins import OptionGroup, Parser, add_plugin_options, connection_args
+from comm_core.cli.doctor import TCP_CONNECT, DoctorContext, DoctorStep, Stage, StepFailed
+from comm_core.exceptions import PluginError
 
-__all__ = ["main"]
+__all__ = [
+    "TCP_CONNECT",
+    "CLIError",
+    "DoctorContext",
+    "DoctorStep",
+    "OptionGroup",
+    "Parser",
+    "Stage",
+    "StepFailed",
+    "build_parser",
+    "connection_args",
+    "main",
+]
 
 DESCRIPTION = """\
 comm: message-oriented communication for Python distributed systems.
@@ -38,7 +58,8 @@ exit status (see each command's --help for its own):
   0    success
   1    what the command checked failed (no reply, cannot connect or listen, unhealthy)
   2    usage errors, and errors in what was given (a malformed address, an
-       uninstalled scheme, unusable TLS options)
+       uninstalled scheme, options that a transport cannot use), and plugins
+       that clash
   130  interrupted by Ctrl-C
 
 Run `comm bench` for a tour: it measures every installed transport in a few seconds.
@@ -46,7 +67,12 @@ Run `comm bench` for a tour: it measures every installed transport in a few seco
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``comm`` and its commands."""
+    """The argument parser of ``comm`` and its commands, with the plugins' options.
+
+    Raises:
+        PluginError: two plugins' options clash, or a plugin's
+            ``comm_cli_add_options`` hook fails.
+    """
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=DESCRIPTION,
@@ -60,14 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         f"Python {platform.python_version()}",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for command in (backends, serve, ping, bench, doctor):
-        command.add_parser(subparsers)
+    backends.add_parser(subparsers)
+    for name, command in (("serve", serve), ("ping", ping), ("bench", bench), ("doctor", doctor)):
+        add_plugin_options(command.add_parser(subparsers), name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``comm`` command with *argv* (default: ``sys.argv[1:]``); return its exit status."""
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except PluginError as exc:  # clashing plugins: no command can be trusted with them
+        print_error(str(exc))
+        return EXIT_ERROR
+    except ValueError as exc:  # a malformed COMM_* environment variable
+        print_error(str(exc))
+        return EXIT_ERROR
     args = parser.parse_args(argv)
     run = getattr(args, "run", None)
     if run is None:
@@ -81,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as exc:
         print_error(str(exc))
         return exc.code
+    except PluginError as exc:  # a plugin's hook failed, or two plugins clash
+        print_error(str(exc))
+        return EXIT_ERROR
     except ValueError as exc:  # a malformed COMM_* environment variable
         print_error(str(exc))
         return EXIT_ERROR

@@ -1,11 +1,10 @@
-"""What the commands share: exit statuses, errors, terminal output, and TLS options."""
+"""What the commands share: exit statuses, errors, terminal output, finding the backend."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import errno
-import importlib
 import math
 import os
 import shutil
@@ -13,14 +12,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from comm_core._addressing import parse_address, unparse_address
 from comm_core._config import _parse_size
 from comm_core._registry import get_registry
-from comm_core.abc import Capability, Comm
+from comm_core.abc import Comm
 from comm_core.exceptions import BackendError, CommError
 
 if TYPE_CHECKING:
@@ -36,9 +33,7 @@ __all__ = [
     "CLIError",
     "Status",
     "Style",
-    "TLSOptions",
     "about",
-    "add_tls_options",
     "backend_for",
     "echo",
     "format_seconds",
@@ -59,7 +54,7 @@ EXIT_OK = 0
 #: What the command checks failed: no reply, could not connect or listen, an unhealthy address.
 EXIT_FAILURE = 1
 #: Usage errors, and errors in what the command was given (a malformed address, an
-#: uninstalled scheme, unusable TLS files): argparse's status for usage errors.
+#: uninstalled scheme, options a plugin cannot use): argparse's status for usage errors.
 EXIT_ERROR = 2
 #: Interrupted by Ctrl-C (128 + SIGINT), for the commands where Ctrl-C is not the way to stop.
 EXIT_INTERRUPTED = 130
@@ -68,7 +63,11 @@ PROG = "comm"
 
 
 class CLIError(Exception):
-    """An error to report as ``comm: error: <message>`` and exit with *code*."""
+    """An error to report as ``comm: error: <message>`` and exit with *code*.
+
+    Plugins raise it from their ``comm_cli_*`` hooks for options they cannot
+    use (a missing file, a contradiction): say which option, and what to do.
+    """
 
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
@@ -269,189 +268,6 @@ async def echo(comm: Comm) -> int:
     finally:
         await comm.close()
     return count
-
-
-# -- TLS ---------------------------------------------------------------------------------
-
-#: The files of ``--temporary-credentials DIR``.
-CA_FILE, CERT_FILE, KEY_FILE = "ca.pem", "cert.pem", "key.pem"
-
-
-def add_tls_options(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
-    """Add the TLS options to *parser*; *server* adds the listener's own."""
-    group = parser.add_argument_group(
-        "TLS options",
-        "For tls:// (and other encrypted schemes); comm-tls must be installed.",
-    )
-    group.add_argument(
-        "--ca",
-        metavar="FILE",
-        help="the CA certificate(s) that sign the clients' certificates (PEM file, or a "
-        "directory of them)"
-        if server
-        else "the CA certificate(s) that sign the listener's certificate (PEM file, or a "
-        "directory of them); default: the system's CAs",
-    )
-    group.add_argument(
-        "--cert",
-        metavar="FILE",
-        help="this side's certificate chain (PEM); a listener needs one, and so does a "
-        "client of a listener that asks for client certificates (the default)",
-    )
-    group.add_argument(
-        "--key", metavar="FILE", help="the private key of --cert, if the --cert file lacks it"
-    )
-    group.add_argument(
-        "--temporary-credentials",
-        metavar="DIR",
-        help="throwaway mutual-TLS credentials (a CA, and a certificate for localhost, "
-        f"127.0.0.1 and ::1) in DIR as {CA_FILE}, {CERT_FILE}, {KEY_FILE}: `comm serve` "
-        "makes them when DIR has none, other commands read them; to try TLS out on one "
-        "machine, never for production",
-    )
-    if server:
-        group.add_argument(
-            "--no-client-cert",
-            action="store_true",
-            help="accept clients without a certificate (default: mutual TLS)",
-        )
-    else:
-        group.add_argument(
-            "--no-check-hostname",
-            action="store_true",
-            help="do not check that the listener's certificate names the host dialled (it "
-            "is still checked against the CA)",
-        )
-
-
-@dataclass(frozen=True)
-class TLSOptions:
-    """The TLS options of one command."""
-
-    ca: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    temporary_credentials: str | None = None
-    check_hostname: bool = True
-    require_client_cert: bool = True
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> TLSOptions:
-        return cls(
-            ca=getattr(args, "ca", None),
-            cert=getattr(args, "cert", None),
-            key=getattr(args, "key", None),
-            temporary_credentials=getattr(args, "temporary_credentials", None),
-            check_hostname=not getattr(args, "no_check_hostname", False),
-            require_client_cert=not getattr(args, "no_client_cert", False),
-        )
-
-    @property
-    def given(self) -> list[str]:
-        """The options given on the command line, as flags."""
-        flags = [
-            ("--ca", self.ca is not None),
-            ("--cert", self.cert is not None),
-            ("--key", self.key is not None),
-            ("--temporary-credentials", self.temporary_credentials is not None),
-            ("--no-check-hostname", not self.check_hostname),
-            ("--no-client-cert", not self.require_client_cert),
-        ]
-        return [flag for flag, present in flags if present]
-
-    def connection_args(
-        self, backend: Backend, *, server_side: bool, in_process: bool = False
-    ) -> dict[str, Any]:
-        """The TLS connection arguments for *backend*: ``{"security": ...}`` or nothing.
-
-        *in_process*: both ends are in this process (``comm bench``), so one
-        object serves both, made on the spot if no option is given.
-
-        Raises:
-            CLIError: TLS options for a backend that does not encrypt, comm-tls
-                missing, or options it cannot use.
-        """
-        scheme = backend.scheme
-        if Capability.ENCRYPTED not in backend.capabilities:
-            if self.given:
-                flags = ", ".join(self.given)
-                raise CLIError(
-                    f"{flags}: TLS options are for encrypted schemes such as tls://, and "
-                    f"{scheme}:// does not encrypt"
-                )
-            return {}
-        if scheme != "tls" and not self.given:
-            return {}  # a third party's encrypted transport, configured its own way
-        return {"security": self.security(server_side=server_side, in_process=in_process)}
-
-    def security(self, *, server_side: bool, in_process: bool = False) -> Any:
-        """A ``comm_tls.Security`` built from the options."""
-        try:  # comm-core does not depend on comm-tls: it is optional, and untyped here
-            comm_tls: Any = importlib.import_module("comm_tls")
-        except ImportError:
-            raise CLIError(
-                "TLS needs comm-tls, which is not installed: pip install comm-tls"
-            ) from None
-        error: type[Exception] = comm_tls.TLSConfigurationError
-        try:
-            if self.temporary_credentials is not None:
-                if self.ca or self.cert or self.key:
-                    raise CLIError(
-                        "--temporary-credentials cannot be combined with --ca, --cert or --key"
-                    )
-                return self._temporary(comm_tls, create=server_side or in_process)
-            if in_process and not self.given:
-                return comm_tls.Security.temporary()
-            if (server_side or in_process) and self.cert is None:
-                raise CLIError(
-                    "a tls:// listener needs a certificate: pass --cert FILE and --key FILE "
-                    "(and --ca FILE, the CA of the clients' certificates), or "
-                    "--temporary-credentials DIR to make throwaway ones"
-                )
-            options: dict[str, Any] = {"check_hostname": self.check_hostname}
-            if server_side or in_process:
-                options["require_client_cert"] = self.require_client_cert
-            return comm_tls.Security(ca=self.ca, cert=self.cert, key=self.key, **options)
-        except error as exc:
-            raise CLIError(f"TLS options: {exc}") from exc
-
-    def _temporary(self, comm_tls: Any, *, create: bool) -> Any:
-        directory = Path(self.temporary_credentials or ".")
-        files = [directory / name for name in (CA_FILE, CERT_FILE, KEY_FILE)]
-        present = [path.is_file() for path in files]
-        if not any(present) and create:
-            made = comm_tls.Security.temporary(check_hostname=self.check_hostname)
-            write_credentials(directory, made.ca, made.cert, made.key)
-            return made
-        if not all(present):
-            missing = ", ".join(p.name for p, ok in zip(files, present, strict=True) if not ok)
-            if any(present):
-                raise CLIError(
-                    f"--temporary-credentials {directory}: {missing} missing; delete the "
-                    "directory to make new credentials"
-                )
-            raise CLIError(
-                f"--temporary-credentials {directory}: no credentials there ({missing}); "
-                f"`comm serve tls://127.0.0.1:8786 --temporary-credentials {directory}` "
-                "makes them, and clients given the same directory use them"
-            )
-        ca, cert, key = (str(path) for path in files)
-        return comm_tls.Security(ca=ca, cert=cert, key=key, check_hostname=self.check_hostname)
-
-
-def write_credentials(directory: Path, ca: str, cert: str, key: str) -> None:
-    """Write PEM text to *directory* (made private); the key is readable by its owner only."""
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        files = [(CA_FILE, ca, 0o644), (CERT_FILE, cert, 0o644), (KEY_FILE, key, 0o600)]
-        for name, text, mode in files:
-            fd = os.open(directory / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(text)
-    except OSError as exc:
-        raise CLIError(
-            f"--temporary-credentials {directory}: cannot write the credentials: {exc}"
-        ) from exc
 
 
 def describe_backend_error(exc: CommError) -> str:

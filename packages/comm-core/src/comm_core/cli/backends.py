@@ -1,16 +1,16 @@
-"""``comm backends``: the installed transports, and schemes that two distributions claim."""
+"""``comm backends``: the installed transports, schemes that two claim, and broken plugins."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from comm_core._config import get_setting
-from comm_core._registry import BackendInfo, get_registry
+from comm_core._registry import BackendInfo, BrokenPlugin, get_registry
 from comm_core._version import __version__
-from comm_core.cli._common import EXIT_OK, CLIError, format_table
-from comm_core.exceptions import BackendError
+from comm_core.cli._common import EXIT_ERROR, EXIT_OK, format_table, print_error
 
 __all__ = ["add_parser", "run"]
 
@@ -19,17 +19,20 @@ List every installed comm transport (backend): the URI scheme it serves, the
 distribution that provides it, that distribution's version, and the
 capabilities the backend declares. A scheme claimed by two distributions is
 listed apart as a conflict: it cannot be used until one of them is uninstalled.
+A broken plugin (its entry point fails to import, or names something that is no
+comm plugin) is reported as an error after the list: while one is installed,
+comm refuses to look up any backend.
 """
 
 EPILOG = """\
 exit status:
   0  listed (conflicts included)
-  2  usage errors, or an installed plugin is broken
+  2  usage errors, or an installed plugin is broken (the others are listed)
 """
 
 
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "backends",
         help="list the installed transports",
         description=DESCRIPTION,
@@ -38,6 +41,7 @@ def add_parser(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON, for machines")
     parser.set_defaults(run=run)
+    return parser
 
 
 def _as_dict(info: BackendInfo) -> dict[str, Any]:
@@ -52,6 +56,16 @@ def _as_dict(info: BackendInfo) -> dict[str, Any]:
     }
 
 
+def _broken_as_dict(broken: BrokenPlugin) -> dict[str, Any]:
+    return {
+        "plugin": broken.plugin,
+        "entry_point": broken.entry_point,
+        "distribution": broken.distribution,
+        "version": broken.version,
+        "error": broken.message,
+    }
+
+
 def _origin(info: BackendInfo) -> tuple[str, str]:
     if info.distribution is None:
         return "(registered in code)", "-"
@@ -60,33 +74,42 @@ def _origin(info: BackendInfo) -> tuple[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     registry = get_registry()
-    try:
-        backends = dict(sorted(registry.backends().items()))
-        conflicts = dict(sorted(registry.conflicts().items()))
-    except BackendError as exc:
-        raise CLIError(str(exc)) from exc
+    backends = dict(sorted(registry.backends(strict=False).items()))
+    conflicts = dict(sorted(registry.conflicts(strict=False).items()))
+    broken = registry.broken()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "comm_core": __version__,
-                    "backends": [_as_dict(info) for info in backends.values()],
-                    "conflicts": [
-                        {"scheme": scheme, "claimants": [_as_dict(info) for info in claimants]}
-                        for scheme, claimants in conflicts.items()
-                    ],
-                },
-                indent=2,
-            )
-        )
-        return EXIT_OK
+        document: dict[str, Any] = {
+            "comm_core": __version__,
+            "backends": [_as_dict(info) for info in backends.values()],
+            "conflicts": [
+                {"scheme": scheme, "claimants": [_as_dict(info) for info in claimants]}
+                for scheme, claimants in conflicts.items()
+            ],
+        }
+        if broken:
+            document["broken"] = [_broken_as_dict(plugin) for plugin in broken]
+        print(json.dumps(document, indent=2))
+    else:
+        _print_table(backends, conflicts, broken)
+    # Last, on standard error, as every other command reports a broken plugin.
+    for plugin in broken:
+        print_error(plugin.message)
+    return EXIT_ERROR if broken else EXIT_OK
 
+
+def _print_table(
+    backends: dict[str, BackendInfo],
+    conflicts: dict[str, tuple[BackendInfo, ...]],
+    broken: tuple[BrokenPlugin, ...],
+) -> None:
     if backends:
         rows = [
             [info.scheme, *_origin(info), ", ".join(sorted(info.capabilities)) or "-"]
             for info in backends.values()
         ]
         print(format_table(["SCHEME", "DISTRIBUTION", "VERSION", "CAPABILITIES"], rows))
+    elif broken:
+        print("No usable comm backend is installed: the plugins below are broken.")
     else:
         print("No comm backends are installed. Install a transport, such as: pip install comm-tcp")
     if get_setting("disable_plugin_autoload"):
@@ -113,4 +136,18 @@ def run(args: argparse.Namespace) -> int:
                 )
         table = format_table(["SCHEME", "DISTRIBUTION", "VERSION", "PLUGIN", "CAPABILITIES"], rows)
         print("\n".join("  " + line for line in table.splitlines()))
-    return EXIT_OK
+    if broken:
+        print()
+        print("Broken plugins: comm looks up no backend until each is fixed or uninstalled")
+        print("(what is wrong with each follows, on standard error):")
+        rows = [
+            [
+                plugin.distribution or "(registered in code)",
+                plugin.version or "-",
+                f"{plugin.plugin} = {plugin.entry_point}" if plugin.entry_point else plugin.plugin,
+            ]
+            for plugin in broken
+        ]
+        table = format_table(["DISTRIBUTION", "VERSION", "ENTRY POINT"], rows)
+        print("\n".join("  " + line for line in table.splitlines()))
+    sys.stdout.flush()

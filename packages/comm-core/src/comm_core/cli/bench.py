@@ -21,8 +21,6 @@ from comm_core.cli._common import (
     EXIT_OK,
     CLIError,
     Status,
-    TLSOptions,
-    add_tls_options,
     backend_for,
     describe_backend_error,
     echo,
@@ -35,6 +33,7 @@ from comm_core.cli._common import (
     stop_on_signals,
     unicode_ok,
 )
+from comm_core.cli._plugins import connection_args
 from comm_core.cli.ping import percentile
 from comm_core.exceptions import AddressError, CommError
 
@@ -46,13 +45,14 @@ median (p50) and 99th-percentile (p99) round-trip time, and the throughput in
 MB/s (10^6 bytes of payload echoed per second; each message travels out and back).
 
 With no TARGET, every installed transport is measured in this process (a
-listener and a client on one event loop: tcp and tls on 127.0.0.1, tls with
-throwaway credentials). A TARGET is a scheme (tcp, inproc, ...), measured the
-same way, or the address of a `comm serve` listener.
+listener and a client on one event loop: on 127.0.0.1 for transports with
+host:port addresses, with throwaway credentials for those that need some). A
+TARGET is a scheme (tcp, inproc, ...), measured the same way, or the address
+of a `comm serve` listener.
 
 examples:
   comm bench
-  comm bench tcp tls --duration 2
+  comm bench tcp inproc --duration 2
   comm bench tcp://127.0.0.1:8786 --json
 """
 
@@ -60,7 +60,8 @@ EPILOG = """\
 exit status:
   0    every target was measured
   1    a target failed (could not listen, connect, or get its messages back)
-  2    usage errors, an unknown scheme, unusable TLS options, no transport installed
+  2    usage errors, an unknown scheme, options that a transport cannot use, no
+       transport installed
   130  interrupted by Ctrl-C (the results so far are printed)
 """
 
@@ -68,12 +69,10 @@ exit status:
 MAX_ROUND_TRIPS = 1_000_000
 #: At most this many warm-up round trips, within a tenth of the duration.
 MAX_WARMUP = 1_000
-#: Where each transport listens in-process, by scheme (others: 127.0.0.1:0 or nothing).
-IN_PROCESS_LOCATIONS = {"tcp": "127.0.0.1:0", "tls": "127.0.0.1:0", "inproc": ""}
 
 
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "bench",
         help="benchmark the installed transports, or a listener",
         description=DESCRIPTION,
@@ -111,8 +110,8 @@ def add_parser(subparsers: Any) -> None:
         help="seconds to connect, and allowed beyond the duration for the replies "
         "(default: %(default)s)",
     )
-    add_tls_options(parser)
     parser.set_defaults(run=run)
+    return parser
 
 
 @dataclass
@@ -155,7 +154,6 @@ def _is_scheme(text: str) -> bool:
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:
-    tls = TLSOptions.from_args(args)
     registry = get_registry()
     targets: list[Target] = []
     names = args.targets
@@ -167,29 +165,28 @@ def _targets(args: argparse.Namespace) -> list[Target]:
         if not names:
             raise CLIError(
                 "no comm transport is installed, so there is nothing to measure; install "
-                "some: pip install comm-inproc comm-tcp comm-tls"
+                "some: pip install comm-inproc comm-tcp"
             )
     for name in names:
         if _is_scheme(name):
             scheme = name.removesuffix("://").lower()
             _, _, backend = backend_for(f"{scheme}://")
-            args_ = tls.connection_args(backend, server_side=True, in_process=True)
+            args_ = connection_args(args, backend, server_side=True, in_process=True)
             targets.append(Target(scheme, scheme, None, backend, args_))
         else:
             address, scheme, backend = backend_for(name)
-            args_ = tls.connection_args(backend, server_side=False)
+            args_ = connection_args(args, backend, server_side=False)
             targets.append(Target(name, scheme, address, backend, args_))
     return targets
 
 
 def _listen_address(target: Target) -> str:
-    loc = IN_PROCESS_LOCATIONS.get(target.scheme)
-    if loc is None:
-        try:  # a third party's transport: host:port locations, or none
-            target.backend.get_address_host_port("127.0.0.1:0")
-            loc = "127.0.0.1:0"
-        except AddressError:
-            loc = ""
+    """Where *target*'s transport listens in this process: 127.0.0.1, or its default place."""
+    try:  # host:port locations, or none
+        target.backend.get_address_host_port("127.0.0.1:0")
+        loc = "127.0.0.1:0"
+    except AddressError:
+        loc = ""
     return unparse_address(target.scheme, loc)
 
 

@@ -1,4 +1,10 @@
-"""``comm doctor ADDRESS``: each step of reaching an address, checked, with what to fix."""
+"""``comm doctor ADDRESS``: each step of reaching an address, checked, with what to fix.
+
+comm's own steps are the generic ones: the address, its backend, the name
+resolution of a host:port address, and the comm handshake. Transports add
+theirs through the ``comm_cli_doctor_steps`` hook: comm-tcp the TCP connection
+(:data:`TCP_CONNECT`), other plugins the checks only they know how to make.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,12 @@ import errno
 import socket
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import comm_core
 from comm_core._addressing import parse_address, unparse_address, unparse_host_port
+from comm_core._record import Record
 from comm_core._registry import get_registry
 from comm_core._text import peer_text
 from comm_core.abc import Backend, Capability
@@ -21,11 +27,10 @@ from comm_core.cli._common import (
     EXIT_OK,
     CLIError,
     Style,
-    TLSOptions,
-    add_tls_options,
     positive_float,
     unicode_ok,
 )
+from comm_core.cli._plugins import ConnectionArgs, resolve_connection_args
 from comm_core.exceptions import (
     AddressError,
     BackendConflictError,
@@ -39,16 +44,21 @@ from comm_core.exceptions import (
     UnknownSchemeError,
 )
 
-if TYPE_CHECKING:
-    import ssl
-
-__all__ = ["add_parser", "run"]
+__all__ = [
+    "TCP_CONNECT",
+    "DoctorContext",
+    "DoctorStep",
+    "Stage",
+    "StepFailed",
+    "add_parser",
+    "run",
+]
 
 DESCRIPTION = """\
 Check, one step at a time, what connecting to ADDRESS takes: parsing the
-address, finding its transport, resolving the host name, the TCP connection
-(tcp://, tls://), the TLS handshake (tls://, with the TLS options given), and
-the comm handshake. Prints one line per step and, when a step fails, what to do.
+address, finding its transport, resolving the host name, then what the
+transport adds (its options, its connection, its own handshake), and the comm
+handshake. Prints one line per step and, when a step fails, what to do.
 """
 
 EPILOG = """\
@@ -58,19 +68,121 @@ exit status:
   2  usage errors
 """
 
-#: Schemes whose transport is a TCP connection (tls: with TLS on it).
-TCP_SCHEMES = frozenset({"tcp", "tls"})
 
-# OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code).
-_UNKNOWN_ISSUER = frozenset({2, 19, 20, 21})
-_SELF_SIGNED = 18
-_EXPIRED = 10
-_NOT_YET_VALID = 9
-_NAME_MISMATCH = frozenset({62, 64})
+class Stage:
+    """Where a :class:`DoctorStep` runs; comm's own steps are at ``RESOLVE`` and ``HANDSHAKE``.
+
+    Every step runs after the address is parsed and its backend found. Steps
+    are run by stage, then in the order the plugins gave them; comm's name
+    resolution runs first in its stage, its comm handshake first in its own.
+    """
+
+    #: Check what the options give (certificates, keys, tokens), before the network.
+    OPTIONS: Final = 300
+    #: comm's name resolution of a host:port address.
+    RESOLVE: Final = 400
+    #: Open the transport's connection, such as :data:`TCP_CONNECT`.
+    CONNECT: Final = 500
+    #: The handshakes the transport runs on its connection (an encryption layer's, say).
+    SECURE: Final = 600
+    #: comm's comm handshake, through :func:`comm_core.connect`.
+    HANDSHAKE: Final = 900
 
 
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+class StepFailed(Exception):
+    """A step failed: *detail* says what happened (its line), *hint* what to do."""
+
+    def __init__(self, detail: str, hint: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.hint = hint
+
+
+class DoctorStep(Record):
+    """One step of ``comm doctor``: *name* on its line, *check* run at *stage*.
+
+    *check* receives the :class:`DoctorContext` and returns the detail for its
+    line (or ``None`` to print no line, for a step that has nothing to say),
+    or raises :class:`StepFailed` with what happened and what to fix. Steps are
+    compared by value, so that a step two plugins give runs once.
+    """
+
+    __slots__ = ("name", "check", "stage")  # noqa: RUF023 (field order)
+
+    #: The label of the step's line, such as ``"TCP connect"``.
+    name: str
+    #: ``check(context) -> str | None``; raises :class:`StepFailed`.
+    check: Callable[[DoctorContext], str | None]
+    #: When the step runs: a :class:`Stage` value.
+    stage: int
+
+    def __init__(self, name: str, check: Callable[[DoctorContext], str | None], stage: int) -> None:
+        self._assign(name=name, check=check, stage=stage)
+
+
+class DoctorContext:
+    """What the steps of one ``comm doctor`` run know, and learn for the steps after them."""
+
+    def __init__(self, given: str, options: argparse.Namespace, arrow: str) -> None:
+        #: The address as given on the command line.
+        self.given = given
+        #: The parsed command line (plugins' options are attributes, by ``dest``).
+        self.options = options
+        #: Seconds allowed for each network step.
+        self.timeout: float = options.timeout
+        #: ``"→"``, or ``"->"`` where the output is ASCII.
+        self.arrow = arrow
+        #: The address with its scheme (``tcp://127.0.0.1:8786``).
+        self.address = ""
+        #: The scheme, and the location (the address without ``scheme://``).
+        self.scheme = ""
+        self.location = ""
+        #: The address's backend, once found.
+        self.backend: Backend | None = None
+        #: Host and port, for a backend with host:port addresses; else ``None``.
+        self.host: str | None = None
+        self.port: int | None = None
+        #: ``(family, sockaddr)`` of each address the host name resolved to.
+        self.sockaddrs: tuple[tuple[int, Any], ...] = ()
+        #: A connection that a step opened for the steps after it (:data:`TCP_CONNECT`
+        #: leaves its socket here); a step that takes it sets this to ``None`` and
+        #: closes it. ``comm doctor`` closes what is left before the comm handshake.
+        self.sock: socket.socket | None = None
+        #: Options of ``comm serve`` that a listener for this address needs, for hints
+        #: (a step may add some, such as ``--temporary-credentials DIR``).
+        self.serve_options: list[str] = []
+        self._connection_args: ConnectionArgs | None = None
+
+    def serve_command(self) -> str:
+        """The ``comm serve`` command that would listen at this address."""
+        return " ".join(["comm serve", self.address, *self.serve_options])
+
+    def _resolve(self) -> ConnectionArgs:
+        if self._connection_args is None:
+            assert self.backend is not None
+            self._connection_args = resolve_connection_args(
+                self.options, self.backend, server_side=False
+            )
+        return self._connection_args
+
+    def connection_args(self) -> dict[str, Any]:
+        """The connection arguments the plugins make of the options, for ``connect()``.
+
+        Made on first call (each plugin's ``comm_cli_connection_args`` hook,
+        as for ``comm ping``).
+
+        Raises:
+            CLIError: a plugin cannot use its options; the message says why.
+            PluginError: a plugin failed.
+        """
+        resolved = self._resolve()
+        if resolved.failure is not None:
+            raise resolved.failure
+        return dict(resolved.values)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help="diagnose connecting to an address",
         description=DESCRIPTION,
@@ -88,33 +200,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--ascii", action="store_true", help="mark steps with ok/FAIL instead of ✓/✗"
     )
-    add_tls_options(parser)
     parser.set_defaults(run=run)
-
-
-class StepFailed(Exception):
-    """A step failed: *detail* says what happened, *hint* what to do."""
-
-    def __init__(self, detail: str, hint: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.hint = hint
-
-
-@dataclass
-class _State:
-    """What the steps learn, for the steps after them."""
-
-    given: str
-    address: str = ""
-    scheme: str = ""
-    loc: str = ""
-    backend: Backend | None = None
-    host: str = ""
-    port: int = 0
-    sockaddrs: tuple[Any, ...] = ()
-    sock: socket.socket | None = None
-    connection_args: dict[str, Any] | None = None
+    return parser
 
 
 class _Report:
@@ -141,23 +228,25 @@ class _Report:
 
 def run(args: argparse.Namespace) -> int:
     report = _Report(args.ascii)
-    state = _State(args.address)
-    steps: list[tuple[str, Callable[[_State, argparse.Namespace, _Report], str]]] = [
-        ("address", _step_address),
-        ("backend", _step_backend),
-    ]
+    context = DoctorContext(args.address, args, report.arrow)
     print(f"comm doctor {args.address}", flush=True)
     try:
-        failed = _run_steps(steps, state, args, report)
+        failed = _run_steps([ADDRESS, BACKEND], context, report)
         if failed is None:
-            steps = _network_steps(state)
-            failed = _run_steps(steps, state, args, report)
+            try:
+                steps = _later_steps(context)
+            except PluginError as error:
+                report.line("fail", "plugins", str(error))
+                hint = "reinstall or uninstall the distribution whose plugin is broken"
+                failed = "plugins", StepFailed(str(error), hint)
+            else:
+                failed = _run_steps(steps, context, report)
     finally:
-        if state.sock is not None:
-            state.sock.close()
+        if context.sock is not None:
+            context.sock.close()
     print()
     if failed is None:
-        print(f"{state.address} is healthy: a comm endpoint answered the comm handshake.")
+        print(f"{context.address} is healthy: a comm endpoint answered the comm handshake.")
         return EXIT_OK
     name, exc = failed
     print(f"The {name} step failed. What to do: {exc.hint}", flush=True)
@@ -165,87 +254,109 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_steps(
-    steps: list[tuple[str, Callable[[_State, argparse.Namespace, _Report], str]]],
-    state: _State,
-    args: argparse.Namespace,
-    report: _Report,
+    steps: Sequence[DoctorStep], context: DoctorContext, report: _Report
 ) -> tuple[str, StepFailed] | None:
-    for i, (name, step) in enumerate(steps):
+    for i, step in enumerate(steps):
         try:
-            detail = step(state, args, report)
+            detail = step.check(context)
         except StepFailed as exc:
-            report.line("fail", name, exc.detail)
-            for later, _ in steps[i + 1 :]:
-                report.line("skip", later, "skipped")
-            return name, exc
-        report.line("ok", name, detail)
+            report.line("fail", step.name, exc.detail)
+            for later in steps[i + 1 :]:
+                if later is not _OPTIONS:  # it prints a line only when it fails
+                    report.line("skip", later.name, "skipped")
+            return step.name, exc
+        if detail is not None:
+            report.line("ok", step.name, detail)
     return None
 
 
-def _network_steps(
-    state: _State,
-) -> list[tuple[str, Callable[[_State, argparse.Namespace, _Report], str]]]:
-    steps: list[tuple[str, Callable[[_State, argparse.Namespace, _Report], str]]] = []
-    backend = state.backend
+def _takes_ports(backend: Backend) -> bool:
+    """Whether *backend*'s addresses have ports (it overrides ``get_address_host_port``)."""
+    return type(backend).get_address_host_port is not Backend.get_address_host_port
+
+
+def _later_steps(context: DoctorContext) -> list[DoctorStep]:
+    """comm's steps after the backend's, and the plugins', in the order they run.
+
+    Raises:
+        PluginError: a plugin's ``comm_cli_doctor_steps`` failed or returned
+            something else than steps.
+    """
+    backend = context.backend
     assert backend is not None
-    if Capability.ENCRYPTED in backend.capabilities:
-        steps.append(("TLS options", _step_tls_options))
+    # (stage, place in the stage, step): comm's name resolution first in its stage, its
+    # options check last in its own (after the plugins' checks of their options).
+    ordered: list[tuple[int, float, DoctorStep]] = [
+        (Stage.OPTIONS, float("inf"), _OPTIONS),
+        (Stage.HANDSHAKE, -1, COMM_HANDSHAKE),
+    ]
+    if context.port is not None:
+        ordered.append((Stage.RESOLVE, -1, RESOLVE))
+    seen: set[DoctorStep] = set()
+    for impl in get_registry().implementations("comm_cli_doctor_steps"):
+        try:
+            steps = impl.call(scheme=context.scheme, backend=backend, options=context.options)
+        except Exception as exc:
+            raise PluginError(
+                f"{impl.describe()} failed in comm_cli_doctor_steps(): {type(exc).__name__}: {exc}"
+            ) from exc
+        for step in steps or ():
+            if not isinstance(step, DoctorStep):
+                raise PluginError(
+                    f"{impl.describe()} returned {step!r:.60} from comm_cli_doctor_steps(); "
+                    "expected comm_core.cli.DoctorStep objects"
+                )
+            if step not in seen:
+                seen.add(step)
+                ordered.append((step.stage, len(ordered), step))
+    ordered.sort(key=lambda item: (item[0], item[1]))
+    return [step for _, _, step in ordered]
+
+
+# -- comm's steps: each returns a detail for its line, or raises StepFailed --------------------
+
+
+def _step_address(context: DoctorContext) -> str:
     try:
-        state.host, state.port = backend.get_address_host_port(state.loc)
-    except AddressError:
-        pass  # no host and port: name resolution and TCP do not apply
-    else:
-        steps.append(("name resolution", _step_resolve))
-        if state.scheme in TCP_SCHEMES:
-            steps.append(("TCP connect", _step_tcp))
-        if state.scheme == "tls":
-            steps.append(("TLS handshake", _step_tls))
-    steps.append(("comm handshake", _step_comm))
-    return steps
-
-
-# -- the steps: each returns a detail for its line, or raises StepFailed ------------------
-
-
-def _step_address(state: _State, args: argparse.Namespace, report: _Report) -> str:
-    try:
-        state.scheme, state.loc = parse_address(state.given)
-        state.address = unparse_address(state.scheme, state.loc)
+        context.scheme, context.location = parse_address(context.given)
+        context.address = unparse_address(context.scheme, context.location)
     except AddressError as exc:
         raise StepFailed(
             str(exc), "write the address as scheme://location, such as tcp://127.0.0.1:8786"
         ) from exc
     try:  # the location's form is the backend's: check it if the backend is there
-        backend = get_registry().get_backend(state.scheme)
+        backend = get_registry().get_backend(context.scheme)
     except CommError:
         backend = None  # the next step says why
     if backend is not None:
+        scheme = context.scheme
         try:
-            backend.get_address_host(state.loc)
-            if state.scheme in TCP_SCHEMES:
-                backend.get_address_host_port(state.loc)
+            backend.get_address_host(context.location)
+            if _takes_ports(backend):
+                context.host, context.port = backend.get_address_host_port(context.location)
         except AddressError as exc:
             raise StepFailed(
                 str(exc),
-                f"write the address as {state.scheme}://host:port, such as "
-                f"{state.scheme}://127.0.0.1:8786 or {state.scheme}://[::1]:8786",
+                f"write the address as {scheme}://host:port, such as "
+                f"{scheme}://127.0.0.1:8786 or {scheme}://[::1]:8786",
             ) from exc
-    if "://" not in state.given:
-        return f"{state.address} (no scheme given: {state.scheme}:// assumed)"
-    return state.address
+    if "://" not in context.given:
+        return f"{context.address} (no scheme given: {context.scheme}:// assumed)"
+    return context.address
 
 
-def _step_backend(state: _State, args: argparse.Namespace, report: _Report) -> str:
+def _step_backend(context: DoctorContext) -> str:
     registry = get_registry()
+    scheme = context.scheme
     try:
-        state.backend = registry.get_backend(state.scheme, address=state.address)
-        info = registry.backends()[state.scheme]
+        context.backend = registry.get_backend(scheme, address=context.address)
+        info = registry.backends()[scheme]
     except UnknownSchemeError as exc:
         known = ", ".join(exc.known) or "none"
         raise StepFailed(
-            f"no installed transport serves {state.scheme}:// (installed: {known})",
-            f"install the distribution that provides {state.scheme}://, such as "
-            f"`pip install comm-{state.scheme}`, or use an installed scheme; "
+            f"no installed transport serves {scheme}:// (installed: {known})",
+            f"install the distribution that provides {scheme}://, such as "
+            f"`pip install comm-{scheme}`, or use an installed scheme; "
             "`comm backends` lists them",
         ) from exc
     except BackendConflictError as exc:
@@ -258,34 +369,33 @@ def _step_backend(state: _State, args: argparse.Namespace, report: _Report) -> s
         ) from exc
     origin = f"{info.distribution} {info.version}" if info.distribution else "registered in code"
     caps = ", ".join(sorted(info.capabilities))
-    return f"{state.scheme}:// from {origin}" + (f" ({caps})" if caps else "")
+    return f"{scheme}:// from {origin}" + (f" ({caps})" if caps else "")
 
 
-def _step_tls_options(state: _State, args: argparse.Namespace, report: _Report) -> str:
-    assert state.backend is not None
-    tls = TLSOptions.from_args(args)
-    try:
-        state.connection_args = tls.connection_args(state.backend, server_side=False)
-    except CLIError as exc:
+def _step_options(context: DoctorContext) -> str | None:
+    """Options given that no plugin uses for the address, or a plugin cannot use."""
+    resolved = context._resolve()
+    if resolved.unused is not None:
         raise StepFailed(
-            str(exc),
-            "check the files given to --ca, --cert and --key (PEM), or --temporary-credentials DIR",
-        ) from exc
-    if tls.temporary_credentials:
-        return f"temporary credentials from {tls.temporary_credentials}"
-    parts = [f"CA {tls.ca}" if tls.ca else "the system's CAs"]
-    parts.append(f"certificate {tls.cert}" if tls.cert else "no client certificate")
-    if not tls.check_hostname:
-        parts.append("host name not checked")
-    return ", ".join(parts)
+            str(resolved.unused),
+            f"leave out the options that {context.scheme}:// does not use; "
+            "`comm doctor --help` says whose each option is",
+        ) from resolved.unused
+    if resolved.failure is not None:
+        raise StepFailed(
+            str(resolved.failure), "fix the options given; `comm doctor --help` describes them"
+        ) from resolved.failure
+    return None
 
 
-def _step_resolve(state: _State, args: argparse.Namespace, report: _Report) -> str:
-    host, port = state.host, state.port
+def _step_resolve(context: DoctorContext) -> str:
+    host, port = context.host, context.port
+    assert host is not None
+    assert port is not None
     where = unparse_host_port(host, port)
     if host in {"", "0.0.0.0", "::"} or port == 0:
         raise StepFailed(
-            f"{state.address} names no concrete host and port (it is for listening)",
+            f"{context.address} names no concrete host and port (it is for listening)",
             "use the contact address that the listener prints (`comm serve` prints it)",
         )
     try:
@@ -293,19 +403,26 @@ def _step_resolve(state: _State, args: argparse.Namespace, report: _Report) -> s
     except OSError as exc:  # socket.gaierror
         raise StepFailed(
             f"cannot resolve {host!r}: {exc.strerror or exc}",
-            f"check the host name in {state.address} (a typo? no DNS here?), or use an IP address",
+            f"check the host name in {context.address} (a typo? no DNS here?), or use an "
+            "IP address",
         ) from exc
-    state.sockaddrs = tuple(dict.fromkeys((family, sockaddr) for family, *_, sockaddr in infos))
-    ips = ", ".join(str(sockaddr[0]) for _, sockaddr in state.sockaddrs)
-    return f"{where} {report.arrow} {ips}"
+    context.sockaddrs = tuple(dict.fromkeys((family, sockaddr) for family, *_, sockaddr in infos))
+    ips = ", ".join(str(sockaddr[0]) for _, sockaddr in context.sockaddrs)
+    return f"{where} {context.arrow} {ips}"
 
 
-def _step_tcp(state: _State, args: argparse.Namespace, report: _Report) -> str:
-    where = unparse_host_port(state.host, state.port)
+def _step_tcp(context: DoctorContext) -> str:
+    host, port = context.host, context.port
+    if host is None or port is None or not context.sockaddrs:
+        raise StepFailed(
+            f"{context.address} has no host and port to open a TCP connection to",
+            "write the address as scheme://host:port",
+        )
+    where = unparse_host_port(host, port)
     errors: list[OSError] = []
-    for family, sockaddr in state.sockaddrs:
+    for family, sockaddr in context.sockaddrs:
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(args.timeout)
+        sock.settimeout(context.timeout)
         start = time.perf_counter()
         try:
             sock.connect(sockaddr)
@@ -314,22 +431,20 @@ def _step_tcp(state: _State, args: argparse.Namespace, report: _Report) -> str:
             errors.append(exc)
             continue
         elapsed = time.perf_counter() - start
-        state.sock = sock
-        return f"connected to {unparse_host_port(str(sockaddr[0]), state.port)} in " + (
+        context.sock = sock
+        return f"connected to {unparse_host_port(str(sockaddr[0]), port)} in " + (
             f"{elapsed * 1e3:.2f} ms"
         )
     error = errors[0]
-    serve = f"comm serve {state.scheme}://{where}"
-    if state.scheme == "tls":
-        serve += " --temporary-credentials DIR"
     if isinstance(error, ConnectionRefusedError):
         raise StepFailed(
             f"connection refused by {where}",
-            f"connection refused: is a listener running on {where}? start one with `{serve}`",
+            f"connection refused: is a listener running on {where}? start one with "
+            f"`{context.serve_command()}`",
         ) from error
     if isinstance(error, TimeoutError):
         raise StepFailed(
-            f"no answer from {where} within {args.timeout:g} s",
+            f"no answer from {where} within {context.timeout:g} s",
             "the host may be down, or a firewall may drop the packets; check the address, "
             "and that the port is open",
         ) from error
@@ -344,95 +459,18 @@ def _step_tcp(state: _State, args: argparse.Namespace, report: _Report) -> str:
     ) from error
 
 
-def _tls_hint(exc: ssl.SSLError, state: _State) -> str:
-    import ssl
-
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        if code in _UNKNOWN_ISSUER or code == _SELF_SIGNED:
-            return (
-                "the listener's certificate is not signed by the CA you trust: pass the CA "
-                "that signed it with --ca FILE (or the listener's --temporary-credentials DIR)"
-            )
-        if code in _NAME_MISMATCH:
-            return (
-                f"the listener's certificate does not name {state.host!r}: dial a host name "
-                "or address it lists, or pass --no-check-hostname"
-            )
-        if code in {_EXPIRED, _NOT_YET_VALID}:
-            return "renew the listener's certificate, and check both machines' clocks"
-        return "check the listener's certificate against the CA given with --ca"
-    reason = exc.reason or ""
-    if "CERTIFICATE_REQUIRED" in reason or "PEER_DID_NOT_RETURN" in reason:
-        return (
-            "the listener requires a client certificate (mutual TLS): pass --cert FILE and "
-            "--key FILE, signed by a CA the listener trusts"
-        )
-    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
-        return (
-            "the listener does not trust this side's certificate: use one signed by a CA in "
-            "the listener's --ca"
-        )
-    if "WRONG_VERSION_NUMBER" in reason or "UNKNOWN_PROTOCOL" in reason or "RECORD" in reason:
-        return "the listener does not speak TLS: is it a tcp:// listener? dial it with tcp://"
-    if "VERSION" in reason:
-        return "the two sides share no TLS version; both need TLS 1.2 or later"
-    return "check the TLS options of both sides"
-
-
-def _step_tls(state: _State, args: argparse.Namespace, report: _Report) -> str:
-    import ssl  # here: only tls:// addresses need it
-
-    assert state.sock is not None
-    security = (state.connection_args or {}).get("security")
-    if security is None:
-        raise StepFailed("no TLS configuration", "pass --ca (and --cert, --key)")
-    context: ssl.SSLContext = security.client_context
-    sock, state.sock = state.sock, None
-    try:
-        tls = context.wrap_socket(sock, server_hostname=state.host)
-    except ssl.SSLError as exc:
-        sock.close()
-        detail = exc.verify_message if isinstance(exc, ssl.SSLCertVerificationError) else None
-        text = f"certificate verify failed: {detail}" if detail else (exc.reason or str(exc))
-        raise StepFailed(f"TLS handshake failed: {text}", _tls_hint(exc, state)) from exc
-    except OSError as exc:
-        sock.close()
-        raise StepFailed(
-            f"the connection failed during the TLS handshake: {exc.strerror or exc}",
-            "is the listener a tls:// endpoint, and does it accept this side's certificate?",
-        ) from exc
-    try:
-        # With TLS 1.3 a listener that rejects this side's certificate says so after the
-        # handshake; a listener that accepts it sends the comm preamble.
-        tls.settimeout(min(args.timeout, 2.0))
-        try:
-            tls.recv(1)
-        except ssl.SSLError as exc:
-            raise StepFailed(
-                f"the listener rejected the TLS session: {exc.reason or exc}",
-                _tls_hint(exc, state),
-            ) from exc
-        except OSError:
-            pass  # nothing yet, or the peer closed: the comm handshake step will tell
-        version = tls.version() or "TLS"
-        cipher = (tls.cipher() or ("?",))[0]
-        subject: Any = (tls.getpeercert() or {}).get("subject", ())
-        name = next((v for rdn in subject for k, v in rdn if k == "commonName"), None)
-        return f"{version}, {cipher}" + (f", server certificate {name!r}" if name else "")
-    finally:
-        tls.close()
-
-
-def _step_comm(state: _State, args: argparse.Namespace, report: _Report) -> str:
+def _step_comm(context: DoctorContext) -> str:
     import asyncio  # here: the steps before this one need no event loop
 
-    if state.sock is not None:  # tcp:// : the probe connection is no longer needed
-        state.sock.close()
-        state.sock = None
-    connection_args = state.connection_args or {}
+    if context.sock is not None:  # the probe connection is no longer needed
+        context.sock.close()
+        context.sock = None
     try:
-        return asyncio.run(_comm_handshake(state.address, args.timeout, connection_args))
+        connection_args = context.connection_args()
+    except CLIError as exc:  # reported by the options step already, unless a step cleared it
+        raise StepFailed(str(exc), "fix the options given") from exc
+    try:
+        return asyncio.run(_comm_handshake(context.address, context.timeout, connection_args))
     except IncompatibleProtocolError as exc:
         raise StepFailed(str(exc), "run the same comm protocol version on both sides") from exc
     except HandshakeError as exc:
@@ -442,17 +480,18 @@ def _step_comm(state: _State, args: argparse.Namespace, report: _Report) -> str:
     except FatalCommClosedError as exc:
         raise StepFailed(str(exc), "see the message: it says what to fix") from exc
     except ConnectTimeoutError as exc:
-        hint = f"is a comm listener running there? `comm serve {state.address}` starts one"
-        if state.scheme == "inproc":
+        hint = f"is a comm listener running there? `{context.serve_command()}` starts one"
+        backend = context.backend
+        if backend is not None and Capability.IN_PROCESS in backend.capabilities:
             hint = (
-                "inproc:// addresses reach listeners in the same process only, and "
-                "`comm doctor` runs in a process of its own"
+                f"{context.scheme}:// addresses reach listeners in the same process only, "
+                "and `comm doctor` runs in a process of its own"
             )
         raise StepFailed(str(exc), hint) from exc
     except ProtocolError as exc:
         raise StepFailed(
             str(exc),
-            f"something other than a {state.scheme}:// comm endpoint answers there; the "
+            f"something other than a {context.scheme}:// comm endpoint answers there; the "
             "message says what it looks like",
         ) from exc
     except CommError as exc:
@@ -474,3 +513,14 @@ async def _comm_handshake(address: str, timeout: float, connection_args: dict[st
             f"{peer_text(info.get('protocol', '?'), 30, bare=True)}) answered in "
             f"{elapsed * 1e3:.2f} ms"
         )
+
+
+ADDRESS = DoctorStep("address", _step_address, 0)
+BACKEND = DoctorStep("backend", _step_backend, 0)
+_OPTIONS = DoctorStep("options", _step_options, Stage.OPTIONS)
+RESOLVE = DoctorStep("name resolution", _step_resolve, Stage.RESOLVE)
+#: The step that opens a TCP connection to each address the host resolved to, in
+#: turn, and leaves the first that connects in :attr:`DoctorContext.sock`. comm-core
+#: offers it to transports over TCP, whose plugins give it (comm-tcp's does).
+TCP_CONNECT: Final = DoctorStep("TCP connect", _step_tcp, Stage.CONNECT)
+COMM_HANDSHAKE = DoctorStep("comm handshake", _step_comm, Stage.HANDSHAKE)

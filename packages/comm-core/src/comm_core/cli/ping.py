@@ -14,9 +14,7 @@ from comm_core.abc import Comm
 from comm_core.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
-    TLSOptions,
     about,
-    add_tls_options,
     backend_for,
     non_negative_float,
     positive_float,
@@ -26,6 +24,7 @@ from comm_core.cli._common import (
     size,
     stop_on_signals,
 )
+from comm_core.cli._plugins import connection_args
 from comm_core.exceptions import CommClosedError, CommError, ConnectError, ProtocolError
 
 __all__ = ["add_parser", "percentile", "run"]
@@ -37,19 +36,20 @@ when done (after COUNT messages, or on Ctrl-C).
 
 examples:
   comm ping tcp://127.0.0.1:8786 -c 3
-  comm ping tls://127.0.0.1:8786 --temporary-credentials ./creds
+  comm ping tcp://127.0.0.1:8786 -i 0.01 -s 1MiB
 """
 
 EPILOG = """\
 exit status:
   0  at least one reply was received
   1  no reply, or the connection could not be made or was lost
-  2  other errors: usage, a malformed address, an unknown scheme, unusable TLS options
+  2  other errors: usage, a malformed address, an unknown scheme, options that the
+     transport cannot use
 """
 
 
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "ping",
         help="time round trips to an echo listener",
         description=DESCRIPTION,
@@ -88,8 +88,8 @@ def add_parser(subparsers: Any) -> None:
         help="seconds to connect (retrying while refused), and to wait for each reply "
         "(default: %(default)s)",
     )
-    add_tls_options(parser)
     parser.set_defaults(run=run)
+    return parser
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     import asyncio  # here: `comm backends` and `comm --help` need no event loop
 
     address, _, backend = backend_for(args.address)
-    connection_args = TLSOptions.from_args(args).connection_args(backend, server_side=False)
+    connect_args = connection_args(args, backend, server_side=False)
     try:
-        return asyncio.run(_ping(address, args, connection_args))
+        return asyncio.run(_ping(address, args, connect_args))
     except KeyboardInterrupt:  # where the event loop cannot handle signals (Windows)
         return EXIT_FAILURE
 
@@ -216,15 +216,16 @@ class _Pinger:
         print(end="", flush=True)
 
 
-async def _ping(address: str, args: argparse.Namespace, connection_args: dict[str, Any]) -> int:
+async def _ping(address: str, args: argparse.Namespace, connect_args: dict[str, Any]) -> int:
     import asyncio
 
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     try:
-        comm = await comm_core.connect(address, timeout=args.timeout, **connection_args)
+        comm = await comm_core.connect(address, timeout=args.timeout, **connect_args)
     except (ConnectError, CommClosedError, ProtocolError) as exc:
-        # ConnectTimeoutError, a TLS rejection (FatalCommClosedError), a failed handshake
+        # ConnectTimeoutError, a rejection by an encrypted transport (FatalCommClosedError),
+        # a failed handshake
         message = about(address, exc, "cannot connect to")
         if refused(exc):
             message += (

@@ -14,13 +14,12 @@ from comm_core.cli._common import (
     EXIT_FAILURE,
     EXIT_OK,
     CLIError,
-    TLSOptions,
     about,
-    add_tls_options,
     backend_for,
     echo,
     stop_on_signals,
 )
+from comm_core.cli._plugins import connection_args
 from comm_core.exceptions import AddressError, CommError, ConnectError
 
 __all__ = ["add_parser", "run"]
@@ -33,20 +32,20 @@ then one line per connection; stops on Ctrl-C or SIGTERM.
 examples:
   comm serve tcp://127.0.0.1:8786
   comm serve tcp://                      every interface, a free port
-  comm serve tls://127.0.0.1:8786 --temporary-credentials ./creds
-  comm ping tls://127.0.0.1:8786 --temporary-credentials ./creds
+  comm ping tcp://127.0.0.1:8786         from another terminal
 """
 
 EPILOG = """\
 exit status:
   0  stopped by Ctrl-C or SIGTERM
   1  could not listen (the address is in use, or not this machine's)
-  2  other errors: usage, a malformed address, an unknown scheme, unusable TLS options
+  2  other errors: usage, a malformed address, an unknown scheme, options that the
+     transport cannot use
 """
 
 
-def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
         help="run an echo listener",
         description=DESCRIPTION,
@@ -58,8 +57,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log comm's informational messages too"
     )
-    add_tls_options(parser, server=True)
     parser.set_defaults(run=run)
+    return parser
 
 
 def _say(text: str) -> None:
@@ -70,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
     import asyncio  # here: `comm backends` and `comm --help` need no event loop
 
     address, _, backend = backend_for(args.address)
-    tls = TLSOptions.from_args(args)
-    connection_args = tls.connection_args(backend, server_side=True)
+    notes: list[str] = []
+    listen_args = connection_args(args, backend, server_side=True, notes=notes)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -79,13 +78,15 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     try:
-        return asyncio.run(_serve(address, args, connection_args))
+        return asyncio.run(_serve(address, args, listen_args, notes))
     except KeyboardInterrupt:  # where the event loop cannot handle signals (Windows)
         print("stopped", flush=True)
         return EXIT_OK
 
 
-async def _serve(address: str, args: argparse.Namespace, connection_args: dict[str, Any]) -> int:
+async def _serve(
+    address: str, args: argparse.Namespace, listen_args: dict[str, Any], notes: list[str]
+) -> int:
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -119,7 +120,7 @@ async def _serve(address: str, args: argparse.Namespace, connection_args: dict[s
 
     with stop_on_signals(loop, stop.set):
         # deserialize=False: custom values are echoed as they came, never deserialized.
-        listener = comm_core.listen(address, handle, deserialize=False, **connection_args)
+        listener = comm_core.listen(address, handle, deserialize=False, **listen_args)
         try:
             await listener.start()
         except ConnectError as exc:
@@ -129,12 +130,8 @@ async def _serve(address: str, args: argparse.Namespace, connection_args: dict[s
         try:
             print(f"listen address: {listener.listen_address}")
             print(f"contact address: {listener.contact_address}")
-            credentials = connection_args.get("security")
-            if credentials is not None and args.temporary_credentials:
-                print(
-                    f"temporary TLS credentials: {args.temporary_credentials} (clients: "
-                    f"--temporary-credentials {args.temporary_credentials})"
-                )
+            for note in notes:  # from the plugins that made the connection arguments
+                print(note)
             print("serving; press Ctrl-C to stop", flush=True)
             await stop.wait()
         finally:
