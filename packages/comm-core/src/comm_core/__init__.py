@@ -39,7 +39,9 @@ from comm_core._api import (
     resolve_address,
 )
 from comm_core._config import SETTINGS, Setting, configure, get_setting
+from comm_core._families import serializer_families
 from comm_core._lazy import imported_on_use, lazy_exports
+from comm_core._options import Options
 from comm_core._registry import (
     ENTRY_POINT_GROUP,
     BackendInfo,
@@ -97,6 +99,7 @@ __all__ = [
     "IncompatibleProtocolError",
     "Listener",
     "MessageTooLargeError",
+    "Options",
     "PluginError",
     "ProtocolError",
     "Registry",
@@ -124,6 +127,7 @@ __all__ = [
     "register_backend",
     "register_plugin",
     "resolve_address",
+    "serializer_families",
     "unparse_address",
     "unparse_host_port",
 ]

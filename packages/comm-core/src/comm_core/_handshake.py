@@ -12,10 +12,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from comm_core._compat import timeout_after
-from comm_core._config import get_setting
+from comm_core._options import Options
 from comm_core._ratelimit import LogLimiter
 from comm_core._text import peer_text
 from comm_core._version import PROTOCOL_VERSION, __version__
@@ -32,10 +32,10 @@ from comm_core.exceptions import (
     SerializationError,
 )
 
-if TYPE_CHECKING:
-    from comm_core._api import UserHandler
+__all__ = ["ServerHandshake", "UserHandler", "check_handshake", "connect_until", "handshake"]
 
-__all__ = ["ServerHandshake", "check_handshake", "connect_until", "handshake"]
+#: A user's comm handler: a coroutine function or a plain function taking the comm.
+UserHandler = Callable[[Comm], Any]
 
 logger = logging.getLogger("comm_core")
 
@@ -237,18 +237,20 @@ async def connect_until(
     connector: Connector,
     addr: str,
     loc: str,
-    budget: float,
-    hs_timeout: float,
+    options: Options,
     deserialize: bool,
     handshake_overrides: Mapping[str, Any] | None,
     connection_args: dict[str, Any],
 ) -> Comm:
-    """Dial *loc* with *connector* and handshake, retrying, for at most *budget* seconds.
+    """Dial *loc* with *connector* and handshake, retrying, within ``options.connect_timeout``.
 
     The body of :func:`comm_core.connect`, which has checked the address and the
-    arguments; see there for what it raises.
+    arguments; see there for what it raises. The connector gets *options* as
+    ``options=``.
     """
     check_overrides(handshake_overrides)
+    budget = options.connect_timeout
+    hs_timeout = options.handshake_timeout
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + budget
@@ -259,7 +261,9 @@ async def connect_until(
         attempts += 1
         try:
             async with timeout_after(max(deadline - loop.time(), 0.0)):
-                comm = await connector.connect(loc, deserialize=deserialize, **connection_args)
+                comm = await connector.connect(
+                    loc, deserialize=deserialize, options=options, **connection_args
+                )
         except (FatalCommClosedError, HandshakeError):  # an OSError, but final
             raise
         except (ConnectError, CommClosedError, TimeoutError, asyncio.TimeoutError) as exc:
@@ -286,8 +290,8 @@ async def connect_until(
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
-        delay_min = float(get_setting("retry_delay_min"))
-        delay_max = float(get_setting("retry_delay_max"))
+        delay_min = options.retry_delay_min
+        delay_max = options.retry_delay_max
         import random  # only a retried connect needs it
 
         delay = random.uniform(0, min(delay_max, delay_min * 2 ** (attempts - 1)))
@@ -333,20 +337,19 @@ class ServerHandshake:
         address: str,
         handler: UserHandler,
         overrides: Mapping[str, Any] | None,
-        timeout: float | None,
-        max_pending: int | None = None,
+        options: Options,
     ) -> None:
         check_overrides(overrides)
         self.address = address
         self.handler = handler
         self.overrides = overrides
-        #: The handshake timeout of every comm accepted; the setting is read once, here.
-        self.timeout = float(get_setting("handshake_timeout") if timeout is None else timeout)
-        #: Most comms the listener keeps in their handshake at once; the setting is read
-        #: once, here. (The listener enforces it: see StreamAcceptor.)
-        self.max_pending = int(
-            get_setting("max_pending_handshakes") if max_pending is None else max_pending
-        )
+        #: The settings of the listener and of every comm it accepts.
+        self.options = options
+        #: The handshake timeout of every comm accepted.
+        self.timeout = options.handshake_timeout
+        #: Most comms the listener keeps in their handshake at once. (The listener
+        #: enforces it: see StreamAcceptor.)
+        self.max_pending = options.max_pending_handshakes
         self.listener: Listener | None = None
         self._pending: set[Comm] = set()
         self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")

@@ -28,6 +28,8 @@ from comm_core.exceptions import AddressError, CommClosedError, FatalCommClosedE
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from comm_core._options import Options
+
 __all__ = [
     "Backend",
     "Capability",
@@ -437,11 +439,26 @@ class Connector(ABC):
     """Dials a backend's locations. Stateless; one per backend is enough."""
 
     @abstractmethod
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+    async def connect(
+        self,
+        address: str,
+        deserialize: bool = True,
+        *,
+        options: Options | None = None,
+        **connection_args: Any,
+    ) -> Comm:
         """Open a comm to *address*, a location of this backend's scheme (without ``scheme://``).
 
         No handshake: :func:`comm_core.connect` runs it. Implementations ignore
         ``connection_args`` they do not use, and clean up if cancelled.
+
+        :func:`comm_core.connect` passes *options*, the settings it resolved
+        (its own arguments over the settings in force): a connector hands them
+        to the comm it makes (:class:`~comm_core.stream.StreamComm` takes
+        ``options=``) and uses their timeouts for work of its own, such as a
+        TLS handshake. ``None`` (a caller other than ``connect()``): the
+        settings in force, ``Options()``. A connector that declares no
+        ``options`` parameter receives it among ``connection_args``.
 
         Raises:
             ConnectError: the attempt failed in a way a retry may fix (refused,

@@ -63,7 +63,7 @@ What :meth:`Comm.read <comm_core.Comm.read>` returns
   scalars (``OrderedDict``, ``IntEnum``, named tuples) are read as the builtin
   type. ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str`` and
   ``msgpack.Timestamp`` round-trip.
-* Other types need a serializer family (see :func:`serializer_families`).
+* Other types need a serializer family (see :func:`comm_core.serializer_families`).
   A family turns an object into a small msgpack-able header plus frames, and
   back. ``write(serializers=...)`` picks the families a write may use;
   ``read(deserializers=...)`` those a read accepts. The ``pickle`` family is
@@ -83,6 +83,7 @@ import struct
 import sys
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgpack
@@ -94,6 +95,7 @@ from comm_core._text import peer_text
 from comm_core.exceptions import MessageTooLargeError, ProtocolError, SerializationError
 
 __all__ = [
+    "BUILTIN_FAMILIES",
     "MAGIC",
     "MAX_FIRST_MESSAGE",
     "MAX_FRAMES",
@@ -111,7 +113,6 @@ __all__ = [
     "decode_message",
     "encode_message",
     "pickle_family",
-    "serializer_families",
 ]
 
 MAGIC: Final = b"\x8eCOMM"
@@ -241,14 +242,12 @@ pickle_family: Final = SerializerFamily(
 )
 
 
-def serializer_families() -> Mapping[str, SerializerFamily]:
-    """Every serializer family known: pickle plus those registered by plugins.
-
-    Plugins add families with the ``comm_register_serializers`` hook.
-    """
-    from comm_core._registry import get_registry
-
-    return get_registry().serializer_families()
+#: The families the wire protocol itself provides (``pickle``): what an :class:`Encoder`
+#: or :class:`Decoder` knows unless handed more. The registry hands comms every family
+#: plugins register too (:func:`comm_core.serializer_families`); this module never asks.
+BUILTIN_FAMILIES: Final[Mapping[str, SerializerFamily]] = MappingProxyType(
+    {pickle_family.name: pickle_family}
+)
 
 
 class Serialized(Record):
@@ -554,8 +553,10 @@ class Decoder:
     linear in the body's size.
 
     Args:
-        families: serializer families by name; default: :func:`serializer_families`,
-            looked up only when a message holds a custom value.
+        families: serializer families by name, as the caller was handed them
+            (a comm: from its :class:`~comm_core.Options`; the registry's are
+            :func:`comm_core.serializer_families`); default:
+            :data:`BUILTIN_FAMILIES`.
         deserialize: turn custom values into objects; if false, they are
             returned as :class:`Serialized` wrappers.
         max_depth: deepest nesting of containers a message may have; default:
@@ -591,7 +592,7 @@ class Decoder:
         max_depth: int | None = None,
         max_expansion: float | None = None,
     ) -> None:
-        self.families = families
+        self.families = BUILTIN_FAMILIES if families is None else families
         self.deserialize = deserialize
         self.frames: Sequence[Any] = ()
         self.accept: Collection[str] | None = None
@@ -777,8 +778,6 @@ class Decoder:
         if not self.deserialize:
             return Serialized(name, header, tuple(frames))
         families = self.families
-        if families is None:
-            families = self.families = serializer_families()
         family = families.get(name)
         if family is None:
             raise SerializationError(

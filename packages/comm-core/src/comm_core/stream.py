@@ -28,7 +28,8 @@ from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, cast
 
 from comm_core._addressing import unparse_address
-from comm_core._config import get_setting
+from comm_core._families import REGISTERED_FAMILIES
+from comm_core._options import Options
 from comm_core._ratelimit import LogLimiter
 from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, CommError, ProtocolError
@@ -38,7 +39,6 @@ from comm_core.protocol import (
     Decoder,
     Encoder,
     FrameDecoder,
-    serializer_families,
 )
 
 __all__ = ["StreamAcceptor", "StreamComm", "StreamProtocol", "format_sockaddr", "held_bytes"]
@@ -525,8 +525,8 @@ class StreamComm(Comm):
     Args:
         scheme: the URI scheme used for :attr:`local_address` and :attr:`peer_address`.
         deserialize: deserialize custom payloads on read.
-        max_message_size: the largest message sent or accepted; default: the
-            ``max_message_size`` setting.
+        max_message_size: the largest message sent or accepted; default:
+            *options*' ``max_message_size``.
         write_high_water: ``write()`` waits while more bytes than this are queued.
         read_high_water: reading from the transport pauses while the messages
             waiting unread in the comm hold more than this many bytes of memory
@@ -535,6 +535,10 @@ class StreamComm(Comm):
             above 64 KiB already.
         on_established: called with the comm once the peer's preamble is valid
             (listeners use it to start the handshake only for real comm peers).
+        options: the settings the comm works with (its size and decoding
+            limits, its serializer families), as ``connect()`` or ``listen()``
+            resolved them for its connector or listener; default: the settings
+            now in force (:class:`~comm_core.Options`).
     """
 
     protocol_class: type[StreamProtocol] = StreamProtocol
@@ -554,11 +558,16 @@ class StreamComm(Comm):
         write_high_water: int = 4 * 1024 * 1024,
         read_high_water: int = 64 * 1024 * 1024,
         on_established: Callable[[StreamComm], None] | None = None,
+        options: Options | None = None,
     ) -> None:
         super().__init__(deserialize=deserialize)
         self.scheme = scheme
+        if options is None:
+            options = Options()
+        #: The settings this comm works with.
+        self.options = options
         if max_message_size is None:
-            max_message_size = int(get_setting("max_message_size"))
+            max_message_size = options.max_message_size
         self.max_message_size = max_message_size
         #: The asyncio protocol to connect to a transport.
         self.protocol = self.protocol_class(
@@ -568,8 +577,16 @@ class StreamComm(Comm):
             read_high_water=read_high_water,
             on_established=on_established,
         )
+        #: The serializer families values of other types may use: those of *options*,
+        #: else the registry's.
+        self.families = REGISTERED_FAMILIES if options.families is None else options.families
         self._encoder: Encoder | None = None  # for writes with the default families
-        self._decoder = Decoder(deserialize=deserialize)
+        self._decoder = Decoder(
+            self.families,
+            deserialize=deserialize,
+            max_depth=options.max_message_depth,
+            max_expansion=options.max_message_expansion,
+        )
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -703,10 +720,10 @@ class StreamComm(Comm):
         if serializers is None and on_error == "raise":
             encoder = self._encoder
             if encoder is None:
-                trusted = [f for f in serializer_families().values() if f.trusted_by_default]
+                trusted = [f for f in self.families.values() if f.trusted_by_default]
                 encoder = self._encoder = Encoder(trusted, max_size=self.max_message_size)
             return encoder
-        known = serializer_families()
+        known = self.families
         if serializers is None:
             families = [f for f in known.values() if f.trusted_by_default]
         else:
