@@ -132,13 +132,14 @@ __all__ = [
     "unparse_host_port",
 ]
 
-#: Submodules reachable as attributes without being imported first (they were once
-#: imported with comm_core; now the first comm imports them: they need msgpack or asyncio).
-_SUBMODULES = frozenset({"protocol", "stream"})
+#: Submodules reachable as attributes without being imported first (the first comm
+#: imports them: they need msgpack or asyncio).
+_SUBMODULES = frozenset({"protocol", "session", "stream", "transport"})
 
 
 def _import_submodule(name: str) -> object:
-    """``comm_core.protocol`` and ``comm_core.stream``, imported on first access."""
+    """``comm_core.protocol``, ``.session``, ``.stream`` and ``.transport``, imported on
+    first access."""
     if name in _SUBMODULES:
         from importlib import import_module
 

@@ -2,7 +2,7 @@
 
 Importing this module imports no asyncio: what connect() and listen() run on
 the event loop (the comm handshake, the retry loop, the listener's handler) is
-in :mod:`comm_core._handshake`, which their first call imports.
+in :mod:`comm_core.session`, which their first call imports.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from comm_core.abc import Backend, Capability, Comm, Listener
 from comm_core.exceptions import EncryptionRequiredError
 
 if TYPE_CHECKING:
-    from comm_core._handshake import UserHandler
+    from comm_core.session import UserHandler
 
 __all__ = [
     "connect",
@@ -164,7 +164,7 @@ async def connect(
     _check_encryption(backend, addr, options.require_encryption)
     connector = backend.get_connector()
 
-    from comm_core._handshake import connect_until  # asyncio, on the first connect()
+    from comm_core.session import connect_until  # asyncio, on the first connect()
 
     return await connect_until(
         connector, addr, loc, options, deserialize, handshake_overrides, connection_args
@@ -237,10 +237,9 @@ def listen(
             require_encryption=require_encryption,
         )
     _check_encryption(backend, addr, options.require_encryption)
-    from comm_core._handshake import ServerHandshake  # asyncio, on the first listen()
+    from comm_core.session import ServerSession  # asyncio, on the first listen()
 
-    handler = ServerHandshake(addr, handle_comm, handshake_overrides, options)
-    listener = backend.get_listener(loc, handler, deserialize, **connection_args)
-    listener._comm_handler = handler
-    handler.listener = listener
+    session = ServerSession(addr, handle_comm, handshake_overrides, options)
+    listener = backend.get_listener(loc, session, deserialize, **connection_args)
+    session.attach(listener)
     return listener

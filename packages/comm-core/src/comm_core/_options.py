@@ -120,7 +120,8 @@ class Options(Record):
         )
 
     def replace(self, **changes: Any) -> Options:
-        """A copy with the fields named in *changes* changed (``None`` keeps a field).
+        """A copy with the fields named in *changes* changed (``None`` keeps a field);
+        this object itself if nothing changes.
 
         Raises:
             TypeError: a name in *changes* is not a field.
@@ -129,6 +130,9 @@ class Options(Record):
         unknown = changes.keys() - set(self._fields())
         if unknown:
             raise TypeError(f"Options has no field {', '.join(sorted(unknown))}")
+        given = {name: value for name, value in changes.items() if value is not None}
+        if not given:
+            return self
         values = {name: getattr(self, name) for name in self._fields()}
-        values.update((name, value) for name, value in changes.items() if value is not None)
+        values.update(given)
         return Options(**values)

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core import (
     ConnectError,
-    Options,
     parse_host_port,
     unparse_address,
     unparse_host_port,
 )
 from comm_core.abc import CommHandler, Listener
+from comm_core.session import options_of
 from comm_core.stream import StreamAcceptor
 from comm_tcp import _direct
 from comm_tcp._options import SocketOptions
@@ -95,9 +95,9 @@ class TCPListener(Listener):
         self.backlog = backlog
         self.connection_args = connection_args
         # What each accepted comm is made from: the connection arguments, and the
-        # settings, read once here rather than by every comm.
+        # options listen() resolved (its session's), not read again by every comm.
         self._comm_args = dict(connection_args)
-        self._comm_options = Options()
+        self._comm_options = options_of(handle_comm)
         # Check the socket options now: the listener applies them to each accepted
         # connection, where an error would only drop that connection.
         self._socket_options = SocketOptions.from_args(connection_args)
