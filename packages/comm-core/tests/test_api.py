@@ -25,7 +25,7 @@ from comm_core import (
     IncompatibleProtocolError,
     Registry,
 )
-from comm_core._handshake import handshake
+from comm_core.session import handshake
 from memory_backend import (
     EncryptedMemoryBackend,
     InProcessMemoryBackend,

@@ -572,7 +572,7 @@ comm_core.get_address_host("light://somewhere")
 comm_core.get_local_address_for("light://somewhere")
 comm_core.resolve_address("light://somewhere")
 heavy = ("asyncio", "ssl", "msgpack", "logging", "socket", "comm_core.protocol",
-         "comm_core.stream", "comm_core._handshake")
+         "comm_core.stream", "comm_core.session", "comm_core.transport")
 print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
 """
 

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from comm_core._handshake import (
+from comm_core._ratelimit import LogLimiter
+from comm_core._text import PEER_TEXT_LIMIT, peer_text
+from comm_core.session import (
     HANDSHAKE_MAX_ENTRIES,
     HANDSHAKE_MAX_ITEMS,
     HANDSHAKE_MAX_KEY,
@@ -17,8 +19,6 @@ from comm_core._handshake import (
     HANDSHAKE_MAX_VALUES,
     check_handshake,
 )
-from comm_core._ratelimit import LogLimiter
-from comm_core._text import PEER_TEXT_LIMIT, peer_text
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from comm_core import PROTOCOL_VERSION
-from comm_core._handshake import handshake
 from comm_core.protocol import PREAMBLE, encode_message
+from comm_core.session import handshake
 from comm_tcp import TCPConnector, _direct
 from comm_tcp._transport import ENV, SocketTransport
 from tcp_support import (

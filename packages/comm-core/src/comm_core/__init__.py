@@ -39,7 +39,9 @@ from comm_core._api import (
     resolve_address,
 )
 from comm_core._config import SETTINGS, Setting, configure, get_setting
+from comm_core._families import serializer_families
 from comm_core._lazy import imported_on_use, lazy_exports
+from comm_core._options import Options
 from comm_core._registry import (
     ENTRY_POINT_GROUP,
     BackendInfo,
@@ -101,6 +103,7 @@ __all__ = [
     "IncompatibleProtocolError",
     "Listener",
     "MessageTooLargeError",
+    "Options",
     "PluginError",
     "ProtocolError",
     "Registry",
@@ -128,18 +131,19 @@ __all__ = [
     "register_backend",
     "register_plugin",
     "resolve_address",
+    "serializer_families",
     "unparse_address",
     "unparse_host_port",
 ]
 
-#: Submodules reachable as attributes without being imported first (they were once
-#: imported with comm_core; now the first comm imports them: they need msgpack or asyncio).
-_SUBMODULES = frozenset({"message", "protocol", "stream"})
+#: Submodules reachable as attributes without being imported first (the first comm
+#: imports them: they need msgpack or asyncio).
+_SUBMODULES = frozenset({"message", "protocol", "session", "stream", "transport"})
 
 
 def _import_submodule(name: str) -> object:
-    """``comm_core.message``, ``comm_core.protocol`` and ``comm_core.stream``, imported on first
-    access."""
+    """``comm_core.message``, ``.protocol``, ``.session``, ``.stream`` and ``.transport``,
+    imported on first access."""
     if name in _SUBMODULES:
         from importlib import import_module
 

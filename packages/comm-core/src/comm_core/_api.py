@@ -2,19 +2,22 @@
 
 Importing this module imports no asyncio: what connect() and listen() run on
 the event loop (the comm handshake, the retry loop, the listener's handler) is
-in :mod:`comm_core._handshake`, which their first call imports.
+in :mod:`comm_core.session`, which their first call imports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from comm_core._addressing import parse_address, unparse_address
-from comm_core._config import get_setting
+from comm_core._options import Options
 from comm_core._registry import get_registry
 from comm_core.abc import Backend, Capability, Comm, Listener
 from comm_core.exceptions import EncryptionRequiredError
+
+if TYPE_CHECKING:
+    from comm_core.session import UserHandler
 
 __all__ = [
     "connect",
@@ -24,9 +27,6 @@ __all__ = [
     "listen",
     "resolve_address",
 ]
-
-#: A user's comm handler: a coroutine function or a plain function taking the comm.
-UserHandler = Callable[[Comm], Any]
 
 
 def _backend_for(addr: str) -> tuple[Backend, str, str]:
@@ -85,9 +85,7 @@ def get_local_address_for(addr: str) -> str:
     return unparse_address(scheme, backend.get_local_address_for(loc))
 
 
-def _check_encryption(backend: Backend, addr: str, required: bool | None) -> None:
-    if required is None:
-        required = bool(get_setting("require_encryption"))
+def _check_encryption(backend: Backend, addr: str, required: bool) -> None:
     if not required:
         return
     caps = backend.capabilities
@@ -111,6 +109,7 @@ async def connect(
     *,
     handshake_timeout: float | None = None,
     require_encryption: bool | None = None,
+    options: Options | None = None,
     **connection_args: Any,
 ) -> Comm:
     """Connect to *addr* and return a comm that has completed the comm handshake.
@@ -131,6 +130,9 @@ async def connect(
             default: the ``handshake_timeout`` setting (10 s).
         require_encryption: refuse backends that do not encrypt; default: the
             ``require_encryption`` setting.
+        options: the settings to use, instead of those in force now; the
+            arguments above win over it. The connector receives the result as
+            ``options=`` and hands it to the comm.
         connection_args: passed to the backend, which ignores what it does not use.
 
     Raises:
@@ -147,24 +149,25 @@ async def connect(
             message (see :doc:`protocol`).
     """
     backend, _, loc = _backend_for(addr)
-    _check_encryption(backend, addr, require_encryption)
+    if options is None:
+        options = Options(
+            connect_timeout=timeout,
+            handshake_timeout=handshake_timeout,
+            require_encryption=require_encryption,
+        )
+    else:
+        options = options.replace(
+            connect_timeout=timeout,
+            handshake_timeout=handshake_timeout,
+            require_encryption=require_encryption,
+        )
+    _check_encryption(backend, addr, options.require_encryption)
     connector = backend.get_connector()
-    budget = float(get_setting("connect_timeout") if timeout is None else timeout)
-    hs_timeout = float(
-        get_setting("handshake_timeout") if handshake_timeout is None else handshake_timeout
-    )
 
-    from comm_core._handshake import connect_until  # asyncio, on the first connect()
+    from comm_core.session import connect_until  # asyncio, on the first connect()
 
     return await connect_until(
-        connector,
-        addr,
-        loc,
-        budget,
-        hs_timeout,
-        deserialize,
-        handshake_overrides,
-        connection_args,
+        connector, addr, loc, options, deserialize, handshake_overrides, connection_args
     )
 
 
@@ -180,6 +183,7 @@ def listen(
     handshake_timeout: float | None = None,
     max_pending_handshakes: int | None = None,
     require_encryption: bool | None = None,
+    options: Options | None = None,
     **connection_args: Any,
 ) -> Listener:
     """Return an unstarted listener on *addr* that passes each new comm to *handle_comm*.
@@ -205,6 +209,9 @@ def listen(
             is done; one more drops the oldest silent one first (tcp, tls);
             default: the ``max_pending_handshakes`` setting.
         require_encryption: refuse backends that do not encrypt.
+        options: the settings to use, instead of those in force now; the
+            arguments above win over it. The listener reads the result from
+            its session and hands it to each comm it accepts.
         connection_args: passed to the backend, which ignores what it does not use.
 
     Raises:
@@ -217,15 +224,22 @@ def listen(
     if not callable(handle_comm):
         raise TypeError(f"handle_comm must be callable, got {type(handle_comm).__name__}")
     backend, _, loc = _backend_for(addr)
-    _check_encryption(backend, addr, require_encryption)
-    from comm_core._handshake import ServerHandshake  # asyncio, on the first listen()
+    if options is None:
+        options = Options(
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            require_encryption=require_encryption,
+        )
+    else:
+        options = options.replace(
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            require_encryption=require_encryption,
+        )
+    _check_encryption(backend, addr, options.require_encryption)
+    from comm_core.session import ServerSession  # asyncio, on the first listen()
 
-    if max_pending_handshakes is not None and max_pending_handshakes < 1:
-        raise ValueError(f"max_pending_handshakes must be at least 1, got {max_pending_handshakes}")
-    handler = ServerHandshake(
-        addr, handle_comm, handshake_overrides, handshake_timeout, max_pending_handshakes
-    )
-    listener = backend.get_listener(loc, handler, deserialize, **connection_args)
-    listener._comm_handler = handler
-    handler.listener = listener
+    session = ServerSession(addr, handle_comm, handshake_overrides, options)
+    listener = backend.get_listener(loc, session, deserialize, **connection_args)
+    session.attach(listener)
     return listener

@@ -19,7 +19,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Generator, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, Protocol
 
 from comm_core._addressing import parse_address, parse_host_port
 from comm_core._config import get_setting
@@ -28,6 +28,8 @@ from comm_core.exceptions import AddressError, CommClosedError, FatalCommClosedE
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from comm_core._options import Options
+
 __all__ = [
     "Backend",
     "Capability",
@@ -35,6 +37,7 @@ __all__ = [
     "CommHandler",
     "Connector",
     "Listener",
+    "ListenerSession",
     "OnError",
 ]
 
@@ -66,6 +69,21 @@ def _track_start(
 
     tracked._comm_tracked = True  # type: ignore[attr-defined]
     return tracked
+
+
+class ListenerSession(Protocol):
+    """What a :class:`Listener` knows of the session that serves its comms.
+
+    :class:`comm_core.session.ServerSession` is the one :func:`comm_core.listen`
+    attaches; this is only the part the listener's base class uses.
+    """
+
+    @property
+    def options(self) -> Options:
+        """The settings of the listener and of the comms it accepts."""
+
+    def abort_pending(self) -> None:
+        """End the handshakes in progress: the listener stopped."""
 
 
 class Capability:
@@ -107,8 +125,7 @@ class Comm(ABC):
         self.name: str | None = None
         self._local_info: Mapping[str, Any] = _EMPTY
         self._peer_info: Mapping[str, Any] = _EMPTY
-        #: What this side's handshake message said, once sent ahead of the handshake.
-        self._handshake_sent: Mapping[str, Any] | None = None
+        self._early_handshake: Mapping[str, Any] | None = None
         _live_comms.add(self)
 
     # -- the transport's part -------------------------------------------------------
@@ -217,20 +234,44 @@ class Comm(ABC):
         """Entries this transport adds to the handshake it sends; override to add some."""
         return _EMPTY
 
-    def _message_waiting(self) -> bool:
-        """Whether :meth:`read` would return a message without waiting.
+    # -- the handshake: what comm-core's session layer asks of a transport ------------
 
-        comm-core's handshake reads such a message without arming a timer. The
-        default says no; comm-core's stream comms know better.
+    @property
+    def early_handshake(self) -> Mapping[str, Any] | None:
+        """This side's handshake message, if the transport sent it ahead of the handshake.
+
+        ``None`` (the default): the handshake sends it, with
+        :meth:`send_handshake`. A transport that sends it early (a listener's
+        stream comms send :meth:`ServerSession.greeting
+        <comm_core.session.ServerSession.greeting>` with their preamble, before
+        hearing from the peer) records it with :meth:`set_early_handshake`; the
+        handshake then only reads the peer's.
+        """
+        return self._early_handshake
+
+    def set_early_handshake(self, info: Mapping[str, Any]) -> None:
+        """Record that *info*, this side's handshake message, was sent (or is queued
+        to be sent first) ahead of the handshake: see :attr:`early_handshake`.
+
+        For transports; *info* is kept as it is, not copied.
+        """
+        self._early_handshake = info
+
+    def message_waiting(self) -> bool:
+        """Whether :meth:`read` would return a message now, without waiting.
+
+        The handshake reads such a message without arming a timer. The default
+        says no; comm-core's stream comms know better.
         """
         return False
 
-    async def _send_handshake(self, info: Mapping[str, Any]) -> None:
-        """Send this side's handshake message *info*, for a comm that dialed.
+    async def send_handshake(self, info: Mapping[str, Any]) -> None:
+        """Send this side's handshake message *info*, as the handshake begins.
 
-        The default writes it. comm-core's stream comms queue it behind their
-        preamble instead, so that it leaves with the first message the user
-        writes (a comm listener speaks first, so the client need not).
+        The default writes it. A transport may do better: comm-core's stream
+        comms queue it behind their preamble, so that it leaves with the first
+        message the user writes (a comm listener speaks first, so a dialer need
+        not). Raises what :meth:`write` raises.
         """
         await self.write(info)
 
@@ -305,11 +346,17 @@ class Listener(ABC):
 
     Implementations receive the handler from :meth:`Backend.get_listener` and
     call it once per accepted comm, in a task of its own: the handler runs the
-    comm handshake, then the user's code. Implementations call
+    comm handshake, then the user's code. From :func:`comm_core.listen` the
+    handler is a :class:`~comm_core.session.ServerSession`, which offers more
+    to a listener that wants it (the greeting its comms may send early, the
+    handshake deadline, the options of its comms). Implementations call
     ``super().stop()`` from :meth:`stop`.
     """
 
-    _comm_handler: Any = None  # set by comm_core.listen(); aborts pending handshakes
+    #: The session that serves this listener's comms, set by
+    #: :meth:`ServerSession.attach <comm_core.session.ServerSession.attach>`
+    #: (:func:`comm_core.listen` calls it); ``None`` for a listener made otherwise.
+    session: ListenerSession | None = None
     _stopped_by_base = False  # Listener.stop() ran
     _running = False  # started, and not stopped since
 
@@ -341,9 +388,9 @@ class Listener(ABC):
         self._stopped_by_base = True
         self._running = False
         _live_listeners.discard(self)
-        handler = self._comm_handler
-        if handler is not None:
-            handler.abort_pending()
+        session = self.session
+        if session is not None:
+            session.abort_pending()
 
     @property
     def handshake_timeout(self) -> float:
@@ -356,10 +403,10 @@ class Listener(ABC):
         preamble, the comm handshake and whatever the transport runs first
         (TLS's handshake) must all be done by then, not each in its own time.
         """
-        timeout = getattr(self._comm_handler, "timeout", None)
-        if timeout is None:
-            timeout = get_setting("handshake_timeout")
-        return float(timeout)
+        session = self.session
+        if session is None:
+            return float(get_setting("handshake_timeout"))
+        return session.options.handshake_timeout
 
     @property
     def max_pending_handshakes(self) -> int:
@@ -372,10 +419,10 @@ class Listener(ABC):
         refuse the new one if none may go yet (see
         :class:`comm_core.stream.StreamAcceptor`).
         """
-        limit = getattr(self._comm_handler, "max_pending", None)
-        if limit is None:
-            limit = get_setting("max_pending_handshakes")
-        return int(limit)
+        session = self.session
+        if session is None:
+            return int(get_setting("max_pending_handshakes"))
+        return session.options.max_pending_handshakes
 
     @property
     @abstractmethod
@@ -437,11 +484,26 @@ class Connector(ABC):
     """Dials a backend's locations. Stateless; one per backend is enough."""
 
     @abstractmethod
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+    async def connect(
+        self,
+        address: str,
+        deserialize: bool = True,
+        *,
+        options: Options | None = None,
+        **connection_args: Any,
+    ) -> Comm:
         """Open a comm to *address*, a location of this backend's scheme (without ``scheme://``).
 
         No handshake: :func:`comm_core.connect` runs it. Implementations ignore
         ``connection_args`` they do not use, and clean up if cancelled.
+
+        :func:`comm_core.connect` passes *options*, the settings it resolved
+        (its own arguments over the settings in force): a connector hands them
+        to the comm it makes (:class:`~comm_core.stream.StreamComm` takes
+        ``options=``) and uses their timeouts for work of its own, such as a
+        TLS handshake. ``None`` (a caller other than ``connect()``): the
+        settings in force, ``Options()``. A connector that declares no
+        ``options`` parameter receives it among ``connection_args``.
 
         Raises:
             ConnectError: the attempt failed in a way a retry may fix (refused,
@@ -486,6 +548,14 @@ class Backend(ABC):
 
         *handle_comm* must be awaited once for each accepted comm, in a task of
         its own. Unused ``connection_args`` are ignored.
+
+        From :func:`comm_core.listen`, *handle_comm* is a
+        :class:`~comm_core.session.ServerSession`: a listener that wants them
+        takes from it the options of its comms
+        (:func:`~comm_core.session.options_of`), the greeting they may send
+        before hearing from the peer, and the handshake deadline (a stream
+        listener gets all of it from :class:`~comm_core.stream.StreamAcceptor`).
+        A listener that only awaits ``handle_comm(comm)`` works too.
 
         Raises:
             AddressError: *loc* is malformed for this scheme.

@@ -43,11 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+# The command-line hooks take and return comm_core.cli's types (a Parser, DoctorSteps),
+# annotated Any here: comm_core.cli imports the registry, which imports this module.
 if TYPE_CHECKING:
     import argparse
 
     from comm_core.abc import Backend
-    from comm_core.cli import DoctorStep, Parser
     from comm_core.protocol import SerializerFamily
 
 __all__ = [
@@ -105,7 +106,7 @@ def comm_register_serializers() -> Sequence[SerializerFamily]:  # type: ignore[e
 
 
 @hookspec
-def comm_cli_add_options(command: str, parser: Parser) -> None:
+def comm_cli_add_options(command: str, parser: Any) -> None:
     """Add command-line options to the ``comm`` command *command*.
 
     Called when ``comm`` builds its argument parser (for every command, even
@@ -183,7 +184,7 @@ def comm_cli_connection_args(
 @hookspec
 def comm_cli_doctor_steps(
     scheme: str, backend: Backend, options: argparse.Namespace
-) -> Sequence[DoctorStep] | None:
+) -> Sequence[Any] | None:
     """Return the steps this plugin adds to ``comm doctor`` for an address of *backend*.
 
     Called once the address is parsed and its backend found. comm's own steps

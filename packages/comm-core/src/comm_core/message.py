@@ -41,16 +41,11 @@ from abc import abstractmethod
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from comm_core._config import get_setting
+from comm_core._families import REGISTERED_FAMILIES
+from comm_core._options import Options
 from comm_core.abc import Comm, OnError
 from comm_core.exceptions import CommClosedError, MessageTooLargeError, ProtocolError
-from comm_core.protocol import (
-    MAX_FIRST_MESSAGE,
-    Decoder,
-    Encoder,
-    serializer_families,
-    split_message,
-)
+from comm_core.protocol import MAX_FIRST_MESSAGE, Decoder, Encoders, split_message
 
 __all__ = ["MessageComm"]
 
@@ -67,12 +62,15 @@ class MessageComm(Comm):
     Args:
         deserialize: deserialize custom payloads on read.
         max_message_size: the largest message sent or accepted, in bytes;
-            default: the ``max_message_size`` setting. A transport that has a
-            limit of its own (a WebSocket library's maximum message size)
-            should set it a little above this one plus the frame header, so
-            that this one decides and the error is comm's.
+            default: that of *options*. A transport that has a limit of its own
+            (a WebSocket library's maximum message size) should set it a
+            little above this one plus the frame header, so that this one
+            decides and the error is comm's.
         first_message_limit: a lower limit for the first message received,
             the comm handshake (64 KiB); ``None``: none.
+        options: the settings to work with (limits, serializer families), as
+            ``connect()`` or ``listen()`` hand them to a transport; default:
+            those in force.
     """
 
     def __init__(
@@ -81,18 +79,39 @@ class MessageComm(Comm):
         deserialize: bool = True,
         max_message_size: int | None = None,
         first_message_limit: int | None = MAX_FIRST_MESSAGE,
+        options: Options | None = None,
     ) -> None:
         super().__init__(deserialize=deserialize)
+        if options is None:
+            options = Options()
+        #: The settings this comm works with.
+        self.options = options
         if max_message_size is None:
-            max_message_size = int(get_setting("max_message_size"))
-        self.max_message_size = max_message_size
+            max_message_size = options.max_message_size
         self._first_message_limit = first_message_limit
-        self._decoder = Decoder(deserialize=deserialize)
-        self._encoder: Encoder | None = None  # for writes with the default families
+        families = REGISTERED_FAMILIES if options.families is None else options.families
+        self._encoders = Encoders(families, max_message_size)
+        self._max_message_size = max_message_size
+        self._decoder = Decoder(
+            families,
+            deserialize=deserialize,
+            max_depth=options.max_message_depth,
+            max_expansion=options.max_message_expansion,
+        )
         self._reading = False
         self._write_lock = asyncio.Lock()
         #: Why the comm ended, if not by this side: what later reads and writes raise.
         self._ended: CommClosedError | None = None
+
+    @property
+    def max_message_size(self) -> int:
+        """The largest message sent or accepted, in bytes."""
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, size: int) -> None:
+        self._max_message_size = size
+        self._encoders.set_max_size(size)
 
     # -- what a transport implements ----------------------------------------------------
 
@@ -164,20 +183,6 @@ class MessageComm(Comm):
         except ProtocolError as exc:
             raise self._broken(exc) from exc
 
-    def _encoder_for(self, serializers: Collection[str] | None, on_error: OnError) -> Encoder:
-        if serializers is None and on_error == "raise":
-            encoder = self._encoder
-            if encoder is None:
-                trusted = [f for f in serializer_families().values() if f.trusted_by_default]
-                encoder = self._encoder = Encoder(trusted, max_size=self.max_message_size)
-            return encoder
-        known = serializer_families()
-        if serializers is None:
-            families = [f for f in known.values() if f.trusted_by_default]
-        else:
-            families = [known[name] for name in serializers if name in known]
-        return Encoder(families, on_error, max_size=self.max_message_size)
-
     async def write(
         self,
         msg: Any,
@@ -188,7 +193,7 @@ class MessageComm(Comm):
             raise self._ended_error()
         if self.closed():
             raise CommClosedError(f"{self!r} is closed")
-        buffers, size = self._encoder_for(serializers, on_error).encode(msg)
+        buffers, size = self._encoders.get(serializers, on_error).encode(msg)
         # One message at a time: a transport's send may wait (backpressure), and two
         # messages must not be sent into each other.
         async with self._write_lock:

@@ -63,7 +63,7 @@ What :meth:`Comm.read <comm_core.Comm.read>` returns
   scalars (``OrderedDict``, ``IntEnum``, named tuples) are read as the builtin
   type. ``None``, ``bool``, ``int`` (64-bit), ``float``, ``str`` and
   ``msgpack.Timestamp`` round-trip.
-* Other types need a serializer family (see :func:`serializer_families`).
+* Other types need a serializer family (see :func:`comm_core.serializer_families`).
   A family turns an object into a small msgpack-able header plus frames, and
   back. ``write(serializers=...)`` picks the families a write may use;
   ``read(deserializers=...)`` those a read accepts. The ``pickle`` family is
@@ -83,6 +83,7 @@ import struct
 import sys
 import weakref
 from collections.abc import Callable, Collection, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgpack
@@ -95,6 +96,7 @@ from comm_core._text import peer_text
 from comm_core.exceptions import MessageTooLargeError, ProtocolError, SerializationError
 
 __all__ = [
+    "BUILTIN_FAMILIES",
     "MAGIC",
     "MAX_FIRST_MESSAGE",
     "MAX_FRAMES",
@@ -104,6 +106,7 @@ __all__ = [
     "WIRE_VERSION",
     "Decoder",
     "Encoder",
+    "Encoders",
     "FrameDecoder",
     "SerializationFailure",
     "Serialized",
@@ -112,7 +115,6 @@ __all__ = [
     "decode_message",
     "encode_message",
     "pickle_family",
-    "serializer_families",
     "split_message",
 ]
 
@@ -243,14 +245,12 @@ pickle_family: Final = SerializerFamily(
 )
 
 
-def serializer_families() -> Mapping[str, SerializerFamily]:
-    """Every serializer family known: pickle plus those registered by plugins.
-
-    Plugins add families with the ``comm_register_serializers`` hook.
-    """
-    from comm_core._registry import get_registry
-
-    return get_registry().serializer_families()
+#: The families the wire protocol itself provides (``pickle``): what an :class:`Encoder`
+#: or :class:`Decoder` knows unless handed more. The registry hands comms every family
+#: plugins register too (:func:`comm_core.serializer_families`); this module never asks.
+BUILTIN_FAMILIES: Final[Mapping[str, SerializerFamily]] = MappingProxyType(
+    {pickle_family.name: pickle_family}
+)
 
 
 class Serialized(Record):
@@ -494,6 +494,50 @@ def _all_str(values: list[Any]) -> bool:
     return all(type(value) is str for value in values)
 
 
+class Encoders:
+    """The encoders of one comm, by the serializer families a write allows.
+
+    Writes with the default families (those trusted by default) and
+    ``on_error="raise"``, nearly all of them, share one encoder, made on first
+    use; other writes get one of their own. Family selection is done here for
+    every comm (:class:`~comm_core.stream.StreamComm`,
+    :class:`~comm_core.message.MessageComm`).
+
+    Args:
+        families: the families known, by name (a comm's
+            :attr:`Options.families <comm_core.Options>`, or the registry's).
+        max_size: messages above this size are refused (``max_message_size``).
+    """
+
+    __slots__ = ("_default", "families", "max_size")
+
+    def __init__(self, families: Mapping[str, SerializerFamily], max_size: int | None) -> None:
+        self.families = families
+        self.max_size = max_size
+        self._default: Encoder | None = None
+
+    def set_max_size(self, max_size: int | None) -> None:
+        """Refuse messages above *max_size* from now on."""
+        self.max_size = max_size
+        if self._default is not None:
+            self._default.max_size = max_size
+
+    def get(self, serializers: Collection[str] | None, on_error: str) -> Encoder:
+        """The encoder for a write allowing *serializers* (``None``: the default ones)."""
+        if serializers is None and on_error == "raise":
+            encoder = self._default
+            if encoder is None:
+                trusted = [f for f in self.families.values() if f.trusted_by_default]
+                encoder = self._default = Encoder(trusted, max_size=self.max_size)
+            return encoder
+        known = self.families
+        if serializers is None:
+            families = [f for f in known.values() if f.trusted_by_default]
+        else:
+            families = [known[name] for name in serializers if name in known]
+        return Encoder(families, on_error, max_size=self.max_size)
+
+
 def _safe_repr(obj: Any) -> str:
     try:
         text = repr(obj)
@@ -556,8 +600,10 @@ class Decoder:
     linear in the body's size.
 
     Args:
-        families: serializer families by name; default: :func:`serializer_families`,
-            looked up only when a message holds a custom value.
+        families: serializer families by name, as the caller was handed them
+            (a comm: from its :class:`~comm_core.Options`; the registry's are
+            :func:`comm_core.serializer_families`); default:
+            :data:`BUILTIN_FAMILIES`.
         deserialize: turn custom values into objects; if false, they are
             returned as :class:`Serialized` wrappers.
         max_depth: deepest nesting of containers a message may have; default:
@@ -593,7 +639,7 @@ class Decoder:
         max_depth: int | None = None,
         max_expansion: float | None = None,
     ) -> None:
-        self.families = families
+        self.families = BUILTIN_FAMILIES if families is None else families
         self.deserialize = deserialize
         self.frames: Sequence[Any] = ()
         self.accept: Collection[str] | None = None
@@ -790,8 +836,6 @@ class Decoder:
         if not self.deserialize:
             return Serialized(name, header, tuple(frames))
         families = self.families
-        if families is None:
-            families = self.families = serializer_families()
         family = families.get(name)
         if family is None:
             raise SerializationError(

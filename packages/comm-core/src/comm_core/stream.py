@@ -24,11 +24,12 @@ import logging
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, cast
 
 from comm_core._addressing import unparse_address
-from comm_core._config import get_setting
+from comm_core._families import REGISTERED_FAMILIES
+from comm_core._options import Options
 from comm_core._ratelimit import LogLimiter
 from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, CommError, ProtocolError
@@ -38,8 +39,9 @@ from comm_core.protocol import (
     Decoder,
     Encoder,
     FrameDecoder,
-    serializer_families,
 )
+from comm_core.session import ServerSession
+from comm_core.transport import StreamTransportBase
 
 __all__ = ["StreamAcceptor", "StreamComm", "StreamProtocol", "format_sockaddr", "held_bytes"]
 
@@ -158,7 +160,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
         # The preamble waits in self.out for the first write (or read, or close),
         # so that it leaves with it in one system call.
         self.preamble_pending = False
-        # Set by StreamComm._send_handshake(): the next read does not flush at once.
+        # Set by StreamComm.send_handshake(): the next read does not flush at once.
         self.hold_handshake = False
         self.flush_handle: asyncio.Handle | None = None
         # True once a write went out since the last read or flush: later writes gather.
@@ -525,8 +527,8 @@ class StreamComm(Comm):
     Args:
         scheme: the URI scheme used for :attr:`local_address` and :attr:`peer_address`.
         deserialize: deserialize custom payloads on read.
-        max_message_size: the largest message sent or accepted; default: the
-            ``max_message_size`` setting.
+        max_message_size: the largest message sent or accepted; default:
+            *options*' ``max_message_size``.
         write_high_water: ``write()`` waits while more bytes than this are queued.
         read_high_water: reading from the transport pauses while the messages
             waiting unread in the comm hold more than this many bytes of memory
@@ -535,6 +537,10 @@ class StreamComm(Comm):
             above 64 KiB already.
         on_established: called with the comm once the peer's preamble is valid
             (listeners use it to start the handshake only for real comm peers).
+        options: the settings the comm works with (its size and decoding
+            limits, its serializer families), as ``connect()`` or ``listen()``
+            resolved them for its connector or listener; default: the settings
+            now in force (:class:`~comm_core.Options`).
     """
 
     protocol_class: type[StreamProtocol] = StreamProtocol
@@ -554,11 +560,16 @@ class StreamComm(Comm):
         write_high_water: int = 4 * 1024 * 1024,
         read_high_water: int = 64 * 1024 * 1024,
         on_established: Callable[[StreamComm], None] | None = None,
+        options: Options | None = None,
     ) -> None:
         super().__init__(deserialize=deserialize)
         self.scheme = scheme
+        if options is None:
+            options = Options()
+        #: The settings this comm works with.
+        self.options = options
         if max_message_size is None:
-            max_message_size = int(get_setting("max_message_size"))
+            max_message_size = options.max_message_size
         self.max_message_size = max_message_size
         #: The asyncio protocol to connect to a transport.
         self.protocol = self.protocol_class(
@@ -568,8 +579,16 @@ class StreamComm(Comm):
             read_high_water=read_high_water,
             on_established=on_established,
         )
+        #: The serializer families values of other types may use: those of *options*,
+        #: else the registry's.
+        self.families = REGISTERED_FAMILIES if options.families is None else options.families
         self._encoder: Encoder | None = None  # for writes with the default families
-        self._decoder = Decoder(deserialize=deserialize)
+        self._decoder = Decoder(
+            self.families,
+            deserialize=deserialize,
+            max_depth=options.max_message_depth,
+            max_expansion=options.max_message_expansion,
+        )
 
     @property
     def transport(self) -> asyncio.Transport | None:
@@ -599,8 +618,31 @@ class StreamComm(Comm):
         p = self.protocol
         return p.closing or p.peer_gone or p.transport is None
 
-    def _message_waiting(self) -> bool:
+    def message_waiting(self) -> bool:
+        """Whether a message waits unread: :meth:`read` returns it at once."""
         return bool(self.protocol.ready)
+
+    def greet(self, info: Mapping[str, Any], encoded: bytes | None = None) -> bytes | None:
+        """Send *info*, this side's handshake message, right after the preamble, as soon
+        as the connection is made, without waiting for the peer's.
+
+        For a listener's comm (see :class:`StreamAcceptor`), before its transport
+        is connected: the peer then has the message one round trip sooner, and
+        the handshake only reads the peer's (:attr:`~comm_core.Comm.early_handshake`).
+        *encoded* is *info*'s encoding if known (the same for every comm of a
+        listener); else it is encoded here. Returns the encoding, or ``None``
+        if *info* cannot be encoded (then nothing is sent early, and the
+        handshake reports the problem).
+        """
+        if encoded is None:
+            try:
+                buffers, _ = self._encoder_for(None, "raise").encode(info)
+            except CommError:
+                return None
+            encoded = b"".join(buffers)
+        self.protocol.greeting = encoded
+        self.set_early_handshake(info)
+        return encoded
 
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
         p = self.protocol
@@ -622,7 +664,7 @@ class StreamComm(Comm):
                 raise RuntimeError(f"{self!r}: read() called while another read() is waiting")
             hold = None
             if p.preamble_pending:
-                if p.hold_handshake:  # see _send_handshake()
+                if p.hold_handshake:  # see send_handshake()
                     p.hold_handshake = False
                     hold = p.loop.call_later(_HOLD_HANDSHAKE, p.flush)
                 else:
@@ -658,15 +700,16 @@ class StreamComm(Comm):
         """Take the listener's greeting from the socket now, if it is there already.
 
         The handshake read of a dialing comm usually finds it there (the
-        listener sends it on accepting). A transport with a ``read_now()``
-        method (comm-tcp's) reads at once what the socket holds, which saves
-        the comm a wait for the event loop's next iteration.
+        listener sends it on accepting). A transport derived from
+        :class:`~comm_core.transport.StreamTransportBase` reads at once what the
+        socket holds (its ``read_now()``), which saves the comm a wait for the
+        event loop's next iteration.
         """
         p = self.protocol
-        read_now = getattr(p.transport, "read_now", None)
-        if read_now is None:
+        transport = p.transport
+        if not isinstance(transport, StreamTransportBase):
             return
-        read_now()
+        transport.read_now()
         if p.ready:
             p.hold_handshake = False
             if p.preamble_pending and p.flush_handle is None:
@@ -675,7 +718,7 @@ class StreamComm(Comm):
                 assert p.loop is not None
                 p.flush_handle = p.loop.call_soon(p.flush)
 
-    async def _send_handshake(self, info: Mapping[str, Any]) -> None:
+    async def send_handshake(self, info: Mapping[str, Any]) -> None:
         """Queue the handshake behind the preamble, to leave with the first write.
 
         A comm listener sends its preamble and handshake without waiting for the
@@ -703,10 +746,10 @@ class StreamComm(Comm):
         if serializers is None and on_error == "raise":
             encoder = self._encoder
             if encoder is None:
-                trusted = [f for f in serializer_families().values() if f.trusted_by_default]
+                trusted = [f for f in self.families.values() if f.trusted_by_default]
                 encoder = self._encoder = Encoder(trusted, max_size=self.max_message_size)
             return encoder
-        known = serializer_families()
+        known = self.families
         if serializers is None:
             families = [f for f in known.values() if f.trusted_by_default]
         else:
@@ -866,6 +909,11 @@ class StreamAcceptor:
     def __init__(self, listener: Listener, handle_comm: CommHandler) -> None:
         self.listener = listener
         self.handle_comm = handle_comm
+        #: *handle_comm* if it is the :class:`~comm_core.session.ServerSession` that
+        #: :func:`comm_core.listen` passes: its comms then send its greeting with their
+        #: preamble, and stay pending until its handshake is over. Another handler's
+        #: comm is done once its preamble came.
+        self.session = handle_comm if isinstance(handle_comm, ServerSession) else None
         self.closed = False
         # The protocol of every comm accepted and not yet done with its handshake, with its
         # deadline (loop time), oldest first. (The protocols, not the comms: a protocol
@@ -873,17 +921,10 @@ class StreamAcceptor:
         # deadline and is armed again for the next (a timer per connection would be made
         # and cancelled again for almost every connection).
         self._pending: dict[StreamProtocol, float] = {}
-        # Those of them past their preamble, in the handshake run by handle_comm's serve().
+        # Those of them past their preamble, in the handshake run by the session's serve().
         self._handshaking: dict[StreamProtocol, asyncio.Task[None]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # handle_comm's serve(comm, deadline, handshake_over), if it runs the comm
-        # handshake (comm_core.listen()'s handler does): the comm stays pending until
-        # that is over. Another handler's comm is done once its preamble came.
-        serve = getattr(handle_comm, "serve", None)
-        self._serve: Callable[..., Coroutine[Any, Any, None]] | None = (
-            serve if callable(serve) else None
-        )
         self._dropped_silent = LogLimiter(
             logger, "connections dropped for sending no comm preamble in time"
         )
@@ -918,21 +959,12 @@ class StreamAcceptor:
         shared = type(comm).handshake_options is Comm.handshake_options
         protocol = comm.protocol
         if cached is not None and shared:
-            protocol.greeting = cached[1]
-            comm._handshake_sent = dict(cached[0])
-        else:
-            greet = getattr(self.handle_comm, "greeting", None)
-            if greet is not None:
-                info = greet(comm)
-                try:
-                    buffers, _ = comm._encoder_for(None, "raise").encode(info)
-                except CommError:
-                    pass  # unsendable handshake overrides: the handshake reports it
-                else:
-                    greeting = protocol.greeting = b"".join(buffers)
-                    comm._handshake_sent = info
-                    if shared:
-                        self._greeting = (dict(info), greeting, PREAMBLE + greeting)
+            comm.greet(cached[0], cached[1])
+        elif self.session is not None:
+            info = self.session.greeting(comm)
+            greeting = comm.greet(info)  # None: unsendable overrides, the handshake says so
+            if greeting is not None and shared:
+                self._greeting = (info, greeting, PREAMBLE + greeting)
         loop = asyncio.get_running_loop()
         deadline = protocol.deadline = loop.time() + self.listener.handshake_timeout
         protocol.on_lost = self.discard
@@ -1103,15 +1135,15 @@ class StreamAcceptor:
             comm.abort()
             return
         loop = asyncio.get_running_loop()
-        serve = self._serve
-        if serve is None:
+        session = self.session
+        if session is None:
             self.discard(protocol)
             task = loop.create_task(self.handle_comm(comm))
         else:
             deadline = self._pending.get(protocol)
             if deadline is None:  # never accepted here
                 deadline = loop.time() + self.listener.handshake_timeout
-            task = loop.create_task(serve(comm, deadline, self._handshake_over))
+            task = loop.create_task(session.serve(comm, deadline, self._handshake_over))
             if protocol in self._pending:
                 self._handshaking[protocol] = task
         self._tasks.add(task)

@@ -16,9 +16,9 @@ __all__ = ["TCPComm", "TCPProtocol"]
 class TCPProtocol(StreamProtocol):
     """Applies the comm's socket options when the connection is made."""
 
-    options: SocketOptions = SocketOptions()
-    #: Set by a listener whose listening socket carries :attr:`options` already, which
-    #: the connections it accepts inherit: they are not set again.
+    socket_options: SocketOptions = SocketOptions()
+    #: Set by a listener whose listening socket carries :attr:`socket_options` already,
+    #: which the connections it accepts inherit: they are not set again.
     options_inherited: bool = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -27,7 +27,7 @@ class TCPProtocol(StreamProtocol):
         if not self.options_inherited:
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                self.options.apply(sock)
+                self.socket_options.apply(sock)
         super().connection_made(transport)
 
 
@@ -36,6 +36,11 @@ class TCPComm(StreamComm):
 
     ``extra_info`` holds ``sockname`` and ``peername`` (socket addresses), the
     socket options in force, and ``max_message_size``.
+
+    Args:
+        socket_options: the TCP options of its socket (default: ``SocketOptions()``).
+        kwargs: as :class:`~comm_core.stream.StreamComm` (``options=`` holds
+            comm-core's settings).
     """
 
     protocol_class = TCPProtocol
@@ -45,14 +50,14 @@ class TCPComm(StreamComm):
         self,
         *,
         scheme: str = "tcp",
-        options: SocketOptions | None = None,
+        socket_options: SocketOptions | None = None,
         on_established: Callable[[StreamComm], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(scheme=scheme, on_established=on_established, **kwargs)
-        self.options = options or SocketOptions()
-        self.protocol.options = self.options
+        self.socket_options = socket_options or SocketOptions()
+        self.protocol.socket_options = self.socket_options
 
     @property
     def extra_info(self) -> Mapping[str, Any]:
-        return {**super().extra_info, **self.options.as_dict()}
+        return {**super().extra_info, **self.socket_options.as_dict()}

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from comm_core import AddressError, CommError, ConnectError, parse_host_port
+from comm_core import AddressError, CommError, ConnectError, Options, parse_host_port
 from comm_core.abc import Comm, Connector
 from comm_core.stream import StreamComm
 from comm_tcp import _direct
@@ -48,17 +48,26 @@ class TCPConnector(Connector):
         deserialize: bool,
         args: dict[str, Any],
         on_established: Callable[[StreamComm], None] | None = None,
+        options: Options | None = None,
     ) -> TCPComm:
-        """A new, unconnected comm configured by the connection arguments *args*."""
+        """A new, unconnected comm configured by the connection arguments *args* and
+        the settings *options* (default: those in force)."""
         return self.comm_class(
             scheme=self.scheme,
             deserialize=deserialize,
-            options=SocketOptions.from_args(args),
+            socket_options=SocketOptions.from_args(args),
             on_established=on_established,
+            options=options,
             **comm_kwargs(args),
         )
 
-    async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
+    async def open(
+        self,
+        comm: TCPComm,
+        host: str,
+        port: int,
+        args: dict[str, Any],
+    ) -> None:
         """Open the transport for *comm*; comm-tls overrides this to add TLS.
 
         A numeric address on one of asyncio's selector loops is dialled
@@ -80,9 +89,21 @@ class TCPConnector(Connector):
         ticket there).
         """
 
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+    async def connect(
+        self,
+        address: str,
+        deserialize: bool = True,
+        *,
+        options: Options | None = None,
+        **connection_args: Any,
+    ) -> Comm:
         host, port = dial_target(self.scheme, address)
-        comm = self.make_comm(deserialize, connection_args, on_established=self.on_established)
+        comm = self.make_comm(
+            deserialize,
+            connection_args,
+            on_established=self.on_established,
+            options=Options() if options is None else options,
+        )
         try:
             await self.open(comm, host, port, connection_args)
         except CommError:  # already translated by open() (comm-tls: FatalCommClosedError)

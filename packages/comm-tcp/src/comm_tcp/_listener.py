@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core import (
     ConnectError,
-    get_setting,
     parse_host_port,
     unparse_address,
     unparse_host_port,
 )
 from comm_core.abc import CommHandler, Listener
+from comm_core.session import options_of
 from comm_core.stream import StreamAcceptor
 from comm_tcp import _direct
 from comm_tcp._options import SocketOptions
@@ -94,14 +94,13 @@ class TCPListener(Listener):
         self.scheme = connector.scheme
         self.backlog = backlog
         self.connection_args = connection_args
-        # What each accepted comm is made from: the connection arguments, with the
-        # max_message_size setting read once here rather than by every comm.
+        # What each accepted comm is made from: the connection arguments, and the
+        # options listen() resolved (its session's), not read again by every comm.
         self._comm_args = dict(connection_args)
-        if self._comm_args.get("max_message_size") is None:
-            self._comm_args["max_message_size"] = int(get_setting("max_message_size"))
+        self._comm_options = options_of(handle_comm)
         # Check the socket options now: the listener applies them to each accepted
         # connection, where an error would only drop that connection.
-        self._options = SocketOptions.from_args(connection_args)
+        self._socket_options = SocketOptions.from_args(connection_args)
         # Set once the listening sockets carry the options, which the sockets they
         # accept inherit (Linux): accepted comms then need not set them again.
         self._options_inherited = False
@@ -162,11 +161,12 @@ class TCPListener(Listener):
             if isinstance(make_transport, _direct._OwnTransports) and _INHERITS_OPTIONS:
                 for sock in socks:
                     try:
-                        self._options.apply(sock)
+                        self._socket_options.apply(sock)
                     except OSError as exc:
+                        wanted = self._socket_options.as_dict()
                         raise ConnectError(
                             f"cannot listen on {self.listen_address}: setting the socket "
-                            f"options {self._options.as_dict()} failed: {exc.strerror or exc}"
+                            f"options {wanted} failed: {exc.strerror or exc}"
                         ) from exc
                 self._options_inherited = True
             for sock in socks:
@@ -198,7 +198,10 @@ class TCPListener(Listener):
 
     def _make_protocol(self) -> asyncio.BaseProtocol:
         comm = self.connector.make_comm(
-            self.deserialize, self._comm_args, on_established=self.acceptor.established
+            self.deserialize,
+            self._comm_args,
+            on_established=self.acceptor.established,
+            options=self._comm_options,
         )
         if self._options_inherited:
             comm.protocol.options_inherited = True

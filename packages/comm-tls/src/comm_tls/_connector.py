@@ -7,12 +7,7 @@ import socket
 import ssl
 from typing import Any, ClassVar
 
-from comm_core import (
-    ConnectError,
-    FatalCommClosedError,
-    get_setting,
-    unparse_host_port,
-)
+from comm_core import ConnectError, FatalCommClosedError, unparse_host_port
 from comm_core.stream import StreamComm
 from comm_tcp import TCPComm, TCPConnector
 from comm_tls._comm import TLSComm, TLSProtocol
@@ -53,7 +48,8 @@ class TLSConnector(TCPConnector):
             remember(transport.get_extra_info("ssl_object"), slot)
 
     async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
-        """Open a TCP connection and run the TLS handshake as the client.
+        """Open a TCP connection and run the TLS handshake as the client, within the
+        ``handshake_timeout`` of the comm's options (``connect(handshake_timeout=)``).
 
         Raises:
             TLSConfigurationError: no usable ``security`` or ``ssl_context``.
@@ -79,7 +75,7 @@ class TLSConnector(TCPConnector):
                     port,
                     ssl=context,
                     server_hostname=hostname,
-                    ssl_handshake_timeout=float(get_setting("handshake_timeout")),
+                    ssl_handshake_timeout=comm.options.handshake_timeout,
                 )
         except ssl.SSLError as exc:
             message = describe_failure(exc, peer="server", address=address, hostname=hostname)
@@ -101,7 +97,7 @@ class TLSConnector(TCPConnector):
     ) -> None:
         """:meth:`open` over comm-tls's own transport."""
         loop = asyncio.get_running_loop()
-        timeout = float(get_setting("handshake_timeout"))
+        timeout = comm.options.handshake_timeout
         raw = await _dial(loop, host, port)
         try:
             sock = context.wrap_socket(raw, server_hostname=hostname, do_handshake_on_connect=False)

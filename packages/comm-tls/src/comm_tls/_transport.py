@@ -40,7 +40,7 @@ import ssl
 from collections.abc import Iterable
 from typing import Any
 
-from comm_tcp import StreamTransportBase
+from comm_core.transport import StreamTransportBase
 
 __all__ = ["TLSTransport", "available", "handshake", "wait_readable"]
 

@@ -38,14 +38,19 @@ class UnixBackend(Backend):
     def get_listener(
         self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
     ) -> Listener:
+        from comm_core.session import options_of
         from comm_unix._connector import UnixComm, comm_options
         from comm_unix._listener import UnixListener
 
         path = check_path(loc, listening=True)
-        options = comm_options(connection_args)
+        args = comm_options(connection_args)
+        # The settings listen() resolved, from the session it passes as handle_comm.
+        options = options_of(handle_comm)
 
         def make_comm(on_established: Callable[[StreamComm], None]) -> StreamComm:
-            return UnixComm(deserialize=deserialize, on_established=on_established, **options)
+            return UnixComm(
+                deserialize=deserialize, on_established=on_established, options=options, **args
+            )
 
         backlog = int(connection_args.get("backlog") or 1024)
         return UnixListener(path, handle_comm, make_comm, backlog=backlog)

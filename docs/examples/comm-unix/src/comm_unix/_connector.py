@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from comm_core import ConnectError, FatalCommClosedError
+from comm_core import ConnectError, FatalCommClosedError, Options
 from comm_core.abc import Comm, Connector
 from comm_core.stream import StreamComm
 from comm_unix._address import SCHEME, check_path
@@ -45,9 +45,17 @@ class UnixComm(StreamComm):
 class UnixConnector(Connector):
     """Dials socket paths."""
 
-    async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
+    async def connect(
+        self,
+        address: str,
+        deserialize: bool = True,
+        *,
+        options: Options | None = None,
+        **connection_args: Any,
+    ) -> Comm:
         path = check_path(address, listening=False)
-        comm = UnixComm(deserialize=deserialize, **comm_options(connection_args))
+        # options: the settings connect() resolved, for the comm (its size limits, ...).
+        comm = UnixComm(deserialize=deserialize, options=options, **comm_options(connection_args))
         loop = asyncio.get_running_loop()
         try:
             await loop.create_unix_connection(lambda: comm.protocol, path)

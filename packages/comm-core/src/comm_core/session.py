@@ -1,9 +1,25 @@
-"""The asyncio half of :func:`~comm_core.connect` and :func:`~comm_core.listen`.
+"""The session layer: the comm handshake, connecting with retries, serving a listener's comms.
 
-The comm handshake, ``connect()``'s retry loop and the handler that runs the
-handshake for each comm a listener accepts. :mod:`comm_core._api` imports this
-module on the first ``connect()`` or ``listen()``, so that ``import comm_core``
-and looking up a backend import neither asyncio nor logging.
+Transports move messages; this module is what comm-core runs over them:
+
+* :func:`handshake` exchanges the two sides' handshake messages over a fresh
+  comm, under one deadline, and checks what the peer sent.
+* :func:`connect_until` is the body of :func:`comm_core.connect`: it dials with
+  the backend's connector, retries what may be retried with full-jitter
+  backoff, and runs the handshake, all within one time budget.
+* :class:`ServerSession` is what :func:`comm_core.listen` hands a backend's
+  listener (as ``handle_comm``): it runs the handshake of each comm the
+  listener accepts, then the user's handler, and gives a listener that wants
+  them the greeting, the deadline and the timeout of its comms. A listener
+  that only awaits ``session(comm)`` for each comm is served too.
+
+A transport meets this layer through the small interface of
+:class:`~comm_core.Comm` for the handshake (:attr:`~comm_core.Comm.early_handshake`,
+:meth:`~comm_core.Comm.send_handshake`, :meth:`~comm_core.Comm.message_waiting`)
+and, for a listener, through :class:`ServerSession`; never through private
+names. :mod:`comm_core._api` imports this module on the first ``connect()`` or
+``listen()``, so that ``import comm_core`` and looking up a backend import
+neither asyncio nor logging.
 """
 
 from __future__ import annotations
@@ -12,10 +28,10 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from comm_core._compat import timeout_after
-from comm_core._config import get_setting
+from comm_core._options import Options
 from comm_core._ratelimit import LogLimiter
 from comm_core._text import peer_text
 from comm_core._version import PROTOCOL_VERSION, __version__
@@ -32,10 +48,23 @@ from comm_core.exceptions import (
     SerializationError,
 )
 
-if TYPE_CHECKING:
-    from comm_core._api import UserHandler
+__all__ = [
+    "HANDSHAKE_MAX_ENTRIES",
+    "HANDSHAKE_MAX_ITEMS",
+    "HANDSHAKE_MAX_KEY",
+    "HANDSHAKE_MAX_TEXT",
+    "HANDSHAKE_MAX_VALUES",
+    "ServerSession",
+    "UserHandler",
+    "check_handshake",
+    "connect_until",
+    "handshake",
+    "local_handshake",
+    "options_of",
+]
 
-__all__ = ["ServerHandshake", "check_handshake", "connect_until", "handshake"]
+#: A user's comm handler: a coroutine function or a plain function taking the comm.
+UserHandler = Callable[[Comm], Any]
 
 logger = logging.getLogger("comm_core")
 
@@ -129,7 +158,10 @@ def check_overrides(overrides: Mapping[str, Any] | None) -> None:
         )
 
 
-def _local_info(comm: Comm, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+def local_handshake(comm: Comm, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The handshake message *comm* sends: comm-core's entries (``protocol``,
+    ``library``, ``version``), the transport's (:meth:`Comm.handshake_options
+    <comm_core.Comm.handshake_options>`), then *overrides*."""
     info: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "library": "comm-core"}
     info["version"] = __version__
     info.update(comm.handshake_options())
@@ -152,9 +184,13 @@ async def handshake(
 ) -> None:
     """Send our info and read the peer's; abort *comm* on any failure.
 
-    A listener's stream comms sent their info with the preamble already
-    (:meth:`ServerHandshake.greeting`); they only read, and if the peer's
-    message has arrived already, no timer is needed for it. *who* (or what it
+    A comm whose transport sent this side's message ahead of the handshake
+    (:attr:`Comm.early_handshake <comm_core.Comm.early_handshake>`: a
+    listener's stream comms send :meth:`ServerSession.greeting` with the
+    preamble) only reads, and if the peer's message is there already
+    (:meth:`Comm.message_waiting <comm_core.Comm.message_waiting>`), no timer
+    is needed for it. Otherwise this side's message goes out with
+    :meth:`Comm.send_handshake <comm_core.Comm.send_handshake>`. *who* (or what it
     returns) names the two ends in error messages. *timeout* is the time left
     (it may be 0); *limit*, the whole time allowed, which a timeout's message
     names (default: *timeout*).
@@ -168,15 +204,15 @@ async def handshake(
             :func:`check_handshake`.
         CommClosedError: the connection closed first.
     """
-    sent = comm._handshake_sent
-    local = _local_info(comm, overrides) if sent is None else sent
+    sent = comm.early_handshake
+    local = local_handshake(comm, overrides) if sent is None else sent
     try:
-        if sent is not None and comm._message_waiting():
+        if sent is not None and comm.message_waiting():
             peer = await _read_handshake(comm, who)
         else:
             async with timeout_after(max(timeout, 0.0)):
                 if sent is None:
-                    await comm._send_handshake(local)
+                    await comm.send_handshake(local)
                 peer = await _read_handshake(comm, who)
     except TimeoutError as exc:
         comm.abort()
@@ -237,18 +273,20 @@ async def connect_until(
     connector: Connector,
     addr: str,
     loc: str,
-    budget: float,
-    hs_timeout: float,
+    options: Options,
     deserialize: bool,
     handshake_overrides: Mapping[str, Any] | None,
     connection_args: dict[str, Any],
 ) -> Comm:
-    """Dial *loc* with *connector* and handshake, retrying, for at most *budget* seconds.
+    """Dial *loc* with *connector* and handshake, retrying, within ``options.connect_timeout``.
 
     The body of :func:`comm_core.connect`, which has checked the address and the
-    arguments; see there for what it raises.
+    arguments; see there for what it raises. The connector gets *options* as
+    ``options=``.
     """
     check_overrides(handshake_overrides)
+    budget = options.connect_timeout
+    hs_timeout = options.handshake_timeout
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + budget
@@ -259,7 +297,9 @@ async def connect_until(
         attempts += 1
         try:
             async with timeout_after(max(deadline - loop.time(), 0.0)):
-                comm = await connector.connect(loc, deserialize=deserialize, **connection_args)
+                comm = await connector.connect(
+                    loc, deserialize=deserialize, options=options, **connection_args
+                )
         except (FatalCommClosedError, HandshakeError):  # an OSError, but final
             raise
         except (ConnectError, CommClosedError, TimeoutError, asyncio.TimeoutError) as exc:
@@ -286,8 +326,8 @@ async def connect_until(
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
-        delay_min = float(get_setting("retry_delay_min"))
-        delay_max = float(get_setting("retry_delay_max"))
+        delay_min = options.retry_delay_min
+        delay_max = options.retry_delay_max
         import random  # only a retried connect needs it
 
         delay = random.uniform(0, min(delay_max, delay_min * 2 ** (attempts - 1)))
@@ -311,18 +351,45 @@ async def connect_until(
 # -- listen ----------------------------------------------------------------------------
 
 
-class ServerHandshake:
-    """The handler a backend's listener calls for each accepted comm.
+def options_of(handle_comm: Any) -> Options:
+    """The options of the comms a listener makes for *handle_comm*, the handler it was given.
 
-    Runs the handshake under its timeout, then the user's handler; logs and
-    closes the comm if the handler fails. Tracks comms still in their handshake
-    so that :meth:`Listener.stop` can abort them.
+    Those of the :class:`ServerSession` that :func:`comm_core.listen` passes;
+    for any other handler (a listener made by hand), the settings in force
+    now, ``Options()``.
+    """
+    return handle_comm.options if isinstance(handle_comm, ServerSession) else Options()
 
-    A listener that tracks its connections from the moment it accepts them
-    (:class:`comm_core.stream.StreamAcceptor`) calls :meth:`serve` instead,
-    with the deadline that started then: the preamble, the handshake (and
-    whatever the transport runs before them, such as TLS's handshake) share
-    one ``handshake_timeout``.
+
+class ServerSession:
+    """What a listener serves its comms with: the handshake, then the user's handler.
+
+    :func:`comm_core.listen` makes one and passes it to
+    :meth:`Backend.get_listener <comm_core.Backend.get_listener>` as
+    ``handle_comm``, then :meth:`attaches <attach>` it to the listener. A
+    listener awaits :meth:`serve` (or the session itself, ``await
+    session(comm)``) once for each comm it accepts, in a task of its own: the
+    session runs the comm handshake within :attr:`timeout`, then the user's
+    handler; it logs and closes the comm if the handler fails, and drops (with
+    a log line) a comm that fails its handshake. It keeps track of comms still
+    in their handshake so that the listener's :meth:`~comm_core.Listener.stop`
+    can end them.
+
+    A stream listener does more with it (see
+    :class:`comm_core.stream.StreamAcceptor`, which does this for it): it
+    sends :meth:`greeting` with its preamble as soon as it accepts a
+    connection, and passes :meth:`serve` the deadline that started then, so
+    that everything before the user's handler (a transport's own handshake,
+    such as TLS's, the preamble and the comm handshake) shares one
+    :attr:`timeout`.
+
+    Args:
+        address: the address given to ``listen()``, for log lines until the
+            listener has a contact address.
+        handler: the user's handler, a coroutine function or a plain function.
+        overrides: entries added to this side's handshake message.
+        options: the settings of the listener and of every comm it accepts;
+            default: those in force now.
 
     Raises:
         ValueError: *overrides* break the limits of a handshake message.
@@ -332,25 +399,50 @@ class ServerHandshake:
         self,
         address: str,
         handler: UserHandler,
-        overrides: Mapping[str, Any] | None,
-        timeout: float | None,
-        max_pending: int | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        options: Options | None = None,
     ) -> None:
         check_overrides(overrides)
         self.address = address
         self.handler = handler
         self.overrides = overrides
-        #: The handshake timeout of every comm accepted; the setting is read once, here.
-        self.timeout = float(get_setting("handshake_timeout") if timeout is None else timeout)
-        #: Most comms the listener keeps in their handshake at once; the setting is read
-        #: once, here. (The listener enforces it: see StreamAcceptor.)
-        self.max_pending = int(
-            get_setting("max_pending_handshakes") if max_pending is None else max_pending
-        )
+        #: The settings of the listener and of every comm it accepts
+        #: (:func:`options_of` gives them to a listener).
+        self.options = Options() if options is None else options
+        #: The listener served, once :meth:`attach` ran.
         self.listener: Listener | None = None
         self._pending: set[Comm] = set()
         self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")
         self._stopping = False
+
+    def attach(self, listener: Listener) -> None:
+        """Serve *listener*: it is named in log lines, and its :meth:`~comm_core.Listener.stop`
+        ends the handshakes in progress (through :meth:`abort_pending`).
+
+        Sets :attr:`listener` and the listener's :attr:`~comm_core.Listener.session`;
+        :func:`comm_core.listen` calls it.
+        """
+        self.listener = listener
+        listener.session = self
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a comm has to complete its handshake (``options.handshake_timeout``)."""
+        return self.options.handshake_timeout
+
+    @property
+    def max_pending(self) -> int:
+        """Most comms the listener keeps before their handshake is done
+        (``options.max_pending_handshakes``); the listener enforces it."""
+        return self.options.max_pending_handshakes
+
+    def deadline(self) -> float:
+        """The event loop time by which a comm accepted now must be done with its handshake.
+
+        Raises:
+            RuntimeError: no event loop is running.
+        """
+        return asyncio.get_running_loop().time() + self.options.handshake_timeout
 
     @property
     def where(self) -> str:
@@ -364,10 +456,16 @@ class ServerHandshake:
         return f"listener {self.where!r}, comm from {_peer(comm)}"
 
     def greeting(self, comm: Comm) -> dict[str, Any]:
-        """The handshake message of *comm*, for a transport that sends it before hearing
-        from the peer (comm_core.stream.StreamAcceptor). The transport then sets
-        ``comm._handshake_sent`` to it, and the handshake only reads."""
-        return _local_info(comm, self.overrides)
+        """The handshake message *comm* sends, for a transport that sends it before
+        hearing from the peer; the transport then records it with
+        :meth:`Comm.set_early_handshake <comm_core.Comm.set_early_handshake>`, and
+        the handshake only reads the peer's.
+
+        The same for every comm whose class adds nothing to it
+        (:meth:`~comm_core.Comm.handshake_options`), so that a listener may
+        encode it once.
+        """
+        return local_handshake(comm, self.overrides)
 
     def abort_pending(self) -> None:
         self._stopping = True  # those aborted now did not fail: nothing to log about them
@@ -376,6 +474,7 @@ class ServerHandshake:
             comm.abort()
 
     async def __call__(self, comm: Comm) -> None:
+        """:meth:`serve` *comm*, with :attr:`timeout` from now."""
         await self.serve(comm)
 
     async def serve(
@@ -384,7 +483,11 @@ class ServerHandshake:
         deadline: float | None = None,
         handshake_over: Callable[[Comm], None] | None = None,
     ) -> None:
-        """Run the handshake of *comm*, then the user's handler.
+        """Run the handshake of *comm*, then the user's handler; never raises but
+        :class:`asyncio.CancelledError` (which aborts *comm*).
+
+        A comm that fails its handshake is aborted and dropped, with a log line;
+        if the handler raises, the failure is logged and the comm closed.
 
         Args:
             deadline: the event loop time by which the handshake must be done;
@@ -394,7 +497,7 @@ class ServerHandshake:
         """
         loop = asyncio.get_running_loop()
         if deadline is None:
-            deadline = loop.time() + self.timeout
+            deadline = loop.time() + self.options.handshake_timeout
         self._pending.add(comm)
         try:
             await handshake(
