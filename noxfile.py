@@ -21,13 +21,16 @@ Default sessions:
   injected faults, load), at its CI size; ``nox -s hardening -- --soak`` runs
   the long mode, with the coverage-guided fuzzer. Its figures are written to
   ``hardening/results/``.
+* ``build``: builds every distribution's wheel and sdist into ``dist/``,
+  checks them (``twine check`` and ``tests/distributions``), then installs the
+  wheels alone in a fresh virtualenv and runs ``examples/echo.py`` and ``comm
+  backends`` there: what a release would publish. About 10 seconds.
 * ``summary``: runs last and says, after nox's own list, which sessions the run
   skipped and why, and how to run them.
 
-Opt-in sessions: ``build`` (every distribution's wheel and sdist, checked, then
-installed alone to run the echo example), ``docs`` (Sphinx HTML and the docs'
-doctests, warnings are errors), ``demo`` (runs ``comm bench`` and
-``examples/echo.py``), ``bench`` (runs ``python -m bench`` if ``bench/`` exists).
+Opt-in sessions: ``docs`` (Sphinx HTML and the docs' doctests, warnings are
+errors), ``demo`` (runs ``comm bench`` and ``examples/echo.py``), ``bench``
+(runs ``python -m bench`` if ``bench/`` exists).
 
 Tests marked ``large`` need gigabytes of memory (messages above 2 GiB); they are
 skipped unless ``COMM_LARGE_TESTS=1`` (CI sets it), so that a plain ``nox``
@@ -60,7 +63,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 # `summary` comes last: it reports on the sessions before it.
 nox.options.sessions = [
-    "tests", "integration", "lint", "typecheck", "example", "hardening", "summary",
+    "tests", "integration", "lint", "typecheck", "example", "hardening", "build", "summary",
 ]  # fmt: skip
 # Use the Pythons that are installed; never download one.
 nox.options.download_python = "never"
@@ -70,6 +73,15 @@ ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 #: The variable that lets the tests marked ``large`` run (see docs/development.rst).
 LARGE_TESTS = "COMM_LARGE_TESTS"
+#: The sessions of this run whose tests marked ``large`` were skipped.
+_LARGE_SKIPPED: list[str] = []
+
+
+def _large_tests_enabled() -> bool:
+    """Whether the tests marked ``large`` run: ``COMM_LARGE_TESTS`` set, and not to 0."""
+    return os.environ.get(LARGE_TESTS, "0") not in ("", "0")
+
+
 CORE = "comm-core"
 # Distribution names, from the directory names: comm-core first, then the others.
 PACKAGES = sorted(
@@ -172,6 +184,8 @@ def tests(session: nox.Session, package: str) -> None:
     # `-c` pins the package's own config (and rootdir), so the root pyproject's
     # pytest config never applies here, even if the package has no pytest table.
     session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
+    if not _large_tests_enabled():
+        _LARGE_SKIPPED.append(session.name)
 
 
 @nox.session(python=PYTHONS)
@@ -291,7 +305,7 @@ def bench(session: nox.Session) -> None:
 DIST = ROOT / "dist"
 
 
-@nox.session(default=False)
+@nox.session
 def build(session: nox.Session) -> None:
     """Build and check every wheel and sdist (in dist/), then run the example from the wheels.
 
@@ -364,7 +378,7 @@ class _Skips(logging.Handler):
 _SKIPS = _Skips()
 logging.getLogger("nox").addHandler(_SKIPS)
 
-_OPT_IN = ["build", "docs", "demo", "bench"]
+_OPT_IN = ["docs", "demo", "bench"]
 
 
 def _summary_lines() -> list[str]:
@@ -386,21 +400,23 @@ def _summary_lines() -> list[str]:
             lines.append(f"  `nox -s {names[0]}` runs one once that is fixed.")
     if PYENV_ADDED:
         lines.append(f"* Pythons from pyenv: {', '.join(PYENV_ADDED)} (added to PYENV_VERSION).")
-    if os.environ.get(LARGE_TESTS, "0") in ("", "0"):
+    if _LARGE_SKIPPED:
         lines.append(
             "* The tests marked `large` (messages above 2 GiB, about 4.5 GB of memory) were "
-            f"skipped: `{LARGE_TESTS}=1 nox -s tests` runs them (CI does)."
+            f"skipped in {', '.join(_LARGE_SKIPPED)}: `{LARGE_TESTS}=1 nox -s tests` runs "
+            "them (CI does)."
         )
     lines.append(
         f"* Not run by default: the sessions {', '.join(_OPT_IN)} "
-        "(`nox -s build docs` runs two of them; `nox --list` describes them all)."
+        "(`nox -s docs` runs one; `nox --list` describes them all)."
     )
     return lines
 
 
 def _print_summary() -> None:
-    skipped = "no session was skipped" if not _SKIPS.skipped else "some sessions were skipped"
-    text = "\n".join([f"nox summary: {skipped}.", *_summary_lines()])
+    count = len(_SKIPS.skipped)
+    skipped = f"{count} session{'s were' if count > 1 else ' was'} skipped" if count else "none"
+    text = "\n".join([f"nox summary: skipped sessions: {skipped}.", *_summary_lines()])
     print(f"\n{text}", file=sys.stderr, flush=True)
 
 
