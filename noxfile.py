@@ -195,7 +195,8 @@ def integration(session: nox.Session) -> None:
     if not (ROOT / "tests").is_dir():
         session.skip("no tests/ directory yet")
     _install_packages(session, *PACKAGES)
-    session.install("pytest", "hypothesis")
+    # nox: tests/test_noxfile.py imports this file.
+    session.install("pytest", "hypothesis", "nox")
     session.run("pytest", "tests", *session.posargs)
 
 
