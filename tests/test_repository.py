@@ -76,7 +76,7 @@ def test_every_distribution_carries_the_license(name: str) -> None:
 
 def test_the_changelog_files_every_entry_under_a_distribution() -> None:
     """Under each release heading, entries sit under "<distribution> <release version>"
-    headings (or "Documentation"), never directly under the release."""
+    headings (or "Documentation", or "Development"), never directly under the release."""
     lines = (ROOT / "docs" / "changelog.rst").read_text().splitlines()
     headings = {
         index - 1: (lines[index - 1], underline[0])
@@ -99,9 +99,11 @@ def test_the_changelog_files_every_entry_under_a_distribution() -> None:
             elif level == "~":
                 assert release is not None, f"{title!r} is outside a release"
                 names = "|".join(map(re.escape, PACKAGES))
-                assert re.fullmatch(rf"({names}) {re.escape(release)}|Documentation", title), (
+                assert re.fullmatch(
+                    rf"({names}) {re.escape(release)}|Documentation|Development", title
+                ), (
                     f"{title!r} under release {release}: name a distribution and the release's "
-                    "version, or say Documentation"
+                    "version, or say Documentation or Development"
                 )
                 section = title
         elif line.startswith("* ") and release is not None:
