@@ -21,21 +21,38 @@ Default sessions:
   injected faults, load), at its CI size; ``nox -s hardening -- --soak`` runs
   the long mode, with the coverage-guided fuzzer. Its figures are written to
   ``hardening/results/``.
+* ``build``: builds every distribution's wheel and sdist into ``dist/``,
+  checks them (``twine check`` and ``tests/distributions``), then installs the
+  wheels alone in a fresh virtualenv and runs ``examples/echo.py`` and ``comm
+  backends`` there: what a release would publish. About 10 seconds.
+* ``summary``: runs last and says, after nox's own list, which sessions the run
+  skipped and why, and how to run them.
 
 Opt-in sessions: ``docs`` (Sphinx HTML and the docs' doctests, warnings are
 errors), ``demo`` (runs ``comm bench`` and ``examples/echo.py``), ``bench``
 (runs ``python -m bench`` if ``bench/`` exists).
 
-Pythons that are not installed are skipped, not failed. Set
-``COMM_STRICT_PYTHONS=1`` to make a missing Python an error (CI does this when
-all of them are present). Arguments after ``--`` go to pytest, ruff or mypy.
+Tests marked ``large`` need gigabytes of memory (messages above 2 GiB); they are
+skipped unless ``COMM_LARGE_TESTS=1`` (CI sets it), so that a plain ``nox``
+stays well under 2 GB.
+
+Pythons: nox finds those on ``PATH``; this file adds those that pyenv has
+installed but not selected (see :func:`_use_pyenv_pythons`). Pythons that are
+not found are skipped, not failed. Set ``COMM_STRICT_PYTHONS=1`` to make a
+missing Python an error (CI does this when all of them are present). Arguments
+after ``--`` go to pytest, ruff or mypy.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -44,13 +61,27 @@ nox.needs_version = ">=2025.10.14"  # for `download_python`
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["tests", "integration", "lint", "typecheck", "example", "hardening"]
+# `summary` comes last: it reports on the sessions before it.
+nox.options.sessions = [
+    "tests", "integration", "lint", "typecheck", "example", "hardening", "build", "summary",
+]  # fmt: skip
 # Use the Pythons that are installed; never download one.
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = bool(os.environ.get("COMM_STRICT_PYTHONS"))
 
 ROOT = Path(__file__).parent
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: The variable that lets the tests marked ``large`` run (see docs/development.rst).
+LARGE_TESTS = "COMM_LARGE_TESTS"
+#: The packages whose tests marked ``large`` were skipped in this run (once per Python).
+_LARGE_SKIPPED: list[str] = []
+
+
+def _large_tests_enabled() -> bool:
+    """Whether the tests marked ``large`` run: ``COMM_LARGE_TESTS`` set, and not to 0."""
+    return os.environ.get(LARGE_TESTS, "0") not in ("", "0")
+
+
 CORE = "comm-core"
 # Distribution names, from the directory names: comm-core first, then the others.
 PACKAGES = sorted(
@@ -59,6 +90,65 @@ PACKAGES = sorted(
 )
 #: The example third-party backend that the docs walk through (its own distribution).
 EXAMPLE = "docs/examples/comm-unix"
+
+
+# -- Pythons installed by pyenv ----------------------------------------------------------
+
+
+def _output(*command: str) -> str | None:
+    """The stripped standard output of *command*, or None if it cannot run or fails."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _use_pyenv_pythons() -> list[str]:
+    """Let nox find the Pythons of :data:`PYTHONS` that pyenv installed but does not select.
+
+    pyenv's ``python3.12`` shim runs Python 3.12 only if ``PYENV_VERSION`` (or
+    a ``.python-version`` file, or ``pyenv global``) selects a 3.12 version;
+    otherwise it fails, and nox reports the interpreter as not found. This adds
+    the newest installed release of each missing X.Y to ``PYENV_VERSION``,
+    after the versions already selected, so ``python`` stays what it was. It
+    also puts pyenv's shims at the end of ``PATH`` if they are not on it.
+    Sessions inherit both. Returns the versions it added.
+    """
+    if sys.platform == "win32":  # pyenv-win has another layout
+        return []
+    root_text = os.environ.get("PYENV_ROOT") or _output("pyenv", "root")
+    root = Path(root_text) if root_text else Path.home() / ".pyenv"
+    if not (root / "versions").is_dir():
+        return []
+    newest: dict[str, tuple[int, str]] = {}  # "3.12" -> (patch, "3.12.1")
+    for path in (root / "versions").iterdir():
+        match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)", path.name)
+        if match is None:  # virtualenvs, dev and free-threaded builds
+            continue
+        minor = f"{match[1]}.{match[2]}"
+        if (path / "bin" / f"python{minor}").is_file():
+            newest[minor] = max(newest.get(minor, (-1, "")), (int(match[3]), path.name))
+    pyenv = shutil.which("pyenv") or str(root / "bin" / "pyenv")
+    selected_text = os.environ.get("PYENV_VERSION") or _output(pyenv, "version-name") or "system"
+    selected = selected_text.split(":")
+    added = [
+        newest[minor][1]
+        for minor in PYTHONS
+        if minor in newest
+        and not any(name == minor or name.startswith(f"{minor}.") for name in selected)
+    ]
+    if not added:
+        return []
+    os.environ["PYENV_VERSION"] = ":".join([*selected, *added])
+    os.environ.setdefault("PYENV_ROOT", str(root))
+    shims = str(root / "shims")
+    if shims not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [os.environ.get("PATH"), shims]))
+    return added
+
+
+PYENV_ADDED = _use_pyenv_pythons()
 
 
 def _local_dependencies(name: str) -> list[str]:
@@ -94,6 +184,9 @@ def tests(session: nox.Session, package: str) -> None:
     # `-c` pins the package's own config (and rootdir), so the root pyproject's
     # pytest config never applies here, even if the package has no pytest table.
     session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
+    # The packages with tests marked `large` declare the marker in their pytest config.
+    if not _large_tests_enabled() and '"large:' in Path("pyproject.toml").read_text():
+        _LARGE_SKIPPED.append(package)
 
 
 @nox.session(python=PYTHONS)
@@ -102,7 +195,8 @@ def integration(session: nox.Session) -> None:
     if not (ROOT / "tests").is_dir():
         session.skip("no tests/ directory yet")
     _install_packages(session, *PACKAGES)
-    session.install("pytest", "hypothesis")
+    # nox: tests/test_noxfile.py imports this file.
+    session.install("pytest", "hypothesis", "nox")
     session.run("pytest", "tests", *session.posargs)
 
 
@@ -207,3 +301,132 @@ def bench(session: nox.Session) -> None:
     _install_packages(session, *PACKAGES, extras=None)
     session.install("distributed", "uvloop")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+#: The distributions that a release publishes, built by `nox -s build`.
+DIST = ROOT / "dist"
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build and check every wheel and sdist (in dist/), then run the example from the wheels.
+
+    After the wheels are installed alone in a fresh virtualenv,
+    ``examples/echo.py`` and ``comm backends`` run there. The checks: ``twine
+    check --strict``, and ``tests/distributions`` (one license, one classifier
+    style, the same project URLs, ``py.typed`` in every wheel, bounded
+    requirements between comm's distributions, nothing hidden in the sdists).
+    Each wheel is built from its sdist, as an installer would.
+    """
+    shutil.rmtree(DIST, ignore_errors=True)
+    session.install("build[uv]", "twine", "packaging", "pytest")
+    for name in PACKAGES:
+        session.run(
+            "python", "-m", "build", "--installer=uv", f"--outdir={DIST}", f"packages/{name}",
+            silent=True,
+        )  # fmt: skip
+    artifacts = sorted(str(path) for path in DIST.iterdir())
+    session.run("twine", "check", "--strict", *artifacts)
+    session.run("pytest", "tests/distributions", env={"COMM_DIST_DIR": str(DIST)})
+
+    wheels = [path for path in artifacts if path.endswith(".whl")]
+    with tempfile.TemporaryDirectory(prefix="comm-wheels-") as tmp:
+        venv = Path(tmp) / "venv"
+        session.run("python", "-m", "venv", str(venv))
+        bin_dir = venv / ("Scripts" if sys.platform == "win32" else "bin")
+        python = str(bin_dir / "python")
+        # The wheels alone: comm's own distributions from dist/, their dependencies
+        # (msgpack, pluggy, cryptography) from the index, nothing from this tree.
+        session.run("uv", "pip", "install", "--quiet", "--python", python, *wheels)
+        with session.chdir(tmp):  # out of the work tree, so nothing imports from it
+            where = session.run(
+                python, "-c", "import comm_core, comm_tls; print(comm_core.__file__)",
+                external=True, silent=True,
+            )  # fmt: skip
+            imported = Path(str(where).strip()).resolve()
+            if not imported.is_relative_to(venv.resolve()):
+                session.error(f"comm_core was imported from {imported}, not from the wheel")
+            echoed = session.run(
+                python, str(ROOT / "examples" / "echo.py"), external=True, silent=True
+            )
+            print(echoed, end="")
+            if "-> got [1, 2, 3]" not in str(echoed):
+                session.error("examples/echo.py did not echo its messages")
+            listed = session.run(str(bin_dir / "comm"), "backends", external=True, silent=True)
+            print(listed, end="")
+            missing = [scheme for scheme in ("inproc", "tcp", "tls") if scheme not in str(listed)]
+            if missing:
+                session.error(f"`comm backends` does not list {', '.join(missing)}")
+
+
+# -- the summary at the end of a run -------------------------------------------------------
+
+
+class _Skips(logging.Handler):
+    """Collects the sessions that nox reports as skipped, with nox's reason."""
+
+    _LINE = re.compile(r"Session (?P<name>\S+) skipped: (?P<reason>.+?)(?: \(took .*\))?\.?$")
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.skipped: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = self._LINE.match(record.getMessage())
+        if match:
+            self.skipped[match["name"]] = match["reason"]
+
+
+_SKIPS = _Skips()
+logging.getLogger("nox").addHandler(_SKIPS)
+
+_OPT_IN = ["docs", "demo", "bench"]
+
+
+def _summary_lines() -> list[str]:
+    """What the run left out and how to run it: the text of the `summary` session."""
+    lines = []
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in _SKIPS.skipped.items():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        lines.append(f"* skipped ({reason}): {', '.join(names)}")
+        missing = re.fullmatch(r"Python interpreter (\S+) not found", reason)
+        if missing:
+            version = missing[1]
+            lines.append(
+                f"  Install Python {version} (`pyenv install {version}`, `uv python install "
+                f"{version}` or your system's packages), then `nox -p {version}` runs them."
+            )
+        else:
+            lines.append(f"  `nox -s {names[0]}` runs one once that is fixed.")
+    if PYENV_ADDED:
+        lines.append(f"* Pythons from pyenv: {', '.join(PYENV_ADDED)} (added to PYENV_VERSION).")
+    if _LARGE_SKIPPED:
+        lines.append(
+            "* The tests marked `large` (messages above 2 GiB, about 4.5 GB of memory) were "
+            f"skipped ({', '.join(sorted(set(_LARGE_SKIPPED)))}): `{LARGE_TESTS}=1 nox -s "
+            "tests` runs them (CI does)."
+        )
+    lines.append(
+        f"* Not run by default: the sessions {', '.join(_OPT_IN)} "
+        "(`nox -s docs` runs one; `nox --list` describes them all)."
+    )
+    return lines
+
+
+def _print_summary() -> None:
+    count = len(_SKIPS.skipped)
+    skipped = f"{count} session{'s were' if count > 1 else ' was'} skipped" if count else "none"
+    text = "\n".join([f"nox summary: skipped sessions: {skipped}.", *_summary_lines()])
+    print(f"\n{text}", file=sys.stderr, flush=True)
+
+
+@nox.session(venv_backend="none")
+def summary(session: nox.Session) -> None:
+    """Say, after nox's own list, which sessions were skipped and why, and how to run them.
+
+    It is the last of the default sessions; it reports on those that ran before it.
+    """
+    # Printed when nox exits, after its list of sessions, so that it is the last word.
+    atexit.register(_print_summary)

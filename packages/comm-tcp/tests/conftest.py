@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import warnings
 import weakref
@@ -15,6 +16,23 @@ from comm_core import Comm
 from comm_core.testing import open_comms
 
 _LOOPS = [pytest.param(name, marks=pytest.mark.comm_loop(name)) for name in ("asyncio", "uvloop")]
+
+
+#: Tests marked ``large`` need gigabytes of memory (messages above 2 GiB): they run only
+#: when this variable is set to 1, as CI does (see docs/development.rst).
+LARGE_TESTS_VARIABLE = "COMM_LARGE_TESTS"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``large`` unless ``COMM_LARGE_TESTS=1``."""
+    if os.environ.get(LARGE_TESTS_VARIABLE, "0") not in ("", "0"):
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs about 4.5 GB of memory: set {LARGE_TESTS_VARIABLE}=1 to run it"
+    )
+    for item in items:
+        if item.get_closest_marker("large"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=_LOOPS)

@@ -104,6 +104,7 @@ def _zeros(size: int) -> memoryview:
 
 
 @pytest.mark.slow
+@pytest.mark.large
 async def test_message_above_2_gib_round_trip() -> None:
     """One 2 GiB + 1 MiB frame goes there and back. Memory: the sender's buffer is all
     zero pages but the marks; the server's copy is freed once echoed; so about two copies.

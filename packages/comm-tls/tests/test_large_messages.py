@@ -35,6 +35,7 @@ def _zeros(size: int) -> memoryview:
 
 
 @pytest.mark.slow
+@pytest.mark.large
 async def test_message_above_2_gib_round_trip(temporary: Security) -> None:
     """One 2 GiB + 1 MiB frame goes there and back over TLS (about 20 s, on one loop).
 
