@@ -123,3 +123,47 @@ def test_the_wire_protocol_is_a_leaf() -> None:
         "comm_core.exceptions",
     }
     assert graph["comm_core.protocol"] <= allowed, graph["comm_core.protocol"] - allowed
+
+
+def test_the_stream_comm_is_a_facade_over_its_protocol() -> None:
+    # StreamComm asks its protocol through a few methods and reads a few facts; the
+    # state (queues, flags, handles) and the write policy are the protocol's alone.
+    source = (PACKAGE / "stream.py").read_text(encoding="utf-8")
+    (comm_class,) = (
+        node
+        for node in ast.parse(source).body
+        if isinstance(node, ast.ClassDef) and node.name == "StreamComm"
+    )
+    used = set()
+    for node in ast.walk(comm_class):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "protocol"
+            and isinstance(node.value.value, ast.Name)
+            and node.value.value.id == "self"
+        ):
+            used.add(node.attr)
+    methods = {
+        "next_message",
+        "write_message",
+        "queue_handshake",
+        "undecodable",
+        "close",
+        "abort",
+        "is_closed",
+        "message_waiting",
+        "greet",
+    }
+    facts = {"transport", "local", "peer"}
+    assert used, "the check found nothing: has StreamComm changed shape?"
+    assert used <= methods | facts, sorted(used - methods - facts)
+    # No alias of the protocol that the check above would miss.
+    aliases = [
+        node
+        for node in ast.walk(comm_class)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "protocol"
+    ]
+    assert not aliases

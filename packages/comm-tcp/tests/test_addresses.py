@@ -78,6 +78,42 @@ async def test_listener_on_one_family_has_it_only(host: str) -> None:
             await ping(comm)
 
 
+def _route_source(family: int, target: str) -> str | None:
+    """The source address of this machine's route towards *target* (a UDP connect sends
+    nothing), or ``None`` if it has no route of *family*."""
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((target, 9))
+        except OSError:
+            return None
+        return str(probe.getsockname()[0])
+
+
+@needs_ipv6
+async def test_an_ipv6_wildcard_listener_names_the_primary_ipv6_address() -> None:
+    """Issue 18: ``tcp://[::]:0`` advertised ``tcp://[::1]:PORT``, which no other machine
+    can dial; as for ``0.0.0.0``, the contact address names this machine's primary
+    address, of IPv6 here."""
+    primary = _route_source(socket.AF_INET6, "2001:db8::1")
+    if primary is None:
+        pytest.skip("this machine has no IPv6 route beyond loopback")
+    async with serving(address="tcp://[::]:0") as served:
+        assert served.listener is not None
+        assert served.listener.contact_address == tcp_address(primary, served.port)
+        async with connected(served.address(IPV6)) as comm:  # it listens on ::1 too
+            await ping(comm)
+
+
+@pytest.mark.parametrize("address", ["tcp://", "tcp://0.0.0.0:0"])
+async def test_an_ipv4_or_dual_wildcard_listener_names_the_primary_ipv4_address(
+    address: str,
+) -> None:
+    primary = _route_source(socket.AF_INET, "192.0.2.1") or IPV4
+    async with serving(address=address) as served:
+        assert served.listener is not None
+        assert served.listener.contact_address == tcp_address(primary, served.port)
+
+
 @pytest.mark.parametrize(
     "address",
     [

@@ -24,6 +24,7 @@ import pytest
 import comm_core
 from comm_core import PROTOCOL_VERSION, Comm, ConnectError
 from comm_core.protocol import PREAMBLE, encode_message
+from comm_core.sockets import AcceptLoop
 from comm_core.stream import StreamComm
 from comm_core.testing import until
 from comm_tcp import SocketOptions, TCPListener, _direct
@@ -169,14 +170,14 @@ async def test_a_burst_of_connections_is_accepted_in_one_callback(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     callbacks = 0
-    accept = _direct.AcceptLoop._accept
+    accept = AcceptLoop.accept_pending
 
-    def counted(self: _direct.AcceptLoop) -> None:
+    def counted(self: AcceptLoop) -> None:
         nonlocal callbacks
         callbacks += 1
         accept(self)
 
-    monkeypatch.setattr(_direct.AcceptLoop, "_accept", counted)
+    monkeypatch.setattr(AcceptLoop, "accept_pending", counted)
     burst = 50
     clients: list[socket.socket] = []
     try:
@@ -300,31 +301,33 @@ async def test_a_greeting_sent_before_the_transport_is_not_sent_again(
 
 @asyncio_only
 async def test_a_known_greeting_leaves_before_the_comm_is_made(
-    raw_socket: Any,
+    raw_socket: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """From the second connection on, the listener sends its greeting (the same for
     every comm) as soon as it accepts, before it makes the comm: the peer waits for it,
     not for the comm. It is sent once, and the comm works."""
     loop = asyncio.get_running_loop()
+    seen: list[bool] = []
+    sock = raw_socket(socket.AF_INET)
+    spying = False
+    make_protocol = TCPListener._make_protocol
+
+    def spy(self: TCPListener) -> asyncio.BaseProtocol:
+        if spying:
+            try:
+                seen.append(len(sock.recv(4096, socket.MSG_PEEK)) > 0)
+            except BlockingIOError:
+                seen.append(False)
+        return make_protocol(self)
+
+    monkeypatch.setattr(TCPListener, "_make_protocol", spy)
     async with serving() as served:
         listener = served.listener
         assert isinstance(listener, TCPListener)
         async with connected(served.address()) as comm:  # the first: greeting encoded
             await ping(comm)
             first_info = dict(comm.handshake_info)
-        seen: list[bool] = []
-        [accept_loop] = listener._accept_loops
-        make_protocol = accept_loop.protocol_factory
-        sock = raw_socket(socket.AF_INET)
-
-        def spy() -> asyncio.BaseProtocol:
-            try:
-                seen.append(len(sock.recv(4096, socket.MSG_PEEK)) > 0)
-            except BlockingIOError:
-                seen.append(False)
-            return make_protocol()
-
-        accept_loop.protocol_factory = spy
+        spying = True
         await within(loop.sock_connect(sock, (IPV4, served.port)), "a raw connect")
         await until(lambda: bool(seen), "the listener to accept")
         assert seen == [True], "the comm was made before the greeting was sent"

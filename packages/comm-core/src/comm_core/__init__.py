@@ -40,6 +40,7 @@ from comm_core._api import (
 )
 from comm_core._config import SETTINGS, Setting, configure, get_setting
 from comm_core._families import serializer_families
+from comm_core._hostport import HostPortBackend
 from comm_core._lazy import imported_on_use, lazy_exports
 from comm_core._options import Options
 from comm_core._registry import (
@@ -100,6 +101,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeTimeoutError",
     "HookImplementation",
+    "HostPortBackend",
     "IncompatibleProtocolError",
     "Listener",
     "MessageTooLargeError",
@@ -138,12 +140,12 @@ __all__ = [
 
 #: Submodules reachable as attributes without being imported first (the first comm
 #: imports them: they need msgpack or asyncio).
-_SUBMODULES = frozenset({"message", "protocol", "session", "stream", "transport"})
+_SUBMODULES = frozenset({"message", "protocol", "session", "sockets", "stream", "transport"})
 
 
 def _import_submodule(name: str) -> object:
-    """``comm_core.message``, ``.protocol``, ``.session``, ``.stream`` and ``.transport``,
-    imported on first access."""
+    """``comm_core.message``, ``.protocol``, ``.session``, ``.sockets``, ``.stream`` and
+    ``.transport``, imported on first access."""
     if name in _SUBMODULES:
         from importlib import import_module
 

@@ -399,8 +399,12 @@ class Encoder:
         kind = type(obj)
         if kind is dict:
             out: Any = None
+            threshold = self.threshold
             for key, value in obj.items():
-                if type(value) in _WALKED:
+                vtype = type(value)
+                if vtype is bytes and len(value) < threshold:
+                    continue  # the common case, without a call
+                if vtype in _WALKED:
                     new = self.walk(value)
                     if new is not value:
                         if out is None:

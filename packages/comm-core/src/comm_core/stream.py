@@ -24,7 +24,7 @@ import logging
 import socket
 import sys
 from collections import deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, cast
 
 from comm_core._addressing import unparse_address
@@ -38,6 +38,7 @@ from comm_core.protocol import (
     PREAMBLE,
     Decoder,
     Encoder,
+    Encoders,
     FrameDecoder,
 )
 from comm_core.session import ServerSession
@@ -89,7 +90,16 @@ def format_sockaddr(scheme: str, sockaddr: Any) -> str:
 
 
 class StreamProtocol(asyncio.BufferedProtocol):
-    """The event loop's side of a :class:`StreamComm`: framing, queues, flow control.
+    """The state of a :class:`StreamComm` and the event loop's side of it: framing,
+    queues, flow control, and the write policy.
+
+    The comm is a facade over a few methods of its protocol: :meth:`next_message`
+    (what ``read()`` awaits, then decodes), :meth:`write_message` (what
+    ``write()`` does with a message and the encoder it chose),
+    :meth:`queue_handshake`, :meth:`close` and :meth:`abort`. Everything else
+    here is the transport's side (asyncio's protocol callbacks) or state that
+    only these methods change; the attributes are public for transports and
+    tests to read.
 
     It holds no reference to its comm once the comm is established, so the
     transport (which holds the protocol) does not keep the comm alive.
@@ -160,8 +170,10 @@ class StreamProtocol(asyncio.BufferedProtocol):
         # The preamble waits in self.out for the first write (or read, or close),
         # so that it leaves with it in one system call.
         self.preamble_pending = False
-        # Set by StreamComm.send_handshake(): the next read does not flush at once.
+        # Set by queue_handshake(): the next read does not flush at once ...
         self.hold_handshake = False
+        # ... but arms this timer, which flushes if the peer's handshake is late.
+        self.hold: asyncio.TimerHandle | None = None
         self.flush_handle: asyncio.Handle | None = None
         # True once a write went out since the last read or flush: later writes gather.
         self.burst = False
@@ -175,6 +187,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.peer_gone = False  # EOF, connection lost, or a protocol error
         self.error: BaseException | None = None  # why the comm ended, if not by us
         self.lost: asyncio.Future[None] | None = None
+        # The transport asks the decoder for its buffer directly: one call less for
+        # every read from the socket.
+        self.get_buffer = self.decoder.get_buffer  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.local} -> {self.peer}>"
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -202,6 +220,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
             self.out.append(PREAMBLE)
             self.out_size += len(PREAMBLE)
             self.preamble_pending = True
+
+    def greet(self, greeting: bytes) -> None:
+        """Send *greeting* (this side's encoded handshake message) right after the
+        preamble, as soon as the connection is made (see :meth:`StreamComm.greet`)."""
+        self.greeting = greeting
 
     def send_greeting(self, sock: socket.socket) -> None:
         """Send the preamble and :attr:`greeting` on *sock* before a transport has it.
@@ -264,7 +287,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             self.waiter = None
+            self.read_limit = self.read_high_water  # the first message is read
             waiter.set_result(frames)
+            if self.hold is not None:
+                # After the reader's wake-up: the flush it schedules must run after the
+                # reader's next step (which may write, taking the handshake along).
+                self._handshake_read()
             return
         self.ready.append(frames)
         self.ready_bytes += held_bytes(frames)
@@ -299,6 +327,106 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.peer_gone = True
         self.wake_reader()
         return False  # close our side too
+
+    # -- reading: what StreamComm.read() asks --------------------------------------------------
+
+    def is_closed(self) -> bool:
+        """Whether the comm is closed, by this side or the peer, or not connected (yet)."""
+        return self.closing or self.peer_gone or self.transport is None
+
+    def message_waiting(self) -> bool:
+        """Whether a message was received and not read yet."""
+        return bool(self.ready)
+
+    def next_message(self) -> list[Any] | asyncio.Future[list[Any]]:
+        """The frames of the next message, or a future they will be the result of.
+
+        Takes a message received already (resuming reading if that brings the
+        messages waiting below half of ``read_high_water``); else flushes what
+        the peer may be waiting for (the preamble, or, once the handshake is
+        read, this side's handshake) and returns a future for the next
+        message. Cancelling the future is the caller's to handle: it must
+        :meth:`abort`, since its place in the stream is lost.
+
+        Raises:
+            CommClosedError: nothing is left to read (the comm is closed, the
+                peer closed it, or it is not connected).
+            ProtocolError: the peer broke the protocol.
+            RuntimeError: another read is waiting.
+        """
+        self.burst = False
+        ready = self.ready
+        if self.hold_handshake and not ready:
+            self._read_greeting_now()
+        if ready:
+            frames = ready.popleft()
+            self.ready_bytes -= held_bytes(frames)
+            self.read_limit = self.read_high_water  # the first message is read
+            if self.reading_paused and self.ready_bytes <= self.read_limit // 2:
+                self.resume_reading()
+            return frames
+        loop = self.loop
+        if self.closing or self.peer_gone or loop is None:
+            if loop is None and not self.closing:
+                raise CommClosedError(f"comm {self.local} -> {self.peer} is not connected")
+            raise self.read_error()
+        if self.waiter is not None:
+            raise RuntimeError(
+                f"comm {self.local} -> {self.peer}: read() called while another read() is waiting"
+            )
+        if self.preamble_pending:
+            if self.hold_handshake:  # see queue_handshake()
+                self.hold_handshake = False
+                self.hold = loop.call_later(_HOLD_HANDSHAKE, self._hold_expired)
+            else:
+                self.flush()  # the peer may be waiting for it before it says anything
+        waiter = self.waiter = loop.create_future()
+        return waiter
+
+    def undecodable(self, exc: ProtocolError) -> ProtocolError:
+        """A message read could not be decoded (*exc*): abort, and return the error to
+        raise, which names the peer (the decoder does not know whose message it was)."""
+        error = ProtocolError(f"{self.peer} sent a message that breaks the protocol: {exc}")
+        self.error = error
+        self.abort()
+        return error
+
+    def _hold_expired(self) -> None:
+        """The peer's handshake is late: send what the handshake held back after all."""
+        self.hold = None
+        self.flush()
+
+    def _handshake_read(self) -> None:
+        """The peer's handshake came while this side's was held back (see
+        :meth:`queue_handshake`): what it held leaves with a write made in this loop
+        iteration, or else at its end (a listener drops a dialer that stays silent
+        past its handshake timeout)."""
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.cancel()
+        if self.preamble_pending and self.flush_handle is None and self.loop is not None:
+            self.flush_handle = self.loop.call_soon(self.flush)
+
+    def _read_greeting_now(self) -> None:
+        """Take the listener's greeting from the socket now, if it is there already.
+
+        The handshake read of a dialing comm usually finds it there (the
+        listener sends it on accepting). A transport derived from
+        :class:`~comm_core.transport.StreamTransportBase` reads at once what the
+        socket holds (its ``read_now()``), which saves the comm a wait for the
+        event loop's next iteration.
+        """
+        transport = self.transport
+        if not isinstance(transport, StreamTransportBase):
+            return
+        transport.read_now()
+        if self.ready:
+            self.hold_handshake = False
+            if self.preamble_pending and self.flush_handle is None:
+                # As when the greeting came during the handshake: what the handshake
+                # held leaves with a write made in this loop iteration, or at its end.
+                assert self.loop is not None
+                self.flush_handle = self.loop.call_soon(self.flush)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peer_gone = True
@@ -357,6 +485,9 @@ class StreamProtocol(asyncio.BufferedProtocol):
         return exc
 
     def wake_reader(self) -> None:
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.cancel()
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             self.waiter = None
@@ -395,7 +526,130 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.wake_reader()
         self.wake_writer()
 
-    # -- writing ----------------------------------------------------------------------------
+    # -- writing: what StreamComm.write() asks -------------------------------------------------
+
+    def write_message(self, encoder: Encoder, msg: Any) -> int | Coroutine[Any, Any, int]:
+        """Encode *msg* with *encoder* and hand it to the transport; its size in bytes.
+
+        Returns the size if the message is with the transport and nothing is
+        left to wait for, else a coroutine that the caller awaits for it: it
+        finishes handing the message over, then waits while the transport
+        holds more than ``write_high_water`` bytes. Cancelling that coroutine
+        leaves the stream's position unknown: the caller must :meth:`abort`.
+
+        The write policy: a small message written after a read (request and
+        response) leaves at once, with no callback; messages that follow
+        without a read in between gather and leave together, in one system
+        call, at the end of the loop iteration (or once ``write_high_water``
+        bytes gathered); the first message takes the preamble along. A message
+        of several buffers, or one above :attr:`max_write_chunk`, goes out
+        piecewise, large buffers without a copy, and other writes wait for it.
+
+        Raises:
+            CommClosedError: the comm is closed or not connected (checked before
+                encoding). A transport that hit a fatal error is closing before
+                ``connection_lost()`` runs (on a later loop iteration) and drops
+                what it is given: this raises then too, or a writer that never
+                has to wait would write into the void for ever.
+            SerializationError, MessageTooLargeError: as *encoder* raises them;
+                nothing was sent.
+        """
+        transport = self.transport
+        if self.closing or self.peer_gone or transport is None or transport.is_closing():
+            if transport is None and not self.closing:
+                raise CommClosedError(f"comm {self.local} -> {self.peer} is not connected")
+            raise self.closed_error() from self.error
+        buffers, nbytes = encoder.encode(msg)
+        cap = self.max_write_chunk
+        if self.piecewise is not None or len(buffers) != 1 or (cap is not None and nbytes > cap):
+            return self._write_piecewise(buffers, nbytes)
+        # As _send(), inline: this is the path of nearly every message.
+        out = self.out
+        if not self.burst and not out:
+            self.burst = True
+            transport.write(buffers[0])
+        elif self.preamble_pending:
+            out.append(buffers[0])
+            self.flush_now()
+            self.burst = True
+        else:
+            out.append(buffers[0])
+            self.out_size += nbytes
+            if self.flush_handle is None:
+                assert self.loop is not None
+                self.flush_handle = self.loop.call_soon(self.flush)
+            elif self.out_size >= self.write_high_water:
+                self.flush_now()
+        if self.write_paused:
+            # The whole message is with the transport: if the comm closes while this
+            # waits, the write is still done (close() sends it).
+            return self._drained(nbytes)
+        return nbytes
+
+    def _send(self, transport: asyncio.Transport, data: Any, nbytes: int) -> None:
+        """Hand one small message to *transport* now, or gather it (see :meth:`write_message`)."""
+        out = self.out
+        if not self.burst and not out:
+            self.burst = True
+            transport.write(data)
+        elif self.preamble_pending:  # the first write: the preamble leaves with it
+            out.append(data)
+            self.flush_now()
+            self.burst = True
+        else:
+            out.append(data)
+            self.out_size += nbytes
+            if self.flush_handle is None:
+                assert self.loop is not None
+                self.flush_handle = self.loop.call_soon(self.flush)
+            elif self.out_size >= self.write_high_water:
+                self.flush_now()
+
+    async def _drained(self, nbytes: int) -> int:
+        await self.drain(whole=True)
+        return nbytes
+
+    async def _write_piecewise(self, buffers: list[Any], nbytes: int) -> int:
+        """:meth:`write_message` for a message that is not one small buffer, or that must
+        wait for another write's to be handed over."""
+        while self.piecewise is not None:  # another write is handing over a large message
+            await asyncio.shield(self.piecewise)
+            if self.closing or self.peer_gone:
+                raise self.closed_error() from self.error
+        cap = self.max_write_chunk
+        if len(buffers) == 1 and (cap is None or nbytes <= cap):
+            transport = self.transport
+            assert transport is not None
+            self._send(transport, buffers[0], nbytes)
+        else:
+            await self.write_buffers(buffers)
+        if self.write_paused:
+            await self.drain(whole=True)
+        return nbytes
+
+    def queue_handshake(self, buffers: list[Any], nbytes: int) -> bool:
+        """Queue this side's encoded handshake message behind the preamble, to leave
+        with the first write; ``False`` if it cannot be (the preamble left already, or
+        the comm is closed): the caller writes it as any message.
+
+        A comm listener sends its preamble and handshake without waiting for the
+        dialer's, so the dialer's can wait for its first message (or read, or
+        close) and leave with it in one segment: the listener then wakes once
+        for both, not twice. They are held for at most ``_HOLD_HANDSHAKE``
+        seconds while the handshake waits for the listener's (for a peer that
+        waits to be spoken to), and only until the end of the loop iteration in
+        which the handshake completes.
+        """
+        if not self.preamble_pending or self.closing or self.peer_gone or self.transport is None:
+            return False
+        self.out.extend(buffers)
+        self.out_size += nbytes
+        if not self.ready:
+            self.hold_handshake = True  # next_message() sees to the rest
+        elif self.flush_handle is None:  # the listener's is here: the read will not wait
+            assert self.loop is not None
+            self.flush_handle = self.loop.call_soon(self.flush)
+        return True
 
     def flush_now(self) -> None:
         """:meth:`flush`, and drop the flush scheduled for the end of the iteration, if any."""
@@ -491,6 +745,53 @@ class StreamProtocol(asyncio.BufferedProtocol):
             piecewise, self.piecewise = self.piecewise, None
             piecewise.set_result(None)
 
+    def close(self, timeout: float, wait: bool) -> Coroutine[Any, Any, None] | None:
+        """Send what was written, then close; ``None`` if nothing is left to wait for,
+        else a coroutine to await until the transport is done (at most *timeout*
+        seconds, then it aborts).
+
+        Everything is with the kernel (which delivers it before the FIN) unless
+        the transport still holds some, or *wait* (a transport whose close runs
+        an exchange of its own, as TLS's close_notify, so that no socket outlives
+        a loop closed after it). Idempotent.
+        """
+        if self.closing:
+            return None
+        self.closing = True
+        transport = self.transport
+        if transport is None:
+            return None
+        if self.flush_handle is not None:
+            self.flush_handle.cancel()
+        if not self.peer_gone:
+            self.flush()
+        try:
+            pending = transport.get_write_buffer_size()
+        except AttributeError:  # Python 3.10's TLS transport, once its connection is gone
+            pending = 0
+        transport.close()
+        self.wake_reader()
+        self.wake_writer()
+        lost = self.lost
+        if lost is None or lost.done() or not (pending or wait):
+            return None
+        return self._closed(transport, lost, timeout)
+
+    async def _closed(
+        self, transport: asyncio.Transport, lost: asyncio.Future[None], timeout: float
+    ) -> None:
+        """Wait until the transport has flushed, but not for ever on a peer that does
+        not read."""
+        assert self.loop is not None
+        timer = self.loop.call_later(timeout, transport.abort)
+        try:
+            await lost
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        finally:
+            timer.cancel()
+
     async def _write_sliced(
         self, transport: asyncio.Transport, view: memoryview, step: int, last: bool
     ) -> None:
@@ -582,6 +883,7 @@ class StreamComm(Comm):
         #: The serializer families values of other types may use: those of *options*,
         #: else the registry's.
         self.families = REGISTERED_FAMILIES if options.families is None else options.families
+        self._encoders = Encoders(self.families, max_message_size)
         self._encoder: Encoder | None = None  # for writes with the default families
         self._decoder = Decoder(
             self.families,
@@ -615,12 +917,11 @@ class StreamComm(Comm):
         }
 
     def closed(self) -> bool:
-        p = self.protocol
-        return p.closing or p.peer_gone or p.transport is None
+        return self.protocol.is_closed()
 
     def message_waiting(self) -> bool:
         """Whether a message waits unread: :meth:`read` returns it at once."""
-        return bool(self.protocol.ready)
+        return self.protocol.message_waiting()
 
     def greet(self, info: Mapping[str, Any], encoded: bytes | None = None) -> bytes | None:
         """Send *info*, this side's handshake message, right after the preamble, as soon
@@ -640,121 +941,41 @@ class StreamComm(Comm):
             except CommError:
                 return None
             encoded = b"".join(buffers)
-        self.protocol.greeting = encoded
+        self.protocol.greet(encoded)
         self.set_early_handshake(info)
         return encoded
 
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
-        p = self.protocol
-        p.burst = False
-        if p.hold_handshake and not p.ready:
-            self._read_greeting_now()
-        if p.ready:
-            frames = p.ready.popleft()
-            p.ready_bytes -= held_bytes(frames)
-            p.read_limit = p.read_high_water  # the first message is read
-            if p.reading_paused and p.ready_bytes <= p.read_limit // 2:
-                p.resume_reading()
-        else:
-            if p.closing or p.peer_gone or p.loop is None:
-                if p.loop is None and not p.closing:
-                    raise CommClosedError(f"{self!r} is not connected")
-                raise p.read_error()
-            if p.waiter is not None:
-                raise RuntimeError(f"{self!r}: read() called while another read() is waiting")
-            hold = None
-            if p.preamble_pending:
-                if p.hold_handshake:  # see send_handshake()
-                    p.hold_handshake = False
-                    hold = p.loop.call_later(_HOLD_HANDSHAKE, p.flush)
-                else:
-                    p.flush()  # the peer may be waiting for it before it says anything
-            waiter = p.waiter = p.loop.create_future()
+        frames = self.protocol.next_message()
+        if type(frames) is not list:  # a future: wait for the message
             try:
-                frames = await waiter
-            except asyncio.CancelledError:
-                self.abort()
+                frames = await frames  # type: ignore[misc]
+            except BaseException as exc:
+                # The future holds the error, whose traceback holds this frame: drop
+                # it, so that they are not a reference cycle.
+                del frames
+                if isinstance(exc, asyncio.CancelledError):
+                    self.abort()  # its place in the stream is lost
                 raise
-            finally:
-                # An error's traceback holds this frame: without the waiter (which holds
-                # the error), so that they are not a reference cycle.
-                del waiter
-                if hold is not None:
-                    hold.cancel()
-            p.read_limit = p.read_high_water  # the first message is read
-            if hold is not None and p.preamble_pending and p.flush_handle is None:
-                # The handshake is done: what it held leaves with a write made in
-                # this loop iteration, or else at its end (a listener drops a
-                # dialer that stays silent past its handshake timeout).
-                p.flush_handle = p.loop.call_soon(p.flush)
         try:
             return self._decoder.decode(frames, deserializers)
         except ProtocolError as exc:
-            # The decoder does not know whose message it was: say it.
-            error = ProtocolError(f"{p.peer} sent a message that breaks the protocol: {exc}")
-            p.error = error
-            self.abort()
-            raise error from exc
-
-    def _read_greeting_now(self) -> None:
-        """Take the listener's greeting from the socket now, if it is there already.
-
-        The handshake read of a dialing comm usually finds it there (the
-        listener sends it on accepting). A transport derived from
-        :class:`~comm_core.transport.StreamTransportBase` reads at once what the
-        socket holds (its ``read_now()``), which saves the comm a wait for the
-        event loop's next iteration.
-        """
-        p = self.protocol
-        transport = p.transport
-        if not isinstance(transport, StreamTransportBase):
-            return
-        transport.read_now()
-        if p.ready:
-            p.hold_handshake = False
-            if p.preamble_pending and p.flush_handle is None:
-                # As when the greeting came during the handshake: what the handshake
-                # held leaves with a write made in this loop iteration, or at its end.
-                assert p.loop is not None
-                p.flush_handle = p.loop.call_soon(p.flush)
+            raise self.protocol.undecodable(exc) from exc
 
     async def send_handshake(self, info: Mapping[str, Any]) -> None:
-        """Queue the handshake behind the preamble, to leave with the first write.
-
-        A comm listener sends its preamble and handshake without waiting for the
-        dialer's, so the dialer's can wait for its first message (or read, or
-        close) and leave with it in one segment: the listener then wakes once
-        for both, not twice. They are held for at most ``_HOLD_HANDSHAKE``
-        seconds while the handshake waits for the listener's (for a peer that
-        waits to be spoken to), and only until the end of the loop iteration in
-        which the handshake completes.
-        """
-        p = self.protocol
-        if not p.preamble_pending or p.closing or p.peer_gone or p.transport is None:
-            await self.write(info)
-            return
+        """Queue the handshake behind the preamble, to leave with the first write (see
+        :meth:`StreamProtocol.queue_handshake`); write it if the preamble left already."""
         buffers, nbytes = self._encoder_for(None, "raise").encode(info)
-        p.out.extend(buffers)
-        p.out_size += nbytes
-        if not p.ready:
-            p.hold_handshake = True  # read() sees to the rest
-        elif p.flush_handle is None:  # the listener's is here: the read will not wait
-            assert p.loop is not None
-            p.flush_handle = p.loop.call_soon(p.flush)
+        if not self.protocol.queue_handshake(buffers, nbytes):
+            await self.write(info)
 
     def _encoder_for(self, serializers: Collection[str] | None, on_error: OnError) -> Encoder:
+        encoders = self._encoders
+        encoders.set_max_size(self.max_message_size)
+        encoder = encoders.get(serializers, on_error)
         if serializers is None and on_error == "raise":
-            encoder = self._encoder
-            if encoder is None:
-                trusted = [f for f in self.families.values() if f.trusted_by_default]
-                encoder = self._encoder = Encoder(trusted, max_size=self.max_message_size)
-            return encoder
-        known = self.families
-        if serializers is None:
-            families = [f for f in known.values() if f.trusted_by_default]
-        else:
-            families = [known[name] for name in serializers if name in known]
-        return Encoder(families, on_error, max_size=self.max_message_size)
+            self._encoder = encoder
+        return encoder
 
     async def write(
         self,
@@ -762,84 +983,22 @@ class StreamComm(Comm):
         serializers: Collection[str] | None = None,
         on_error: OnError = "raise",
     ) -> int:
-        p = self.protocol
-        # A transport that hit a fatal error is closing before connection_lost() runs
-        # (on a later loop iteration) and drops what it is given: raise now, or a writer
-        # that never has to wait would write into the void for ever.
-        if p.closing or p.peer_gone or p.transport is None or p.transport.is_closing():
-            if p.transport is None and not p.closing:
-                raise CommClosedError(f"{self!r} is not connected")
-            raise p.closed_error() from p.error
-        buffers, nbytes = self._encoder_for(serializers, on_error).encode(msg)
-        while p.piecewise is not None:  # another write is handing over a large message
-            await asyncio.shield(p.piecewise)
-            if p.closing or p.peer_gone:
-                raise p.closed_error() from p.error
+        encoder = self._encoder
+        if encoder is None or serializers is not None or on_error != "raise":
+            encoder = self._encoder_for(serializers, on_error)
+        sent = self.protocol.write_message(encoder, msg)
+        if type(sent) is int:
+            return sent
         try:
-            if len(buffers) == 1 and (p.max_write_chunk is None or nbytes <= p.max_write_chunk):
-                if not p.burst and not p.out:
-                    # A write after a read (request/response) leaves at once, with no
-                    # callback; writes that follow without a read in between gather in
-                    # p.out and leave together, in one system call, at the end of the
-                    # loop iteration.
-                    p.burst = True
-                    p.transport.write(buffers[0])
-                elif p.preamble_pending:  # the first write: the preamble leaves with it
-                    p.out.append(buffers[0])
-                    p.flush_now()
-                    p.burst = True
-                else:
-                    p.out.append(buffers[0])
-                    p.out_size += nbytes
-                    if p.flush_handle is None:
-                        assert p.loop is not None
-                        p.flush_handle = p.loop.call_soon(p.flush)
-                    elif p.out_size >= p.write_high_water:
-                        p.flush_now()
-            else:
-                await p.write_buffers(buffers)
-            if p.write_paused:
-                # The whole message is with the transport: if the comm closes while this
-                # waits, the write is still done (close() sends it).
-                await p.drain(whole=True)
+            return await sent  # type: ignore[misc,no-any-return]
         except asyncio.CancelledError:
-            self.abort()
+            self.abort()  # part of the message may be with the transport
             raise
-        return nbytes
 
     async def close(self) -> None:
-        p = self.protocol
-        if p.closing:
-            return
-        p.closing = True
-        transport = p.transport
-        if transport is None:
-            return
-        if p.flush_handle is not None:
-            p.flush_handle.cancel()
-        if not p.peer_gone:
-            p.flush()
-        try:
-            pending = transport.get_write_buffer_size()
-        except AttributeError:  # Python 3.10's TLS transport, once its connection is gone
-            pending = 0
-        transport.close()
-        p.wake_reader()
-        p.wake_writer()
-        lost = p.lost
-        if lost is None or lost.done() or not (pending or self.close_waits_for_transport):
-            return  # everything is with the kernel, which delivers it before the FIN
-        # Wait until the transport has flushed, but not for ever on a peer that
-        # does not read.
-        assert p.loop is not None
-        timer = p.loop.call_later(self.close_timeout, transport.abort)
-        try:
-            await lost
-        except asyncio.CancelledError:
-            transport.abort()
-            raise
-        finally:
-            timer.cancel()
+        pending = self.protocol.close(self.close_timeout, self.close_waits_for_transport)
+        if pending is not None:
+            await pending
 
     def abort(self) -> None:
         self.protocol.abort()
@@ -995,8 +1154,14 @@ class StreamAcceptor:
         (comm-tls) calls it when that fails.
         """
         protocol.on_lost = None
-        if self._pending.pop(protocol, None) is not None:
+        pending = self._pending
+        if pending.pop(protocol, None) is not None:
             self._handshaking.pop(protocol, None)
+            if not pending and self._sweep is not None:
+                # Nothing left to expire: no timer in the loop's queue (the loop checks
+                # the clock on every iteration while one is there).
+                self._sweep.cancel()
+                self._sweep = None
 
     def admit(self, peer: Any = None) -> bool:
         """Make room for one more connection before it is accepted and greeted.

@@ -1,7 +1,8 @@
 """comm-tcp: the ``tcp://`` transport of comm.
 
 Users reach it through :func:`comm_core.connect` and :func:`comm_core.listen`;
-the classes here are public for subclassing (comm-tls builds on them).
+the classes here are public for subclassing (comm-tls's comm builds on
+TCPComm, for its socket options).
 
 The names are imported on first access (PEP 562), so that importing this
 package, as comm-core does to list the installed backends, imports neither

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from comm_core import AddressError, CommError, ConnectError, Options, parse_host_port
+from comm_core import CommError, Options
 from comm_core.abc import Comm, Connector
+from comm_core.sockets import connect_error, dial_target, ip_family
 from comm_core.stream import StreamComm
 from comm_tcp import _direct
 from comm_tcp._comm import TCPComm
 from comm_tcp._options import SocketOptions
 
-__all__ = ["TCPConnector", "comm_kwargs", "dial_target"]
+__all__ = ["TCPConnector", "comm_kwargs"]
 
 _COMM_ARGS = ("max_message_size", "write_high_water", "read_high_water")
 
@@ -22,18 +22,6 @@ _COMM_ARGS = ("max_message_size", "write_high_water", "read_high_water")
 def comm_kwargs(args: dict[str, Any]) -> dict[str, Any]:
     """The connection arguments that configure a comm (the rest are ignored)."""
     return {name: args[name] for name in _COMM_ARGS if args.get(name) is not None}
-
-
-def dial_target(scheme: str, address: str) -> tuple[str, int]:
-    """``(host, port)`` of a location to connect to; wildcards are refused."""
-    # A default port, so that 'tcp://' and 'tcp://0.0.0.0' get the message below.
-    host, port = parse_host_port(address, default_port=0, scheme=scheme)
-    if not host or host in {"0.0.0.0", "::"} or port == 0:
-        raise AddressError(
-            f"cannot connect to {scheme}://{address}: it names no concrete host and port "
-            "(addresses such as 'tcp://' or 'tcp://0.0.0.0:0' are only for listening)"
-        )
-    return host, port
 
 
 class TCPConnector(Connector):
@@ -76,11 +64,10 @@ class TCPConnector(Connector):
         """
         loop = asyncio.get_running_loop()
         make_transport = _direct.socket_transport_factory(loop)
-        family = _direct.ip_family(host) if make_transport is not None else None
-        if make_transport is None or family is None:
+        if make_transport is None or ip_family(host) is None:
             await loop.create_connection(lambda: comm.protocol, host, port)
         else:
-            await _direct.dial(loop, make_transport, comm.protocol, family, host, port)
+            await _direct.dial(make_transport, comm.protocol, host, port)
 
     def on_established(self, comm: StreamComm) -> None:
         """Called once a comm this connector dialed has the peer's valid preamble.
@@ -111,9 +98,7 @@ class TCPConnector(Connector):
             raise
         except OSError as exc:
             comm.abort()
-            # asyncio words a refusal "Connect call failed (...)": say what the OS said.
-            reason = (os.strerror(exc.errno) if exc.errno else "") or str(exc) or type(exc).__name__
-            raise ConnectError(f"could not connect to {self.scheme}://{address}: {reason}") from exc
+            raise connect_error(f"{self.scheme}://{address}", exc) from exc
         except BaseException:
             comm.abort()
             raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
+import logging
 import socket
 import sys
 from collections.abc import Mapping
@@ -17,6 +17,7 @@ from comm_core import (
 )
 from comm_core.abc import CommHandler, Listener
 from comm_core.session import options_of
+from comm_core.sockets import AcceptLoop, bind_listening, contact_host
 from comm_core.stream import StreamAcceptor
 from comm_tcp import _direct
 from comm_tcp._options import SocketOptions
@@ -27,35 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["TCPListener"]
 
 
-_WILDCARDS = {"", "0.0.0.0", "::"}
 #: Whether accepted sockets inherit the listening socket's options (Linux copies the
 #: listening socket's state into each connection it accepts, these options included).
 _INHERITS_OPTIONS = sys.platform.startswith("linux")
 
-
-def _bind(family: int, host: str, port: int, backlog: int) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _primary_ip() -> str:
-    """The address other machines most likely reach this one at; loopback if unknown."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(("192.0.2.1", 9))  # TEST-NET: a route lookup, nothing is sent
-            return str(probe.getsockname()[0])
-        except OSError:
-            return "127.0.0.1"
+logger = logging.getLogger("comm_tcp")
 
 
 class TCPListener(Listener):
@@ -63,7 +40,10 @@ class TCPListener(Listener):
 
     An empty host (``tcp://`` or ``tcp://:8786``) listens on every interface
     of IPv4 and IPv6 on one port; port 0 picks a free port. The contact
-    address of a wildcard listener names this machine's primary address.
+    address of a wildcard listener names this machine's primary address of
+    that family (IPv4 for ``tcp://`` and ``tcp://0.0.0.0``, IPv6 for
+    ``tcp://[::]``). Binding, accepting and the contact address are comm-core's
+    :mod:`comm_core.sockets`.
 
     If accepting fails for want of resources (no descriptor left), the
     listener logs it and tries again :attr:`accept_retry_delay` seconds later;
@@ -105,36 +85,12 @@ class TCPListener(Listener):
         # accept inherit (Linux): accepted comms then need not set them again.
         self._options_inherited = False
         # asyncio's selector loops: our own accept loops; other loops: asyncio's servers.
-        self._accept_loops: list[_direct.AcceptLoop] = []
+        self._accept_loops: list[AcceptLoop] = []
         self._servers: list[asyncio.AbstractServer] = []
         #: Drops peers that send no preamble in time; runs handle_comm on the others.
         self.acceptor = StreamAcceptor(self, handle_comm)
         self._bound: list[Any] = []
         self._stopped = False
-
-    def _sockets(self) -> list[socket.socket]:
-        host, port = self.host, self.port
-        if host not in ("",):
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            if family == socket.AF_INET and not host.replace(".", "").isdigit():
-                info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-                family, host = info[0], str(info[4][0])
-            return [_bind(family, host, port, self.backlog)]
-        # Every interface, both families, one port.
-        for _ in range(20 if port == 0 else 1):
-            socks = [_bind(socket.AF_INET, "0.0.0.0", port, self.backlog)]
-            chosen = socks[0].getsockname()[1]
-            try:
-                socks.append(_bind(socket.AF_INET6, "::", chosen, self.backlog))
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE and port == 0:
-                    socks[0].close()
-                    continue
-                if exc.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-                    socks[0].close()
-                    raise
-            return socks
-        raise OSError(errno.EADDRINUSE, "no port free on both IPv4 and IPv6")
 
     def _open_sockets(self) -> list[socket.socket]:
         """Bound, listening sockets for this listener's address.
@@ -143,7 +99,7 @@ class TCPListener(Listener):
             ConnectError: the address cannot be bound, naming it and the OS's reason.
         """
         try:
-            return self._sockets()
+            return bind_listening(self.host, self.port, backlog=self.backlog)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConnectError(
@@ -176,16 +132,20 @@ class TCPListener(Listener):
                     )
                     self._servers.append(server)
                     continue
-                accept_loop = _direct.AcceptLoop(
-                    loop,
-                    sock,
+                on_accept = _direct.accept_handler(
                     self._make_protocol,
                     make_transport,
+                    greeting=self.acceptor.greeting if self.greets_on_accept else None,
+                    admit=self.acceptor.admit,
+                )
+                accept_loop = AcceptLoop(
+                    loop,
+                    sock,
+                    on_accept,
                     backlog=self.backlog,
                     retry_delay=self.accept_retry_delay,
                     where=self._where,
-                    greeting=self.acceptor.greeting if self.greets_on_accept else None,
-                    admit=self.acceptor.admit,
+                    logger=logger,
                 )
                 self._accept_loops.append(accept_loop)
         except BaseException:
@@ -241,11 +201,7 @@ class TCPListener(Listener):
     def contact_address(self) -> str:
         if not self._bound:
             raise RuntimeError(f"{type(self).__name__} on {self.listen_address} is not started")
-        host = self.host
-        if host in _WILDCARDS:
-            host = _primary_ip() if host != "::" else "::1"
-        else:
-            host = str(self._bound[0][0])
+        host = contact_host(self.host, self._bound)
         return unparse_address(self.scheme, unparse_host_port(host, self.port))
 
     @property

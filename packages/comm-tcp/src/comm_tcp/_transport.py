@@ -277,7 +277,7 @@ class SocketTransport(StreamTransportBase[socket.socket]):
             raise RuntimeError("cannot write() after write_eof()")
         if self._closing:
             return
-        size = _nbytes(data)
+        size = len(data) if type(data) is bytes else _nbytes(data)
         if not size:
             return
         if self._queue:

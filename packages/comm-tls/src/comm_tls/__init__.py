@@ -1,4 +1,4 @@
-"""comm-tls: the ``tls://`` transport of comm, TLS over comm-tcp.
+"""comm-tls: the ``tls://`` transport of comm: TLS over a TCP stream.
 
 Pass a :class:`Security` (or an :class:`ssl.SSLContext` as ``ssl_context=``)
 to :func:`comm_core.listen` and :func:`comm_core.connect`::

@@ -8,27 +8,48 @@ classes, and ssl with them, are imported by the first ``connect()`` or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from comm_core import Capability, imported_on_use
-from comm_tcp import TCPBackend
+from comm_core import Capability, HostPortBackend, imported_on_use
+from comm_core.abc import Backend, CommHandler, Connector, Listener
 
 if TYPE_CHECKING:
-    from comm_tcp import TCPConnector, TCPListener
+    from comm_tls._connector import TLSConnector
+    from comm_tls._listener import TLSListener
 
 __all__ = ["TLSBackend"]
 
 
-class TLSBackend(TCPBackend):
-    """The ``tls://`` backend: TCP's addresses and machinery, with TLS on every connection."""
+class TLSBackend(HostPortBackend, Backend):
+    """The ``tls://`` backend: ``host:port`` locations (comm-core's
+    :class:`~comm_core.HostPortBackend`), TLS on every connection."""
 
     scheme: ClassVar[str] = "tls"
     capabilities: ClassVar[frozenset[str]] = frozenset({Capability.ENCRYPTED})
     #: :class:`~comm_tls.TLSConnector` (imported when first read).
-    connector_class: ClassVar[type[TCPConnector]] = imported_on_use(
+    connector_class: ClassVar[type[TLSConnector]] = imported_on_use(
         "comm_tls._connector", "TLSConnector"
     )
     #: :class:`~comm_tls.TLSListener` (imported when first read).
-    listener_class: ClassVar[type[TCPListener]] = imported_on_use(
+    listener_class: ClassVar[type[TLSListener]] = imported_on_use(
         "comm_tls._listener", "TLSListener"
     )
+
+    def __init__(self) -> None:
+        self._connector: TLSConnector | None = None
+
+    def get_connector(self) -> Connector:
+        return self._get_connector()
+
+    def _get_connector(self) -> TLSConnector:
+        connector = self._connector
+        if connector is None:  # connectors are stateless: a race makes a spare one, harmlessly
+            connector = self._connector = self.connector_class()
+        return connector
+
+    def get_listener(
+        self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
+    ) -> Listener:
+        return self.listener_class(
+            loc, handle_comm, deserialize, connector=self._get_connector(), **connection_args
+        )

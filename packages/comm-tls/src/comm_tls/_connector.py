@@ -1,40 +1,101 @@
-"""The tls connector: comm-tcp's, with TLS on every connection."""
+"""The tls connector: a TCP connection (comm-core's socket helpers), TLS over it, a comm."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from comm_core import ConnectError, FatalCommClosedError, unparse_host_port
+from comm_core import CommError, ConnectError, FatalCommClosedError, Options, unparse_host_port
+from comm_core.abc import Comm, Connector
+from comm_core.sockets import connect_error, connect_socket, dial_target
 from comm_core.stream import StreamComm
-from comm_tcp import TCPComm, TCPConnector
+from comm_tcp import SocketOptions
 from comm_tls._comm import TLSComm, TLSProtocol
 from comm_tls._errors import describe_failure
 from comm_tls._resume import offer, remember, resuming
 from comm_tls._security import Security, context_for
 from comm_tls._transport import TLSTransport, available, handshake
 
-__all__ = ["TLSConnector"]
+__all__ = ["TLSConnector", "comm_kwargs"]
+
+_COMM_ARGS = ("max_message_size", "write_high_water", "read_high_water")
 
 
-class TLSConnector(TCPConnector):
+def comm_kwargs(args: dict[str, Any]) -> dict[str, Any]:
+    """The connection arguments that configure a comm (the rest are ignored)."""
+    return {name: args[name] for name in _COMM_ARGS if args.get(name) is not None}
+
+
+class TLSConnector(Connector):
     """Dials ``host:port`` locations over TLS.
 
-    Connection arguments: ``security`` (a :class:`comm_tls.Security`) or
-    ``ssl_context`` (a client-side :class:`ssl.SSLContext`), and
+    A TCP connection (comm-core's :func:`~comm_core.sockets.connect_socket`),
+    with TLS over it: TLS wraps the stream, it does not change how the stream
+    is made. Connection arguments: ``security`` (a :class:`comm_tls.Security`)
+    or ``ssl_context`` (a client-side :class:`ssl.SSLContext`),
     ``server_hostname``, the name to check the server's certificate against
-    (default: the host dialled, a name or an IP address).
+    (default: the host dialled, a name or an IP address), the socket options
+    of comm-tcp (``nodelay``, ``keepalive``, ``dead_peer_timeout``) and the
+    comm's (``max_message_size``, ``write_high_water``, ``read_high_water``).
     """
 
     scheme: ClassVar[str] = "tls"
-    comm_class: ClassVar[type[TCPComm]] = TLSComm
+    #: The class of the comms this connector (and its backend's listeners) make.
+    comm_class: ClassVar[type[TLSComm]] = TLSComm
     #: Whether comms (of this connector and its backend's listeners) run over comm-tls's
     #: own TLS transport (an :class:`ssl.SSLSocket` on the event loop), where the loop
     #: allows, rather than over asyncio's TLS layer. The environment variable
     #: ``COMM_TLS_TRANSPORT=asyncio`` turns it off too.
     use_ssl_socket: ClassVar[bool] = True
+
+    def make_comm(
+        self,
+        deserialize: bool,
+        args: dict[str, Any],
+        on_established: Callable[[StreamComm], None] | None = None,
+        options: Options | None = None,
+    ) -> TLSComm:
+        """A new, unconnected comm configured by the connection arguments *args* and
+        the settings *options* (default: those in force)."""
+        return self.comm_class(
+            scheme=self.scheme,
+            deserialize=deserialize,
+            socket_options=SocketOptions.from_args(args),
+            on_established=on_established,
+            options=options,
+            **comm_kwargs(args),
+        )
+
+    async def connect(
+        self,
+        address: str,
+        deserialize: bool = True,
+        *,
+        options: Options | None = None,
+        **connection_args: Any,
+    ) -> Comm:
+        host, port = dial_target(self.scheme, address)
+        comm = self.make_comm(
+            deserialize,
+            connection_args,
+            on_established=self.on_established,
+            options=Options() if options is None else options,
+        )
+        try:
+            await self.open(comm, host, port, connection_args)
+        except CommError:  # translated by open(): FatalCommClosedError, ConnectError
+            comm.abort()
+            raise
+        except OSError as exc:
+            comm.abort()
+            raise connect_error(f"{self.scheme}://{address}", exc) from exc
+        except BaseException:
+            comm.abort()
+            raise
+        return comm
 
     def socket_transport(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Whether comms on *loop* use comm-tls's own transport (see :attr:`use_ssl_socket`)."""
@@ -47,7 +108,7 @@ class TLSConnector(TCPConnector):
             slot = getattr(comm.protocol, "resume_slot", None)
             remember(transport.get_extra_info("ssl_object"), slot)
 
-    async def open(self, comm: TCPComm, host: str, port: int, args: dict[str, Any]) -> None:
+    async def open(self, comm: TLSComm, host: str, port: int, args: dict[str, Any]) -> None:
         """Open a TCP connection and run the TLS handshake as the client, within the
         ``handshake_timeout`` of the comm's options (``connect(handshake_timeout=)``).
 
@@ -87,7 +148,7 @@ class TLSConnector(TCPConnector):
 
     async def _open_socket(
         self,
-        comm: TCPComm,
+        comm: TLSComm,
         host: str,
         port: int,
         context: ssl.SSLContext,
@@ -98,8 +159,10 @@ class TLSConnector(TCPConnector):
         """:meth:`open` over comm-tls's own transport."""
         loop = asyncio.get_running_loop()
         timeout = comm.options.handshake_timeout
-        raw = await _dial(loop, host, port)
+        raw, _ = await connect_socket(host, port)
         try:
+            # Before the TLS handshake, whose records are small: none waits for an ack.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock = context.wrap_socket(raw, server_hostname=hostname, do_handshake_on_connect=False)
         except BaseException:
             raw.close()
@@ -128,41 +191,3 @@ class TLSConnector(TCPConnector):
         assert isinstance(comm.protocol, TLSProtocol)
         comm.protocol.resume_slot = slot
         TLSTransport(loop, sock, comm.protocol).start()
-
-
-async def _dial(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
-    """A non-blocking TCP socket connected to *host*:*port* (each address in turn).
-
-    Raises:
-        OSError: no address could be reached (the error of the last, or of all).
-    """
-    infos: list[tuple[Any, ...]] = []
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
-        break
-    if not infos:  # a name: resolve it (in a thread, as asyncio does)
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    errors: list[OSError] = []
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await loop.sock_connect(sock, sockaddr)
-        except OSError as exc:
-            sock.close()
-            errors.append(exc)
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    if not errors:
-        raise OSError(f"getaddrinfo({host!r}) returned no address")
-    if len(errors) == 1 or len({str(exc) for exc in errors}) == 1:
-        raise errors[-1]
-    raise OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")

@@ -1,19 +1,23 @@
-"""The tls listener: comm-tcp's listener, with each accepted connection upgraded to TLS."""
+"""The tls listener: TCP connections accepted with comm-core's socket helpers, each
+upgraded to TLS."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from comm_core.abc import CommHandler
+from comm_core import ConnectError, parse_host_port, unparse_address, unparse_host_port
+from comm_core.abc import CommHandler, Listener
 from comm_core.protocol import MAGIC
-from comm_core.stream import format_sockaddr
-from comm_tcp import TCPListener
+from comm_core.session import options_of
+from comm_core.sockets import AcceptLoop, bind_listening, contact_host
+from comm_core.stream import StreamAcceptor, format_sockaddr
+from comm_tcp import SocketOptions
 from comm_tls._comm import TLSProtocol
 from comm_tls._errors import describe_failure
 from comm_tls._handshake import (
@@ -29,7 +33,7 @@ from comm_tls._security import context_for
 from comm_tls._transport import TLSTransport, handshake, wait_readable
 
 if TYPE_CHECKING:
-    from comm_tcp import TCPConnector
+    from comm_tls._connector import TLSConnector
 
 __all__ = ["TLSListener"]
 
@@ -70,8 +74,16 @@ class _Accepted(asyncio.Protocol):
         self.early += data
 
 
-class TLSListener(TCPListener):
-    """Accepts tls comms on ``host:port``: TCP's listener, TLS on each connection.
+class TLSListener(Listener):
+    """Accepts tls comms on ``host:port``: TCP connections, TLS on each.
+
+    Built from comm-core's blocks, as a third party's transport would be:
+    :func:`~comm_core.sockets.bind_listening` (an empty host listens on every
+    interface of both families on one port), an
+    :class:`~comm_core.sockets.AcceptLoop` per socket over comm-tls's own TLS
+    transport (asyncio's ``create_server`` under asyncio's TLS layer),
+    :class:`~comm_core.stream.StreamAcceptor` for the comms, and
+    :func:`~comm_core.sockets.contact_host` for the contact address.
 
     Each accepted connection runs its TLS handshake in a task of its own. One
     that fails is logged (a warning naming the client, the listener and what to
@@ -81,11 +93,14 @@ class TLSListener(TCPListener):
     them count towards ``max_pending_handshakes``.
 
     Raises:
+        AddressError: *loc* is malformed.
         TLSConfigurationError: on creation, when the connection arguments hold
             no usable ``security`` or ``ssl_context``.
+        ValueError: a socket option among the connection arguments is invalid.
     """
 
-    greets_on_accept: ClassVar[bool] = False  # the greeting goes inside TLS
+    #: Seconds a listener waits before accepting again after accepting failed.
+    accept_retry_delay: float = 1.0
 
     def __init__(
         self,
@@ -93,80 +108,114 @@ class TLSListener(TCPListener):
         handle_comm: CommHandler,
         deserialize: bool = True,
         *,
-        connector: TCPConnector,
+        connector: TLSConnector,
+        backlog: int = 1024,
         **connection_args: Any,
     ) -> None:
-        super().__init__(loc, handle_comm, deserialize, connector=connector, **connection_args)
+        self.host, self.port = parse_host_port(loc, default_port=0, scheme=connector.scheme)
+        self.handle_comm = handle_comm
+        self.deserialize = deserialize
+        self.connector = connector
+        self.scheme = connector.scheme
+        self.backlog = backlog
+        self.connection_args = connection_args
+        # What each accepted comm is made from: the connection arguments, and the
+        # options listen() resolved (its session's).
+        self._comm_args = dict(connection_args)
+        self._comm_options = options_of(handle_comm)
+        SocketOptions.from_args(connection_args)  # refuse bad ones now, not per connection
+        #: Drops peers that send no preamble in time; runs handle_comm on the others.
+        self.acceptor = StreamAcceptor(self, handle_comm)
         self.ssl_context = context_for(
             connection_args, server_side=True, address=self.listen_address
         )
         self._handshakes: set[asyncio.Task[None]] = set()
-        #: The listening sockets, when comm-tls's own transport accepts (not asyncio's server).
-        self._listening: list[socket.socket] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # comm-tls's own transport: our accept loops; asyncio's TLS layer: its servers.
+        self._accept_loops: list[AcceptLoop] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._bound: list[Any] = []
+        self._stopped = False
 
     async def start(self) -> None:
-        """As TCP's listener; over comm-tls's own transport, accepting on the loop directly.
+        """Bind and start accepting (idempotent).
 
         Raises:
-            ConnectError: the address cannot be bound.
+            ConnectError: the address cannot be bound, naming it and the OS's reason.
         """
+        if self._servers or self._accept_loops or self._stopped:
+            return
         loop = asyncio.get_running_loop()
-        from comm_tls._connector import TLSConnector
-
-        connector = self.connector
-        if not (isinstance(connector, TLSConnector) and connector.socket_transport(loop)):
-            await super().start()
-            return
-        if self._servers or self._listening or self._stopped:
-            return
-        socks = self._open_sockets()
-        self._loop = loop
-        self._listening = socks
-        for sock in socks:
-            loop.add_reader(sock.fileno(), self._accept_ready, sock)
+        try:
+            socks = bind_listening(self.host, self.port, backlog=self.backlog)
+        except OSError as exc:
+            raise ConnectError(
+                f"cannot listen on {self.listen_address}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            for sock in socks:
+                if self.connector.socket_transport(loop):
+                    self._accept_loops.append(
+                        AcceptLoop(
+                            loop,
+                            sock,
+                            self._accepted,
+                            backlog=self.backlog,
+                            retry_delay=self.accept_retry_delay,
+                            where=self._where,
+                            logger=logger,
+                        )
+                    )
+                else:
+                    server = await loop.create_server(
+                        self._raw_protocol, sock=sock, backlog=self.backlog
+                    )
+                    self._servers.append(server)
+        except BaseException:
+            self._close_sockets()
+            for sock in socks:
+                sock.close()
+            raise
         self._bound = [sock.getsockname() for sock in socks]
         self.port = self._bound[0][1]
 
     def stop(self) -> None:
-        listening, self._listening = self._listening, []
-        if listening and self._loop is not None and not self._loop.is_closed():
-            for sock in listening:
-                self._loop.remove_reader(sock.fileno())
-        for sock in listening:
-            sock.close()
+        if self._stopped:
+            return
+        self._stopped = True
+        self._close_sockets()
+        self.acceptor.close()
         super().stop()
 
-    def _accept_ready(self, lsock: socket.socket) -> None:
-        for _ in range(self.backlog):
-            try:
-                conn, _ = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: stop accepting for a second rather than spin.
-                    logger.error("listener %s: cannot accept: %s", self._where(), exc)
-                    loop = self._loop
-                    if loop is not None and lsock in self._listening:
-                        loop.remove_reader(lsock.fileno())
-                        loop.call_later(1.0, self._resume_accepting, lsock)
-                return  # ECONNABORTED and the like: that client is gone
-            try:
-                conn.setblocking(False)
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._accept_socket(conn)
-            except Exception:
-                conn.close()
-                logger.exception("listener %s: failed to set up a connection", self._where())
+    def _close_sockets(self) -> None:
+        accept_loops, self._accept_loops = self._accept_loops, []
+        for accept_loop in accept_loops:
+            accept_loop.close()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
 
-    def _resume_accepting(self, lsock: socket.socket) -> None:
-        if lsock in self._listening and self._loop is not None:
-            self._loop.add_reader(lsock.fileno(), self._accept_ready, lsock)
+    def _make_protocol(self) -> TLSProtocol:
+        """The protocol of a new comm for an accepted connection, with its deadline."""
+        comm = self.connector.make_comm(
+            self.deserialize,
+            self._comm_args,
+            on_established=self.acceptor.established,
+            options=self._comm_options,
+        )
+        protocol = self.acceptor.accept(comm).protocol
+        assert isinstance(protocol, TLSProtocol)
+        return protocol
+
+    def _accepted(self, conn: socket.socket, peer: Any) -> None:
+        """A connection accepted by an :class:`~comm_core.sockets.AcceptLoop`: start its
+        TLS handshake (comm-tls's own transport)."""
+        conn.setblocking(False)
+        # Before the TLS handshake, whose records are small: none waits for an ack.
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._accept_socket(conn)
 
     def _accept_socket(self, conn: socket.socket) -> None:
-        protocol = TCPListener._make_protocol(self)  # a comm's, with its preamble deadline
-        assert isinstance(protocol, TLSProtocol)
+        protocol = self._make_protocol()  # a comm's, with its preamble deadline
         if protocol.closing:  # refused at once (max_pending_handshakes)
             conn.close()
             return
@@ -242,10 +291,10 @@ class TLSListener(TCPListener):
         assert isinstance(sock, ssl.SSLSocket)
         TLSTransport(loop, sock, protocol).start()
 
-    def _make_protocol(self) -> asyncio.BaseProtocol:
-        protocol = super()._make_protocol()  # a comm's, with its preamble deadline
-        assert isinstance(protocol, TLSProtocol)
-        return _Accepted(self, protocol)
+    def _raw_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol of a raw connection that asyncio's server accepted, until
+        ``start_tls`` takes it over (asyncio's TLS layer)."""
+        return _Accepted(self, self._make_protocol())
 
     def _upgrade_soon(self, transport: asyncio.BaseTransport, accepted: _Accepted) -> None:
         task = asyncio.get_running_loop().create_task(self._upgrade(transport, accepted))
@@ -385,6 +434,21 @@ class TLSListener(TCPListener):
             return self.contact_address
         except RuntimeError:
             return self.listen_address
+
+    @property
+    def listen_address(self) -> str:
+        return unparse_address(self.scheme, unparse_host_port(self.host, self.port))
+
+    @property
+    def contact_address(self) -> str:
+        if not self._bound:
+            raise RuntimeError(f"{type(self).__name__} on {self.listen_address} is not started")
+        host = contact_host(self.host, self._bound)
+        return unparse_address(self.scheme, unparse_host_port(host, self.port))
+
+    @property
+    def extra_info(self) -> Mapping[str, Any]:
+        return {"sockets": list(self._bound), "backlog": self.backlog}
 
 
 def _deadline(protocol: TLSProtocol, loop: asyncio.AbstractEventLoop, timeout: float) -> float:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from comm_core import ConnectError, FatalCommClosedError, Options
+from comm_core import FatalCommClosedError, Options
 from comm_core.abc import Comm, Connector
+from comm_core.sockets import connect_error
 from comm_core.stream import StreamComm
 from comm_unix._address import SCHEME, check_path
 
@@ -65,9 +66,9 @@ class UnixConnector(Connector):
             raise FatalCommClosedError(f"cannot connect to {SCHEME}://{path}: {exc}") from exc
         except OSError as exc:
             comm.abort()
-            # Nobody listens (yet): ENOENT, ECONNREFUSED... connect() retries these.
-            reason = exc.strerror or str(exc) or type(exc).__name__
-            raise ConnectError(f"could not connect to {SCHEME}://{path}: {reason}") from exc
+            # Nobody listens (yet): ENOENT, ECONNREFUSED... connect() retries a
+            # ConnectError; comm-core's helper words it as comm-tcp's and comm-tls's.
+            raise connect_error(f"{SCHEME}://{path}", exc) from exc
         except BaseException:  # cancelled: leave nothing half-open
             comm.abort()
             raise
