@@ -315,8 +315,10 @@ class ServerHandshake:
     """The handler a backend's listener calls for each accepted comm.
 
     Runs the handshake under its timeout, then the user's handler; logs and
-    closes the comm if the handler fails. Tracks comms still in their handshake
-    so that :meth:`Listener.stop` can abort them.
+    closes the comm if the handler fails. A comm's handshake runs to its end
+    (done, failed or timed out) even if the listener stops meanwhile: its
+    dialer may hold a comm that ``connect()`` returned (see
+    :meth:`Listener.stop`).
 
     A listener that tracks its connections from the moment it accepts them
     (:class:`comm_core.stream.StreamAcceptor`) calls :meth:`serve` instead,
@@ -348,9 +350,7 @@ class ServerHandshake:
             get_setting("max_pending_handshakes") if max_pending is None else max_pending
         )
         self.listener: Listener | None = None
-        self._pending: set[Comm] = set()
         self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")
-        self._stopping = False
 
     @property
     def where(self) -> str:
@@ -368,12 +368,6 @@ class ServerHandshake:
         from the peer (comm_core.stream.StreamAcceptor). The transport then sets
         ``comm._handshake_sent`` to it, and the handshake only reads."""
         return _local_info(comm, self.overrides)
-
-    def abort_pending(self) -> None:
-        self._stopping = True  # those aborted now did not fail: nothing to log about them
-        pending, self._pending = self._pending, set()
-        for comm in pending:
-            comm.abort()
 
     async def __call__(self, comm: Comm) -> None:
         await self.serve(comm)
@@ -395,7 +389,6 @@ class ServerHandshake:
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.timeout
-        self._pending.add(comm)
         try:
             await handshake(
                 comm,
@@ -405,13 +398,10 @@ class ServerHandshake:
                 limit=self.timeout,
             )
         except (ProtocolError, CommClosedError) as exc:
-            if self._stopping and isinstance(exc, CommClosedError):
-                return  # the listener stopped: it aborted the comm
             level = logging.WARNING if isinstance(exc, IncompatibleProtocolError) else logging.INFO
             self._dropped.log(level, "dropped a comm that failed its handshake: %s", exc)
             return
         finally:
-            self._pending.discard(comm)
             if handshake_over is not None:
                 handshake_over(comm)
         try:

@@ -309,7 +309,7 @@ class Listener(ABC):
     ``super().stop()`` from :meth:`stop`.
     """
 
-    _comm_handler: Any = None  # set by comm_core.listen(); aborts pending handshakes
+    _comm_handler: Any = None  # set by comm_core.listen(): the ServerHandshake
     _stopped_by_base = False  # Listener.stop() ran
     _running = False  # started, and not stopped since
 
@@ -333,17 +333,24 @@ class Listener(ABC):
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop accepting and abort comms still in their handshake.
+        """Stop accepting new connections, at once (a stopped listener's address is free).
 
-        Comms already handed to the user's handler stay open. Idempotent; never
-        raises. Implementations stop accepting, then call ``super().stop()``.
+        A stopped listener still serves the connections it accepted before:
+        each keeps the deadline of its handshake, counted from its accept, and
+        is handed to the handler once its handshake is done, or dropped when
+        the deadline passes. So a comm that :func:`comm_core.connect` returned
+        is never lost to ``stop()``, even though its dialer sends its own
+        handshake only with its first write. Comms already handed to the
+        handler stay open. ``stop()`` waits for nothing. Idempotent; never
+        raises. Implementations stop accepting, then call ``super().stop()``;
+        they must not abort connections they accepted.
         """
+        # Deliberately no abort of the comms in their handshake here (issue 18): the
+        # handshake's own deadline bounds them, and their dialers may already hold a
+        # comm that connect() returned.
         self._stopped_by_base = True
         self._running = False
         _live_listeners.discard(self)
-        handler = self._comm_handler
-        if handler is not None:
-            handler.abort_pending()
 
     @property
     def handshake_timeout(self) -> float:
