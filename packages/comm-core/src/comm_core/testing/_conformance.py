@@ -1569,6 +1569,7 @@ class BackendConformance:
                 self._check_greeting(await self.wait(raw.read(), "the server's handshake"))
                 with contextlib.suppress(CommClosedError):  # the listener may drop it early
                     await raw.write(_handshake_of(limit + 1))
+                    await raw.write({"op": "ping"})  # a listener that took it answers this
                 await self._expect(
                     raw.read(),
                     CommClosedError,
@@ -1668,7 +1669,8 @@ class BackendConformance:
         chunk = b"\0" * _CHUNK
         bound = self.backpressure_bound
         async with self.serve(handler) as listener:
-            async with await self.connect(listener.contact_address) as client:
+            client = await self.connect(listener.contact_address)
+            try:
                 await self.wait(server_side, "the handler to be called")
                 written = returned = 0
                 while True:
@@ -1688,5 +1690,9 @@ class BackendConformance:
                 _resolve(release)
                 await self.wait(write, "the waiting write() to return once the peer reads")
                 returned += 1
+            except BaseException:
+                client.abort()  # close() would wait to flush to a peer that does not read
+                raise
+            await client.close()
             count = await self.wait(received, "the peer to read every message")
             assert count == returned, f"{returned} writes returned, the peer read {count} messages"

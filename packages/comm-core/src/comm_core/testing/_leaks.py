@@ -191,8 +191,10 @@ class LeakCheck:
 
     def _new_fds(self) -> list[str]:
         before = self._fds_before
-        after = open_fds() if before is not None else None
-        if before is None or after is None:
+        if before is None or not self.descriptors:
+            return []
+        after = open_fds()
+        if after is None:
             return []
         return [
             f"left open: file descriptor {fd} ({target})"
