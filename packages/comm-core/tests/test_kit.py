@@ -278,3 +278,14 @@ def test_the_helpers_import_and_work_without_pytest() -> None:
     assert lines[0] == "within: timed out after 0.01s waiting for a sleep"
     assert lines[1].startswith("kit: comm_core.testing.BackendConformance is a pytest suite")
     assert lines[2] == "pytest imported: []"
+
+
+def test_importing_the_helpers_does_not_import_pytest() -> None:
+    probe = (
+        "import sys; from comm_core.testing import LeakCheck, echo_handler, within; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pytest', '_pytest')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
