@@ -48,6 +48,9 @@ _TLS_ARGS = _tls_args()
 class TestInprocConformance(BackendConformance):
     scheme = "inproc"
     distribution = "comm-inproc"
+    serializes = False  # messages are passed by reference
+    bounded_writes = False  # its queue is unbounded by design
+    malformed_locations = ("no-slashes", "host/pid/1")
 
 
 @_requires("comm_tcp", "comm-tcp")

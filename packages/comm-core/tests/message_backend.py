@@ -79,9 +79,16 @@ class PipeComm(MessageComm):
     """One end of a msgq connection."""
 
     def __init__(
-        self, local: str, peer: str, inbox: Pipe, outbox: Pipe, *, deserialize: bool = True
+        self,
+        local: str,
+        peer: str,
+        inbox: Pipe,
+        outbox: Pipe,
+        *,
+        deserialize: bool = True,
+        max_message_size: int | None = None,
     ) -> None:
-        super().__init__(deserialize=deserialize)
+        super().__init__(deserialize=deserialize, max_message_size=max_message_size)
         self._local = local
         self._peer = peer
         self._inbox = inbox
@@ -96,11 +103,26 @@ class PipeComm(MessageComm):
         *,
         high_water: int = 1 << 20,
         deserialize: tuple[bool, bool] = (True, True),
+        max_message_size: tuple[int | None, int | None] = (None, None),
     ) -> tuple[PipeComm, PipeComm]:
         a_to_b, b_to_a = Pipe(high_water), Pipe(high_water)
         return (
-            cls(a, b, b_to_a, a_to_b, deserialize=deserialize[0]),
-            cls(b, a, a_to_b, b_to_a, deserialize=deserialize[1]),
+            cls(
+                a,
+                b,
+                b_to_a,
+                a_to_b,
+                deserialize=deserialize[0],
+                max_message_size=max_message_size[0],
+            ),
+            cls(
+                b,
+                a,
+                a_to_b,
+                b_to_a,
+                deserialize=deserialize[1],
+                max_message_size=max_message_size[1],
+            ),
         )
 
     async def send_message(self, buffers: Sequence[Any], size: int) -> None:
@@ -139,9 +161,15 @@ class PipeComm(MessageComm):
 
 class PipeListener(Listener):
     def __init__(
-        self, backend: PipeBackend, loc: str, handle_comm: CommHandler, deserialize: bool
+        self,
+        backend: PipeBackend,
+        loc: str,
+        handle_comm: CommHandler,
+        deserialize: bool,
+        max_message_size: int | None = None,
     ) -> None:
         self._backend = backend
+        self._max_message_size = max_message_size
         self._loc = loc
         self._handle_comm = handle_comm
         self._deserialize = deserialize
@@ -172,11 +200,12 @@ class PipeListener(Listener):
     def contact_address(self) -> str:
         return self.listen_address
 
-    def accept(self, deserialize: bool) -> PipeComm:
+    def accept(self, deserialize: bool, max_message_size: int | None = None) -> PipeComm:
         server, client = PipeComm.pair(
             self.listen_address,
             f"msgq://client-{next(_names)}",
             deserialize=(self._deserialize, deserialize),
+            max_message_size=(self._max_message_size, max_message_size),
         )
         task = asyncio.get_running_loop().create_task(self._handle_comm(server))
         self._tasks.add(task)
@@ -193,7 +222,7 @@ class PipeConnector(Connector):
         listener = self._backend.listeners.get(address)
         if listener is None:
             raise ConnectError(f"nobody listens on msgq://{address}")
-        return listener.accept(deserialize)
+        return listener.accept(deserialize, connection_args.get("max_message_size"))
 
 
 class PipeBackend(Backend):
@@ -210,7 +239,9 @@ class PipeBackend(Backend):
     ) -> PipeListener:
         if "/" in loc:
             raise AddressError(f"msgq location {loc!r} may not contain '/'")
-        return PipeListener(self, loc, handle_comm, deserialize)
+        return PipeListener(
+            self, loc, handle_comm, deserialize, connection_args.get("max_message_size")
+        )
 
     def get_address_host(self, loc: str) -> str:
         return "msgq"

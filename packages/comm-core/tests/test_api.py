@@ -382,14 +382,33 @@ async def test_listen_reads_the_handshake_timeout_setting_once(
     assert any("within 0.05s" in r.getMessage() for r in caplog.records)
 
 
-async def test_stopping_a_listener_aborts_pending_handshakes(memory: MemoryBackend) -> None:
+async def test_a_stopped_listener_serves_a_comm_whose_handshake_ends_after_stop(
+    memory: MemoryBackend,
+) -> None:
+    """stop() does not abort comms in their handshake: one that completes it is served
+    (its dialer's connect() may have returned already; see Listener.stop)."""
     called: list[Comm] = []
     listener = await comm_core.listen("memory://", called.append, handshake_timeout=60)
+    raw = await memory.get_connector().connect(listener.contact_address.split("://")[1])
+    greeting = await raw.read()
+    listener.stop()
+    await raw.write({"protocol": greeting["protocol"], "library": "a test"})
+    await listener.join()
+    assert len(called) == 1
+    await raw.close()
+    await called[0].close()
+
+
+async def test_a_stopped_listener_drops_silent_comms_at_their_deadline(
+    memory: MemoryBackend,
+) -> None:
+    called: list[Comm] = []
+    listener = await comm_core.listen("memory://", called.append, handshake_timeout=0.05)
     raw = await memory.get_connector().connect(listener.contact_address.split("://")[1])
     await raw.read()
     listener.stop()
     with pytest.raises(CommClosedError):
-        await raw.read()
+        await asyncio.wait_for(raw.read(), 5)  # the handshake timed out
     await listener.join()
     assert called == []
 

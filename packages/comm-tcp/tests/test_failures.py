@@ -154,16 +154,25 @@ async def test_silent_peers_are_each_dropped_at_their_own_deadline(
         assert served.calls == 1
 
 
-async def test_stop_drops_connections_that_sent_no_preamble(raw_socket: RawSocket) -> None:
+async def test_stop_keeps_the_deadline_of_connections_that_sent_no_preamble(
+    raw_socket: RawSocket,
+) -> None:
+    """stop() does not drop a connection it accepted (its dialer may hold a comm that
+    connect() returned): one that sends no preamble is dropped at its deadline, as
+    if the listener had not stopped."""
     loop = asyncio.get_running_loop()
-    async with serving(handshake_timeout=60) as served:
+    timeout = 0.3
+    async with serving(handshake_timeout=timeout) as served:
         assert served.listener is not None
         sock, _ = await raw_connect(raw_socket, served.port)
         greeting = await within(loop.sock_recv(sock, len(PREAMBLE)), "the server's preamble")
+        start = loop.time()  # a little after the accept
         assert greeting == PREAMBLE  # the server has accepted the connection
         served.listener.stop()
         data, _ = await read_until_closed(sock, timeout=5)
+        elapsed = loop.time() - start
         server_greeting(greeting + data)
+        assert timeout - 0.1 <= elapsed <= timeout + 5, elapsed
         assert served.calls == 0
 
 

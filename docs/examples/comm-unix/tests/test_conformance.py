@@ -21,6 +21,8 @@ class TestUnixConformance(BackendConformance):
     listen_address = "unix://"
     # Check that comm-core found the backend through comm-unix's entry point.
     distribution = "comm-unix"
+    # Locations that every address function, connect() and listen() must refuse.
+    malformed_locations = ("relative.sock", "/tmp/nul\0.sock", "/" + "x" * 200)
 
 
 @pytest.mark.comm_loop("uvloop")  # skipped where uvloop is not installed
@@ -31,6 +33,7 @@ class TestUnixConformanceUvloop(TestUnixConformance):
 class TestUnixConformanceExplicitPaths(BackendConformance):
     scheme = "unix"
     distribution = "comm-unix"
+    malformed_locations = TestUnixConformance.malformed_locations
 
     @pytest.fixture(autouse=True)
     def _socket_dir(self) -> Iterator[None]:

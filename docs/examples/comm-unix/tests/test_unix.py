@@ -7,6 +7,7 @@ pytest plugin (enabled in pyproject.toml).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -143,6 +144,24 @@ async def test_connection_arguments(socket_dir: str) -> None:
             await comm.write({"data": b"x" * 1500})  # more than the server accepts
             with pytest.raises(comm_core.CommClosedError):
                 await comm.read()
+
+
+async def test_a_comm_that_connect_returned_survives_an_immediate_stop() -> None:
+    # The listener stops, and removes its socket file, right after connect() returned:
+    # the comm it accepted is still served (a stopped listener serves what it accepted).
+    served = asyncio.Event()
+
+    async def handler(comm: comm_core.Comm) -> None:
+        await echo_handler(comm)
+        served.set()
+
+    async with comm_core.listen("unix://", handler) as listener:
+        comm = await comm_core.connect(listener.contact_address, timeout=5)
+    assert not exists(listener.extra_info["path"])
+    async with comm:
+        await comm.write({"op": "ping"})
+        assert await asyncio.wait_for(comm.read(), 5) == {"op": "ping"}
+    await asyncio.wait_for(served.wait(), 5)  # the handler saw the client close
 
 
 _IMPORT_PROBE = """

@@ -82,9 +82,6 @@ class ListenerSession(Protocol):
     def options(self) -> Options:
         """The settings of the listener and of the comms it accepts."""
 
-    def abort_pending(self) -> None:
-        """End the handshakes in progress: the listener stopped."""
-
 
 class Capability:
     """Names of the capabilities a :class:`Backend` may declare in ``capabilities``.
@@ -380,17 +377,24 @@ class Listener(ABC):
 
     @abstractmethod
     def stop(self) -> None:
-        """Stop accepting and abort comms still in their handshake.
+        """Stop accepting new connections, at once (a stopped listener's address is free).
 
-        Comms already handed to the user's handler stay open. Idempotent; never
-        raises. Implementations stop accepting, then call ``super().stop()``.
+        A stopped listener still serves the connections it accepted before:
+        each keeps the deadline of its handshake, counted from its accept, and
+        is handed to the handler once its handshake is done, or dropped when
+        the deadline passes. So a comm that :func:`comm_core.connect` returned
+        is never lost to ``stop()``, even though its dialer sends its own
+        handshake only with its first write. Comms already handed to the
+        handler stay open. ``stop()`` waits for nothing. Idempotent; never
+        raises. Implementations stop accepting, then call ``super().stop()``;
+        they must not abort connections they accepted.
         """
+        # Deliberately no abort of the comms in their handshake here (issue 18): the
+        # handshake's own deadline bounds them, and their dialers may already hold a
+        # comm that connect() returned.
         self._stopped_by_base = True
         self._running = False
         _live_listeners.discard(self)
-        session = self.session
-        if session is not None:
-            session.abort_pending()
 
     @property
     def handshake_timeout(self) -> float:

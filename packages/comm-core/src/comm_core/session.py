@@ -411,13 +411,10 @@ class ServerSession:
         self.options = Options() if options is None else options
         #: The listener served, once :meth:`attach` ran.
         self.listener: Listener | None = None
-        self._pending: set[Comm] = set()
         self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")
-        self._stopping = False
 
     def attach(self, listener: Listener) -> None:
-        """Serve *listener*: it is named in log lines, and its :meth:`~comm_core.Listener.stop`
-        ends the handshakes in progress (through :meth:`abort_pending`).
+        """Serve *listener*: it is named in log lines, and its settings are :attr:`options`.
 
         Sets :attr:`listener` and the listener's :attr:`~comm_core.Listener.session`;
         :func:`comm_core.listen` calls it.
@@ -467,12 +464,6 @@ class ServerSession:
         """
         return local_handshake(comm, self.overrides)
 
-    def abort_pending(self) -> None:
-        self._stopping = True  # those aborted now did not fail: nothing to log about them
-        pending, self._pending = self._pending, set()
-        for comm in pending:
-            comm.abort()
-
     async def __call__(self, comm: Comm) -> None:
         """:meth:`serve` *comm*, with :attr:`timeout` from now."""
         await self.serve(comm)
@@ -498,7 +489,6 @@ class ServerSession:
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.options.handshake_timeout
-        self._pending.add(comm)
         try:
             await handshake(
                 comm,
@@ -508,13 +498,10 @@ class ServerSession:
                 limit=self.timeout,
             )
         except (ProtocolError, CommClosedError) as exc:
-            if self._stopping and isinstance(exc, CommClosedError):
-                return  # the listener stopped: it aborted the comm
             level = logging.WARNING if isinstance(exc, IncompatibleProtocolError) else logging.INFO
             self._dropped.log(level, "dropped a comm that failed its handshake: %s", exc)
             return
         finally:
-            self._pending.discard(comm)
             if handshake_over is not None:
                 handshake_over(comm)
         try:

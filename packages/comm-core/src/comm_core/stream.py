@@ -275,13 +275,22 @@ class StreamProtocol(asyncio.BufferedProtocol):
         try:
             self.decoder.buffer_updated(nbytes)
         except ProtocolError as exc:
+            if self.ready and not self.established:
+                # The peer's first message (its handshake) came whole before what broke
+                # the protocol, in the same read: its comm goes to the handler as usual,
+                # whose read then raises the error, as it would had the rest come in a
+                # later read (a dialer sends its handshake with its first message).
+                self._establish()
             self.fail(exc)
             return
         if not self.established and not self.decoder.expecting_preamble:
-            self.established = True
-            comm, self._pending_comm = self._pending_comm, None
-            if self._on_established is not None and comm is not None:
-                self._on_established(comm)
+            self._establish()
+
+    def _establish(self) -> None:
+        self.established = True
+        comm, self._pending_comm = self._pending_comm, None
+        if self._on_established is not None and comm is not None:
+            self._on_established(comm)
 
     def on_message(self, frames: list[Any]) -> None:
         waiter = self.waiter
@@ -630,7 +639,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
     def queue_handshake(self, buffers: list[Any], nbytes: int) -> bool:
         """Queue this side's encoded handshake message behind the preamble, to leave
         with the first write; ``False`` if it cannot be (the preamble left already, or
-        the comm is closed): the caller writes it as any message.
+        the comm is closed): the caller writes it as any message. ``True`` without
+        queueing anything if the peer broke the protocol already.
 
         A comm listener sends its preamble and handshake without waiting for the
         dialer's, so the dialer's can wait for its first message (or read, or
@@ -640,6 +650,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
         waits to be spoken to), and only until the end of the loop iteration in
         which the handshake completes.
         """
+        if self.peer_gone and not self.closing and isinstance(self.error, ProtocolError):
+            # The listener broke the protocol already (an oversized greeting, say):
+            # nothing to send. The handshake's read raises that error, a HandshakeError
+            # for connect(), where a write would raise CommClosedError, which
+            # connect() retries.
+            return True
         if not self.preamble_pending or self.closing or self.peer_gone or self.transport is None:
             return False
         self.out.extend(buffers)
@@ -1060,9 +1076,9 @@ class StreamAcceptor:
     it, if the listener asks :meth:`admit` first), so that peers that connect
     and stay silent can neither take every file descriptor nor keep others
     out for long, and a good client is never cut off once it could believe
-    its comm up. :meth:`close`, called
-    from ``Listener.stop()``, drops the comms not done with their handshake and
-    refuses those that complete the preamble later.
+    its comm up. :meth:`close`, called from ``Listener.stop()``, drops none of
+    them: each keeps its deadline and, once its handshake is done, is handed
+    to ``handle_comm`` as usual (a stopped listener serves what it accepted).
     """
 
     def __init__(self, listener: Listener, handle_comm: CommHandler) -> None:
@@ -1073,6 +1089,8 @@ class StreamAcceptor:
         #: preamble, and stay pending until its handshake is over. Another handler's
         #: comm is done once its preamble came.
         self.session = handle_comm if isinstance(handle_comm, ServerSession) else None
+        #: Whether the listener stopped accepting (:meth:`close`); what it accepted
+        #: before is still served.
         self.closed = False
         # The protocol of every comm accepted and not yet done with its handshake, with its
         # deadline (loop time), oldest first. (The protocols, not the comms: a protocol
@@ -1293,12 +1311,9 @@ class StreamAcceptor:
             protocol.abort()
 
     def established(self, comm: StreamComm) -> None:
-        """The peer of *comm* sent a valid preamble: run the handler on it."""
+        """The peer of *comm* sent a valid preamble: run the handler on it (also after
+        :meth:`close`: see there)."""
         protocol = comm.protocol
-        if self.closed:
-            self.discard(protocol)
-            comm.abort()
-            return
         loop = asyncio.get_running_loop()
         session = self.session
         if session is None:
@@ -1320,13 +1335,13 @@ class StreamAcceptor:
             self.discard(comm.protocol)
 
     def close(self) -> None:
-        """Drop the comms not done with their handshake; refuse later ones. Idempotent."""
+        """The listener stopped accepting (``Listener.stop()``). Idempotent.
+
+        Connections accepted before are kept, not aborted (issue 18): a dialer's
+        ``connect()`` returns once it has read the listener's greeting, and its
+        own preamble and handshake may still be on their way, so aborting them
+        would kill comms that ``connect()`` returned. Each keeps the deadline it
+        got on accepting (the sweep timer stays armed for them), and is handed to
+        ``handle_comm`` once its preamble arrives, as before the listener stopped.
+        """
         self.closed = True
-        if self._sweep is not None:
-            self._sweep.cancel()
-            self._sweep = None
-        pending, self._pending = self._pending, {}
-        self._handshaking = {}
-        for protocol in pending:
-            protocol.on_lost = None
-            protocol.abort()

@@ -123,7 +123,7 @@ class UnixListener(Listener):
             self._server.close()
         self.acceptor.close()
         self._remove_files()
-        super().stop()  # aborts the comms still in their comm handshake
+        super().stop()  # connections accepted before are still served (see Listener.stop)
 
     def _remove_files(self) -> None:
         """Remove our socket file (not one that replaced it) and our private directory."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fractions
 import functools
 import gc
 import inspect
@@ -14,8 +15,6 @@ import logging
 import os
 import re
 import uuid
-import warnings
-import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -33,11 +32,23 @@ import pytest
 
 import comm_core
 from comm_core._addressing import parse_address
-from comm_core.abc import Comm, Listener, _live_comms, _live_listeners
-from comm_core.exceptions import CommClosedError, ConnectTimeoutError, HandshakeError
+from comm_core._version import PROTOCOL_VERSION
+from comm_core.abc import Comm, Listener
+from comm_core.exceptions import (
+    AddressError,
+    CommClosedError,
+    ConnectTimeoutError,
+    HandshakeError,
+    MessageTooLargeError,
+    SerializationError,
+)
+from comm_core.protocol import MAX_FIRST_MESSAGE
+from comm_core.stream import StreamComm
 from comm_core.testing import plugin as _plugin
+from comm_core.testing._handlers import echo_handler
+from comm_core.testing._leaks import LeakCheck
 
-__all__ = ["BackendConformance", "echo_handler", "open_comms", "open_listeners"]
+__all__ = ["BackendConformance"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -67,74 +78,87 @@ _SETTLE_TIMEOUT = 5.0
 _CLEANUP_TIMEOUT = 1.0
 
 
-def open_comms(*, collect: bool = True) -> list[Comm]:
-    """Return every :class:`~comm_core.Comm` in this process that is still open.
+#: The max_message_size that the size checks give one end (the other keeps its default).
+_SIZE_LIMIT = 100_000
 
-    Every comm registers itself on creation (``Comm.__init__``), so this finds
-    comms of any backend, including ones a test forgot to close.
+#: How long a write may take before the backpressure check deems it waiting.
+_STALL = 0.5
 
-    Args:
-        collect: run :func:`gc.collect` first, so that comms nobody refers to
-            any more are collected (and warn with :class:`ResourceWarning`)
-            instead of being reported.
-    """
-    if collect:
-        gc.collect()
-    return [comm for comm in list(_live_comms) if not _is_closed(comm)]
+#: The size of each message the backpressure check writes.
+_CHUNK = 2**20
 
+#: The header of a message of one frame: the frame count (4 bytes) and one length (8).
+_ONE_FRAME_HEADER = 12
 
-def open_listeners() -> list[Listener]:
-    """Return every :class:`~comm_core.Listener` in this process that was started and
-    has not been stopped since (of any backend)."""
-    return list(_live_listeners)
+#: Locations every host:port backend must refuse, with what is wrong with them.
+_MALFORMED_HOST_PORT = (
+    "127.0.0.1:port",  # a port that is no number
+    "127.0.0.1:70000",  # a port above 65535
+    "127.0.0.1:",  # an empty port
+    "::1:8786",  # an IPv6 host and a port without brackets: which is it?
+    "[::1:8786",  # a bracket never closed
+    "[::1]8786",  # no ':' between the brackets and the port
+    "127.0.0.1:1:2",  # a host with ':' that is no IPv6 address
+)
 
-
-def _open_fds() -> dict[int, str] | None:
-    """This process's open file descriptors and what each refers to; ``None`` where
-    the system does not tell (it reads ``/proc/self/fd``, on Linux)."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    fds = {}
-    for name in names:
-        try:
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except (OSError, ValueError):  # closed since (the listing's own descriptor)
-            continue
-    return fds
+#: The address functions, which ask the address's backend.
+_ADDRESS_FUNCTIONS: tuple[tuple[str, Callable[[str], object]], ...] = (
+    ("get_address_host", comm_core.get_address_host),
+    ("get_address_host_port", comm_core.get_address_host_port),
+    ("resolve_address", comm_core.resolve_address),
+    ("get_local_address_for", comm_core.get_local_address_for),
+)
 
 
-_warmed_up: set[str] = set()
+def _client_handshake() -> dict[str, Any]:
+    """A dialer's handshake message, for a raw comm to send."""
+    return {"protocol": PROTOCOL_VERSION, "library": "comm-conformance-kit"}
 
 
-def _warm_up(loop_name: str) -> None:
-    """Create and close one event loop of *loop_name*, once per process: a loop library may
-    open descriptors of its own on first use (uvloop opens a pipe), which are no leak."""
-    if loop_name in _warmed_up:
-        return
-    _warmed_up.add(loop_name)
-    with contextlib.suppress(Exception):
-        _plugin.loop_factory(loop_name)().close()
+def _handshake_of(size: int) -> dict[str, Any]:
+    """A valid handshake message that takes exactly *size* bytes on the wire, header
+    included (one frame: a 12-byte header, then the msgpack body), for *size* between
+    about 1 KiB and 250 KiB. Its padding is within every limit of a handshake message
+    (lists of at most 64 bytes values of at most 1024 bytes each)."""
+    import msgpack
+
+    target = size - _ONE_FRAME_HEADER
+    lists: list[list[bytes]] = [[] for _ in range(4)]
+    info: dict[str, Any] = _client_handshake()
+    info.update({f"kit-padding-{i}": items for i, items in enumerate(lists)})
+
+    def packed() -> int:
+        return len(msgpack.packb(info, use_bin_type=True))
+
+    def add(item: bytes) -> None:
+        for items in lists:
+            if len(items) < 64:
+                items.append(item)
+                return
+        raise ValueError(f"a handshake message cannot take {size} bytes")
+
+    while target - packed() > 1300:
+        add(b"\0" * 1000)
+    rest = target - packed()
+    # 300 to 1300 bytes to go: one or two values of 256 to 1024 bytes (3-byte headers).
+    for part in [rest] if rest <= 1027 else [rest // 2, rest - rest // 2]:
+        add(b"\0" * (part - 3))
+    last = next(items for items in reversed(lists) if items)
+    last[-1] = last[-1][: len(last[-1]) - (packed() - target)]  # a list's header grew
+    if packed() != target:
+        raise AssertionError(f"the kit built a handshake of {packed()} bytes, not {target}")
+    return info
 
 
-def _is_closed(comm: Comm) -> bool:
-    try:
-        return bool(comm.closed())
-    except Exception:  # a broken comm counts as open: it needs attention
-        return False
+async def _collect(comm: Comm) -> list[Any]:
+    """What ``async for`` yields from *comm* until it ends."""
+    return [msg async for msg in comm]
 
 
-async def echo_handler(comm: Comm) -> None:
-    """A comm handler that writes back every message it reads, then closes the comm.
-
-    It returns when the peer closes; a peer that goes away while a reply is
-    being written ends it quietly.
-    """
-    async with comm:
-        with contextlib.suppress(CommClosedError):
-            async for msg in comm:
-                await comm.write(msg)
+def _names(exc: BaseException, text: str) -> bool:
+    """Whether *exc*'s message quotes *text* (as is, or escaped as repr() escapes it)."""
+    message = str(exc)
+    return text in message or repr(text)[1:-1] in message
 
 
 def _resolve(future: asyncio.Future[Any], value: Any = None) -> None:
@@ -347,6 +371,42 @@ class BackendConformance:
     ``test_timeout``
         How long one test may run in total (60 s).
 
+    **What the backend does** (class attributes that switch checks on or off
+    where they cannot apply; the defaults check the most):
+
+    ``serializes``
+        Whether messages are serialized (comm's wire protocol or another
+        encoding). Then the kit checks ``max_message_size`` on both ends (a
+        writer refuses a larger message and stays usable; a reader drops the
+        comm; both raise :class:`~comm_core.MessageTooLargeError`) and that a
+        pickled value is neither written nor read unless ``"pickle"`` is named.
+        The backend must take ``max_message_size`` as a connection argument.
+        Default ``True``; ``False`` for a backend that passes objects by
+        reference (inproc).
+    ``bounded_writes``
+        Whether ``write()`` waits while too much is queued for a peer that
+        does not read (backpressure). Default ``True``; ``False`` for a
+        backend whose queue is unbounded by design (inproc).
+        ``backpressure_bound`` (256 MiB) is the most a writer may hand over to
+        a peer that reads nothing before its ``write()`` must wait.
+    ``stream_transport``
+        Whether the backend carries comm's wire protocol over a byte stream (a
+        :class:`~comm_core.stream.StreamComm`, as tcp, tls and unix do). Then
+        the kit checks the first-message limit: each end refuses a first
+        message (the handshake) above 64 KiB, header included. Default
+        ``None``: decided by whether the backend's comms are ``StreamComm``.
+    ``host_port``
+        Whether locations are ``host:port`` (tcp, tls). Then the kit checks the
+        address functions with ports (never made up where missing) and IPv6
+        hosts (in brackets, which are not part of the host). Default ``None``:
+        decided by whether the contact address of a listener is one.
+    ``malformed_locations``
+        Locations (what follows ``scheme://``) that are malformed for the
+        backend: every address function, :func:`comm_core.connect` and
+        :func:`comm_core.listen` must refuse them with
+        :class:`~comm_core.AddressError`. For ``host:port`` backends the kit
+        adds bad ports and IPv6 hosts without brackets. Default: none.
+
     To run the kit on both loops in one run, mark one subclass per loop;
     a subclass marked for a loop that is not installed is skipped::
 
@@ -387,6 +447,12 @@ class BackendConformance:
     timing_slack: ClassVar[float] = 5.0
     event_timeout: ClassVar[float] = 10.0
     test_timeout: ClassVar[float] = 60.0
+    serializes: ClassVar[bool] = True
+    bounded_writes: ClassVar[bool] = True
+    backpressure_bound: ClassVar[int] = 256 * 2**20
+    stream_transport: ClassVar[bool | None] = None
+    host_port: ClassVar[bool | None] = None
+    malformed_locations: ClassVar[Sequence[str]] = ()
 
     # -- the harness ------------------------------------------------------------------
 
@@ -411,45 +477,12 @@ class BackendConformance:
         if loop_name not in self.supported_loops:
             pytest.skip(f"the {self.scheme!r} backend does not support the {loop_name} loop")
 
-        _warm_up(loop_name)
-        before: weakref.WeakSet[Comm] = weakref.WeakSet(_live_comms)
-        listeners_before: weakref.WeakSet[Listener] = weakref.WeakSet(_live_listeners)
-        fds_before = _open_fds()
+        _plugin.warm_up(loop_name)
+        check = LeakCheck().start()
         yield
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            gc.collect()
-            leaked = [c for c in list(_live_comms) if c not in before and not _is_closed(c)]
-        problems = [f"left open: {comm!r}" for comm in leaked]
-        for comm in leaked:  # the loop is gone: abort, so later tests do not see them
-            with contextlib.suppress(Exception):
-                comm.abort()
-        running = [lst for lst in open_listeners() if lst not in listeners_before]
-        problems += [f"left running: {lst!r} (never stopped)" for lst in running]
-        for lst in running:
-            with contextlib.suppress(Exception):
-                lst.stop()
-        for item in caught:
-            if issubclass(item.category, ResourceWarning) and "garbage-collected while" in str(
-                item.message
-            ):
-                problems.append(f"garbage-collected: {item.message}")
-            else:  # not ours to judge: let the run's warning filters decide
-                warnings.warn_explicit(
-                    item.message, item.category, item.filename, item.lineno, source=item.source
-                )
-        fds_after = _open_fds()
-        if fds_before is not None and fds_after is not None:
-            problems += [
-                f"left open: file descriptor {fd} ({target})"
-                for fd, target in sorted(fds_after.items())
-                if fds_before.get(fd) != target
-            ]
+        problems = check.finish()
         if problems:
-            pytest.fail(
-                f"the test left {len(problems)} thing(s) behind:\n  " + "\n  ".join(problems),
-                pytrace=False,
-            )
+            pytest.fail(LeakCheck.describe(problems, "the test"), pytrace=False)
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -601,6 +634,57 @@ class BackendConformance:
     def _new_future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
 
+    async def _expect(
+        self, aw: Awaitable[Any], expected: type[BaseException], what: str
+    ) -> BaseException:
+        """Await *aw* (bounded by ``event_timeout``), which must raise *expected*; return it.
+
+        Anything else fails the test, naming *what* and what happened instead (a
+        library's own exception where comm's is due, say).
+        """
+        try:
+            result = await self.wait(aw, what)
+        except expected as exc:
+            return exc
+        except Exception as exc:
+            raise AssertionError(
+                f"{what}: raised {type(exc).__module__}.{type(exc).__qualname__}: {exc}; "
+                f"expected {expected.__name__}"
+            ) from exc
+        raise AssertionError(f"{what}: returned {result!r}; expected {expected.__name__}")
+
+    def _expect_address_error(self, what: str, call: Callable[[], object], loc: str) -> None:
+        """*call* must raise AddressError naming *loc*."""
+        error: AddressError | None = None
+        try:
+            result = call()
+        except AddressError as exc:
+            error = exc
+        except Exception as exc:
+            raise AssertionError(
+                f"{what} raised {type(exc).__qualname__}: {exc}; expected AddressError"
+            ) from exc
+        if error is None:
+            raise AssertionError(f"{what} returned {result!r}; expected AddressError")
+        assert _names(error, loc), f"{what} raised AddressError without naming {loc!r}: {error}"
+
+    async def _host_port(self, contact: str | None = None) -> bool:
+        """``host_port``, or whether a listener's contact address is ``host:port``."""
+        if self.host_port is not None:
+            return self.host_port
+        if contact is None:
+            async with self.echo_server() as listener:
+                contact = listener.contact_address
+        try:
+            comm_core.parse_host_port(parse_address(contact)[1])
+        except AddressError:
+            return False
+        return True
+
+    def _skip_unless(self, flag: bool, why: str) -> None:
+        if not flag:
+            pytest.skip(f"{type(self).__name__}: {why}")
+
     # -- 1. round trips ---------------------------------------------------------------
 
     @_bounded
@@ -744,6 +828,50 @@ class BackendConformance:
             await self.wait(server_closed, "the server to close its comm")
             with pytest.raises(CommClosedError):
                 await self.wait(client.read(), "the client's read after the server closed")
+
+    @_bounded
+    async def test_every_read_after_the_peer_closed_raises(self) -> None:
+        """A read pending when the peer closes (or aborts), and every read after it, raises
+        CommClosedError, never another error; so does a write."""
+        for how in ("close", "abort"):
+            close_now = self._new_future()
+
+            async def handler(comm: Comm, how: str = how, close_now: Any = close_now) -> None:
+                await close_now
+                if how == "close":
+                    await comm.close()
+                else:
+                    comm.abort()
+
+            async with (
+                self.serve(handler) as listener,
+                await self.connect(listener.contact_address) as client,
+            ):
+                started = self._new_future()
+
+                async def read(client: Comm = client, started: Any = started) -> Any:
+                    _resolve(started)
+                    return await client.read()
+
+                pending = asyncio.ensure_future(read())
+                await started  # the task is now suspended inside client.read()
+                _resolve(close_now)
+                await self._expect(
+                    pending, CommClosedError, f"the read pending when the server's comm did {how}()"
+                )
+                for count in range(2, 5):
+                    await self._expect(
+                        client.read(),
+                        CommClosedError,
+                        f"read number {count} after the server's comm did {how}()",
+                    )
+                received = await self.wait(_collect(client), "async for after the peer closed")
+                assert received == [], f"async for yielded {received!r} after the peer closed"
+                await self._expect(
+                    client.write("late"),
+                    CommClosedError,
+                    f"write() after the server's comm did {how}()",
+                )
 
     @_bounded
     async def test_close_and_abort_are_idempotent(self) -> None:
@@ -998,19 +1126,106 @@ class BackendConformance:
     # -- 13. stopping listeners -------------------------------------------------------
 
     @_bounded
-    async def test_stop_aborts_comms_in_handshake(self) -> None:
-        """stop() aborts comms still in their handshake; it is idempotent."""
+    async def test_comm_survives_an_immediate_stop(self) -> None:
+        """A comm that connect() returned works after its listener stops at once."""
+        tracker = _HandlerTracker()
+        listener = self.listen(tracker.wrap(echo_handler))
+        clean = False
+        try:
+            async with listener:
+                comm = await self.connect(listener.contact_address)
+            # A dialer may send its own handshake after connect() returned (with its first
+            # write): a stopped listener must still serve the connections it accepted.
+            async with comm:
+                try:
+                    await self._ping(comm)
+                except CommClosedError as exc:
+                    raise AssertionError(
+                        "a comm that connect() returned was lost when its listener stopped "
+                        f"right after: {exc!r}; stop() must let the connections it accepted "
+                        "complete their handshake (within their deadline) and serve them"
+                    ) from exc
+            clean = True
+        finally:
+            listener.stop()
+            await tracker.finish(self.event_timeout, clean=clean)
+
+    @_bounded
+    async def test_stop_serves_comms_in_their_handshake(self) -> None:
+        """stop() aborts no comm in its handshake: one that completes it is served; stop()
+        is idempotent."""
         long = max(self.test_timeout, 30.0)
         tracker = _HandlerTracker()
-        async with self._serve(echo_handler, tracker, handshake_timeout=long) as listener:
-            async with await self.raw_connect(listener.contact_address) as raw:
-                greeting = await self.wait(raw.read(), "the server's handshake")
-                self._check_greeting(greeting)
+        async with (
+            self._serve(echo_handler, tracker, handshake_timeout=long) as listener,
+            await self.raw_connect(listener.contact_address) as raw,
+        ):
+            greeting = await self.wait(raw.read(), "the server's handshake")
+            self._check_greeting(greeting)
+            listener.stop()
+            listener.stop()
+            try:
+                await raw.write(_client_handshake())
+                msg = {"op": "ping", "after": "stop"}
+                await raw.write(msg)
+                reply = await self.wait(
+                    raw.read(), "the echo over a comm whose handshake completed after stop()"
+                )
+            except CommClosedError as exc:
+                raise AssertionError(
+                    f"stop() dropped a comm still in its handshake: {exc!r}; its dialer "
+                    "may hold a comm that connect() returned already"
+                ) from exc
+            assert reply == msg, f"sent {msg!r}, the echo server answered {reply!r}"
+        assert tracker.calls == 1, f"the handler was called {tracker.calls} times, not once"
+
+    @_bounded
+    async def test_stop_keeps_the_handshake_deadline(self) -> None:
+        """After stop(), a peer that never handshakes is dropped at its deadline, unhandled."""
+        tracker = _HandlerTracker()
+        timeout = self.handshake_timeout
+        async with (
+            self._serve(echo_handler, tracker, handshake_timeout=timeout) as listener,
+            await self.raw_connect(listener.contact_address) as raw,
+        ):
+            greeting = await self.wait(raw.read(), "the server's handshake")
+            self._check_greeting(greeting)
+            listener.stop()
+            await self._expect(
+                raw.read(),
+                CommClosedError,
+                "a stopped listener to drop a peer that never handshakes, at its deadline",
+            )
+        assert tracker.calls == 0, "the handler was called for a client that never handshook"
+
+    @_bounded
+    async def test_stop_leaves_established_comms_working(self) -> None:
+        """Comms handed to the handler before stop() keep working both ways, then close."""
+        server_side = self._new_future()
+        finished = self._new_future()
+
+        async def handler(comm: Comm) -> None:
+            _resolve(server_side, comm)
+            await echo_handler(comm)
+            _resolve(finished)
+
+        tracker = _HandlerTracker()
+        listener = self.listen(tracker.wrap(handler))
+        clean = False
+        try:
+            await listener.start()
+            async with await self.connect(listener.contact_address) as client:
+                await self._ping(client)
                 listener.stop()
-                with pytest.raises(CommClosedError):
-                    await self.wait(raw.read(), "stop() to abort the comm in its handshake")
-                listener.stop()
-            assert tracker.calls == 0, "the handler was called for a client that never handshook"
+                server: Comm = await self.wait(server_side, "the handler to be called")
+                assert not server.closed(), "stop() closed a comm the handler was serving"
+                for trip in range(3):
+                    await self._ping(client, {"after stop": trip})
+            await self.wait(finished, "the handler to see the client close")
+            clean = True
+        finally:
+            listener.stop()
+            await tracker.finish(self.event_timeout, clean=clean)
 
     @_bounded
     async def test_connect_after_stop_fails(self) -> None:
@@ -1150,3 +1365,334 @@ class BackendConformance:
                 f"the {self.scheme!r} backend comes from {info.describe()}, "
                 f"not from the entry point of {self.distribution}"
             )
+
+    # -- 18. address functions --------------------------------------------------------
+
+    @_bounded
+    async def test_address_functions(self) -> None:
+        """The address functions take a listener's contact address; what resolve_address()
+        returns still reaches the listener."""
+        async with self.echo_server() as listener:
+            contact = listener.contact_address
+            host = comm_core.get_address_host(contact)
+            assert isinstance(host, str), f"get_address_host({contact!r}) returned {host!r}"
+            resolved = comm_core.resolve_address(contact)
+            self._check_uri(resolved, f"resolve_address({contact!r})")
+            local = comm_core.get_local_address_for(contact)
+            self._check_uri(local, f"get_local_address_for({contact!r})")
+            if await self._host_port(contact):
+                got = comm_core.get_address_host_port(contact)
+                shape = f"get_address_host_port({contact!r}) returned {got!r}, not (host, port)"
+                assert isinstance(got, tuple), shape
+                assert len(got) == 2, shape
+                assert isinstance(got[0], str), shape
+                assert type(got[1]) is int, shape
+                assert got[0] == host, (
+                    f"get_address_host_port({contact!r}) gives the host {got[0]!r}, "
+                    f"get_address_host() {host!r}"
+                )
+                assert 0 < got[1] <= 65535, f"the contact address {contact!r} has port {got[1]}"
+                port = comm_core.get_address_host_port(resolved)[1]
+                assert port == got[1], f"resolve_address({contact!r}) gave {resolved!r}"
+            else:
+                try:
+                    comm_core.get_address_host_port(contact)
+                except AddressError:
+                    pass  # a scheme without ports
+                except Exception as exc:
+                    raise AssertionError(
+                        f"get_address_host_port({contact!r}) raised {type(exc).__qualname__}: "
+                        f"{exc}; a scheme without ports raises AddressError"
+                    ) from exc
+            async with await self.connect(resolved) as comm:
+                await self._ping(comm)
+
+    @_bounded
+    async def test_malformed_locations_are_refused(self) -> None:
+        """Every address function, connect() and listen() refuse a malformed location with
+        AddressError, naming it."""
+        locations = list(self.malformed_locations)
+        if await self._host_port():
+            locations += _MALFORMED_HOST_PORT
+        self._skip_unless(
+            bool(locations), "no malformed_locations to try (set malformed_locations)"
+        )
+        for loc in locations:
+            addr = f"{self.scheme}://{loc}"
+            for name, function in _ADDRESS_FUNCTIONS:
+                self._expect_address_error(
+                    f"{name}({addr!r})", functools.partial(function, addr), loc
+                )
+            error = await self._expect(
+                self.connect(addr, timeout=self.connect_timeout),
+                AddressError,
+                f"connect({addr!r})",
+            )
+            assert _names(error, loc), f"connect({addr!r}) raised, not naming {loc!r}: {error}"
+            try:
+                listener = self.listen(echo_handler, address=addr)
+            except AddressError as exc:
+                error = exc
+                assert _names(error, loc), f"listen({addr!r}) raised, not naming {loc!r}: {error}"
+                continue
+            except Exception as exc:
+                raise AssertionError(
+                    f"listen({addr!r}) raised {type(exc).__qualname__}: {exc}; "
+                    "expected AddressError"
+                ) from exc
+            try:
+                await self._expect(listener.start(), AddressError, f"listen({addr!r}).start()")
+            finally:
+                listener.stop()
+
+    @_bounded
+    async def test_host_port_addresses(self) -> None:
+        """host:port locations: a missing port is never made up; IPv6 hosts are bracketed,
+        and the brackets are no part of the host."""
+        self._skip_unless(await self._host_port(), "its locations are not host:port")
+        scheme = self.scheme
+        for host, loc in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]")):
+            addr = f"{scheme}://{loc}"
+            self._expect_address_error(
+                f"get_address_host_port({addr!r}) (an address without a port)",
+                functools.partial(comm_core.get_address_host_port, addr),
+                loc,
+            )
+            got = comm_core.get_address_host(addr)
+            assert got == host, f"get_address_host({addr!r}) returned {got!r}, not {host!r}"
+            resolved = comm_core.resolve_address(addr)
+            self._check_uri(resolved, f"resolve_address({addr!r})")
+            self._expect_address_error(
+                f"get_address_host_port(resolve_address({addr!r})) (a port was made up: "
+                f"{resolved!r})",
+                functools.partial(comm_core.get_address_host_port, resolved),
+                "",
+            )
+            error = await self._expect(
+                self.connect(addr, timeout=self.connect_timeout),
+                AddressError,
+                f"connect({addr!r}), which names no port",
+            )
+            assert _names(error, loc), f"connect({addr!r}) raised, not naming {loc!r}: {error}"
+        for host, loc in (
+            ("127.0.0.1", "127.0.0.1:8786"),
+            ("::1", "[::1]:8786"),
+            ("2001:db8::5", "[2001:db8::5]:8786"),
+        ):
+            addr = f"{scheme}://{loc}"
+            got_host = comm_core.get_address_host(addr)
+            assert got_host == host, f"get_address_host({addr!r}) returned {got_host!r}"
+            pair = comm_core.get_address_host_port(addr)
+            assert pair == (host, 8786), f"get_address_host_port({addr!r}) returned {pair!r}"
+        addr = f"{scheme}://[::1]:8786"
+        resolved = comm_core.resolve_address(addr)
+        pair = comm_core.get_address_host_port(resolved)
+        assert pair == ("::1", 8786), f"resolve_address({addr!r}) returned {resolved!r}"
+
+    # -- 19. size limits --------------------------------------------------------------
+
+    @_bounded
+    async def test_writer_refuses_a_message_above_max_message_size(self) -> None:
+        """A write above the writer's max_message_size raises MessageTooLargeError, sends
+        nothing, and leaves the comm usable."""
+        self._skip_unless(self.serializes, "it does not serialize messages (serializes=False)")
+        limit = _SIZE_LIMIT
+        async with (
+            self.echo_server() as listener,
+            await self.connect(listener.contact_address, max_message_size=limit) as comm,
+        ):
+            await self._expect(
+                comm.write({"data": b"\0" * (limit + 1)}),
+                MessageTooLargeError,
+                f"write() of a message above max_message_size={limit}",
+            )
+            # Nothing was sent: the next reply is the echo of the next message.
+            await self._ping(comm)
+            await self._ping(comm, b"\1" * (limit // 2))
+
+    @_bounded
+    async def test_reader_drops_a_message_above_max_message_size(self) -> None:
+        """A reader refuses a message above its max_message_size: the read raises
+        MessageTooLargeError and the comm is dropped (the peer's reads end)."""
+        self._skip_unless(self.serializes, "it does not serialize messages (serializes=False)")
+        limit = _SIZE_LIMIT
+        outcome = self._new_future()
+        closed = self._new_future()
+
+        async def handler(comm: Comm) -> None:
+            async with comm:
+                try:
+                    msg = await comm.read()
+                except Exception as exc:
+                    _resolve(outcome, exc)
+                else:
+                    _resolve(outcome, f"read() returned a {type(msg).__name__}")
+                _resolve(closed, comm.closed())
+
+        async with (
+            self.serve(handler, max_message_size=limit) as listener,
+            await self.connect(listener.contact_address) as client,
+        ):
+            with contextlib.suppress(CommClosedError):  # the reader may drop it early
+                await client.write({"data": b"\0" * (limit + 1)})
+            result = await self.wait(outcome, "the server's read of a message above its limit")
+            assert isinstance(result, MessageTooLargeError), (
+                f"a read of a message above the reader's max_message_size={limit} should raise "
+                f"MessageTooLargeError; {result!r}"
+            )
+            assert await closed, "the reader's comm is open after it refused a message"
+            await self._expect(
+                client.read(), CommClosedError, "the writer's read after the reader dropped it"
+            )
+
+    # -- 20. the first message --------------------------------------------------------
+
+    @_bounded
+    async def test_first_message_limit(self) -> None:
+        """Each end refuses a first message (the handshake) above 64 KiB, header included,
+        and accepts one of exactly 64 KiB."""
+        tracker = _HandlerTracker()
+        long = max(self.test_timeout, 30.0)
+        limit = MAX_FIRST_MESSAGE
+        async with self._serve(echo_handler, tracker, handshake_timeout=long) as listener:
+            contact = listener.contact_address
+            async with await self.raw_connect(contact) as raw:
+                stream = self.stream_transport
+                if stream is None:
+                    stream = isinstance(raw, StreamComm)
+                self._skip_unless(
+                    stream,
+                    "it carries no byte stream (stream_transport=False)"
+                    if self.stream_transport is False
+                    else "its comms are no StreamComm (set stream_transport if it has a stream)",
+                )
+                self._check_greeting(await self.wait(raw.read(), "the server's handshake"))
+                with contextlib.suppress(CommClosedError):  # the listener may drop it early
+                    await raw.write(_handshake_of(limit + 1))
+                    await raw.write({"op": "ping"})  # a listener that took it answers this
+                await self._expect(
+                    raw.read(),
+                    CommClosedError,
+                    f"the listener to drop a peer whose first message takes {limit + 1} bytes",
+                )
+            assert tracker.calls == 0, (
+                f"the listener accepted a first message of {limit + 1} bytes (above 64 KiB)"
+            )
+            async with await self.raw_connect(contact) as raw:
+                self._check_greeting(await self.wait(raw.read(), "the server's handshake"))
+                try:
+                    await raw.write(_handshake_of(limit))
+                    await self._ping(raw)
+                except CommClosedError as exc:
+                    raise AssertionError(
+                        f"the listener refused a first message of exactly {limit} bytes "
+                        f"(64 KiB, header included): {exc!r}"
+                    ) from exc
+        padding = _handshake_of(limit + 1)
+        overrides = {key: value for key, value in padding.items() if key.startswith("kit-")}
+        async with self.echo_server(handshake_overrides=overrides) as listener:
+            await self._expect(
+                self.connect(listener.contact_address, timeout=self.event_timeout),
+                HandshakeError,
+                "connect() to a listener whose handshake is above 64 KiB",
+            )
+
+    # -- 21. pickle -------------------------------------------------------------------
+
+    @_bounded
+    async def test_pickle_only_where_named(self) -> None:
+        """A value only pickle can carry is written only with serializers=['pickle'] and read
+        only with deserializers=['pickle']; a refused read consumes it, the comm goes on."""
+        self._skip_unless(self.serializes, "it does not serialize messages (serializes=False)")
+        value = {"value": fractions.Fraction(1, 3)}
+        results = self._new_future()
+
+        async def handler(comm: Comm) -> None:
+            async with comm:
+                try:
+                    first: Any = await comm.read()
+                except Exception as exc:
+                    first = exc
+                second = await comm.read(deserializers=["pickle"])
+                _resolve(results, (first, second))
+                for _ in range(2):
+                    await comm.write(value, serializers=["pickle"])
+                with contextlib.suppress(CommClosedError):
+                    await comm.read()  # until the client closes
+
+        async with (
+            self.serve(handler) as listener,
+            await self.connect(listener.contact_address) as client,
+        ):
+            await self._expect(
+                client.write(value),
+                SerializationError,
+                "write() of a value only pickle can carry, with no serializers named",
+            )
+            for _ in range(2):
+                await client.write(value, serializers=["pickle"])
+            first, second = await self.wait(results, "the server's two reads")
+            assert isinstance(first, SerializationError), (
+                "read() without deserializers=['pickle'] must refuse a pickled value with "
+                f"SerializationError; it gave {first!r}"
+            )
+            assert second == value, f"read(deserializers=['pickle']) returned {second!r}"
+            await self._expect(
+                client.read(),
+                SerializationError,
+                "read() of a pickled value without deserializers=['pickle']",
+            )
+            got = await self.wait(client.read(deserializers=["pickle"]), "a pickled value")
+            assert got == value, f"read(deserializers=['pickle']) returned {got!r}"
+
+    # -- 22. backpressure -------------------------------------------------------------
+
+    @_bounded
+    async def test_writer_waits_for_a_peer_that_does_not_read(self) -> None:
+        """write() waits while the peer reads nothing, having handed over a bounded amount,
+        and goes on once the peer reads; every message whose write returned arrives."""
+        self._skip_unless(self.bounded_writes, "its writes never wait (bounded_writes=False)")
+        server_side = self._new_future()
+        release = self._new_future()
+        received = self._new_future()
+
+        async def handler(comm: Comm) -> None:
+            _resolve(server_side, comm)
+            await release  # read nothing until told
+            async with comm:
+                count = 0
+                with contextlib.suppress(CommClosedError):
+                    async for _ in comm:
+                        count += 1
+                _resolve(received, count)
+
+        chunk = b"\0" * _CHUNK
+        bound = self.backpressure_bound
+        async with self.serve(handler) as listener:
+            client = await self.connect(listener.contact_address)
+            try:
+                await self.wait(server_side, "the handler to be called")
+                written = returned = 0
+                while True:
+                    write = asyncio.ensure_future(client.write({"n": returned, "data": chunk}))
+                    done, _ = await asyncio.wait({write}, timeout=_STALL)
+                    if not done:
+                        break  # it waits for the peer
+                    write.result()
+                    returned += 1
+                    written += _CHUNK
+                    if written > bound:
+                        pytest.fail(
+                            f"write() never waited: {written} bytes handed over to a peer that "
+                            f"reads nothing (more than backpressure_bound={bound})",
+                            pytrace=False,
+                        )
+                _resolve(release)
+                await self.wait(write, "the waiting write() to return once the peer reads")
+                returned += 1
+            except BaseException:
+                client.abort()  # close() would wait to flush to a peer that does not read
+                raise
+            await client.close()
+            count = await self.wait(received, "the peer to read every message")
+            assert count == returned, f"{returned} writes returned, the peer read {count} messages"

@@ -1,16 +1,29 @@
-"""Waiting in async tests without hanging: bounded awaits and bounded polls."""
+"""Waiting in async tests without hanging: bounded awaits and bounded polls.
+
+They need no pytest: under pytest a timeout fails the test with
+``pytest.fail`` (a short message, no traceback of the kit's own); without
+pytest, it raises :class:`AssertionError`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-import pytest
+from typing import NoReturn, TypeVar
 
 __all__ = ["until", "within"]
 
 _T = TypeVar("_T")
+
+
+def fail(message: str) -> NoReturn:
+    """Fail the test with *message*: ``pytest.fail(message, pytrace=False)`` inside a
+    pytest run, :class:`AssertionError` otherwise."""
+    pytest = sys.modules.get("pytest")  # imported already if pytest runs this
+    if pytest is not None:
+        pytest.fail(message, pytrace=False)
+    raise AssertionError(message)
 
 
 async def within(aw: Awaitable[_T], what: str, timeout: float = 10.0) -> _T:
@@ -22,7 +35,7 @@ async def within(aw: Awaitable[_T], what: str, timeout: float = 10.0) -> _T:
     try:
         return await asyncio.wait_for(aw, timeout)
     except asyncio.TimeoutError:
-        pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+        fail(f"timed out after {timeout:g}s waiting for {what}")
 
 
 async def until(
@@ -39,6 +52,6 @@ async def until(
     start = loop.time()
     while not predicate():
         if loop.time() - start > timeout:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
+            fail(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(interval)
     return loop.time() - start

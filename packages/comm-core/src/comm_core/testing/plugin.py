@@ -30,19 +30,29 @@ Markers:
 
 After each async test, the plugin fails the test if tasks it started are still
 pending.
+
+Fixtures:
+    ``comm_leak_check``: fails the test that requests it if it leaves a comm
+    open (or lets one be garbage-collected while open), a listener running,
+    or a file descriptor open (on Linux); see :class:`comm_core.testing.LeakCheck`.
+    The conformance kit runs the same checks after each of its tests. Tasks
+    left running are failed by the plugin already (for async tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 import pytest
 
-__all__ = ["LOOPS", "MARKER", "loop_factory", "loop_name", "run"]
+from comm_core.testing._leaks import LeakCheck
+
+__all__ = ["LOOPS", "MARKER", "comm_leak_check", "loop_factory", "loop_name", "run", "warm_up"]
 
 #: The event loops the plugin can run tests on.
 LOOPS = ("asyncio", "uvloop")
@@ -112,6 +122,39 @@ def loop_name(item: pytest.Item) -> str:
             f"not {MARKER}(*{marker.args!r}, **{marker.kwargs!r})"
         )
     return str(marker.args[0])
+
+
+_warmed_up: set[str] = set()
+
+
+def warm_up(name: str) -> None:
+    """Create and close one event loop called *name*, once per process.
+
+    A loop library may open descriptors of its own on first use (uvloop opens a
+    pipe), which are no leak: call this before a descriptor check starts.
+    """
+    if name in _warmed_up:
+        return
+    _warmed_up.add(name)
+    with contextlib.suppress(Exception):
+        loop_factory(name)().close()
+
+
+@pytest.fixture
+def comm_leak_check(request: pytest.FixtureRequest) -> Iterator[LeakCheck]:
+    """Fail the test if it leaves a comm open, a listener running or a descriptor open.
+
+    Request it before the fixtures that open comms or listeners (or make it
+    autouse in a ``conftest.py``), so that its check runs after their
+    teardown. Set its attributes (``descriptors = False``, ...) in the test to
+    skip a check.
+    """
+    warm_up(loop_name(request.node))
+    check = LeakCheck().start()
+    yield check
+    problems = check.finish()
+    if problems:
+        pytest.fail(LeakCheck.describe(problems, "the test"), pytrace=False)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
