@@ -98,6 +98,27 @@ async def test_garbage_is_dropped_and_logged(
         assert served.calls == 1
 
 
+async def test_a_flood_of_garbage_costs_a_few_log_lines(
+    raw_socket: RawSocket, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Peers cause those lines: a listener logs a few drops, then counts the rest."""
+    caplog.set_level(logging.INFO)
+    loop = asyncio.get_running_loop()
+    peers = 30
+    async with serving() as served:
+        for _ in range(peers):
+            sock, _peer = await raw_connect(raw_socket, served.port)
+            await loop.sock_sendall(sock, GARBAGE["http"])
+            _data, how = await read_until_closed(sock, limit=4096)
+            assert how in ("eof", "reset")
+        dropped = [
+            r for r in caplog.records if r.getMessage().startswith("dropped a connection from")
+        ]
+        assert 1 <= len(dropped) <= 3, [r.getMessage() for r in dropped]
+        async with connected(served.address()) as comm:  # a good client still gets through
+            await ping(comm)
+
+
 @pytest.mark.parametrize("sent", [b"", PREAMBLE[:5]], ids=["nothing", "part-of-preamble"])
 async def test_peer_that_sends_no_preamble_is_dropped_after_the_handshake_timeout(
     sent: bytes, raw_socket: RawSocket, caplog: pytest.LogCaptureFixture

@@ -187,6 +187,10 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.peer_gone = False  # EOF, connection lost, or a protocol error
         self.error: BaseException | None = None  # why the comm ended, if not by us
         self.lost: asyncio.Future[None] | None = None
+        #: Logs the drop of a connection that broke the protocol before its preamble
+        #: was accepted, as ``logger.log`` does; a listener sets a rate-limited one
+        #: (peers cause those lines). ``None``: one warning each.
+        self.log_drop: Callable[..., None] | None = None
         # The transport asks the decoder for its buffer directly: one call less for
         # every read from the socket.
         self.get_buffer = self.decoder.get_buffer  # type: ignore[method-assign]
@@ -514,7 +518,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
         if self.error is None:
             self.error = exc
         if not self.established:
-            logger.warning("dropped a connection from %s: %s", self.peer, exc)
+            log_drop = self.log_drop
+            if log_drop is None:
+                logger.warning("dropped a connection from %s: %s", self.peer, exc)
+            else:
+                log_drop(logging.WARNING, "dropped a connection from %s: %s", self.peer, exc)
         else:
             logger.info("closing comm with %s: %s", self.peer, exc)
         if self.transport is not None:
@@ -1105,6 +1113,9 @@ class StreamAcceptor:
         self._dropped_silent = LogLimiter(
             logger, "connections dropped for sending no comm preamble in time"
         )
+        self._dropped_broken = LogLimiter(
+            logger, "connections dropped for breaking the protocol before their handshake"
+        )
         self._dropped_oldest = LogLimiter(
             logger, "connections dropped to keep within max_pending_handshakes", burst=1
         )
@@ -1145,6 +1156,7 @@ class StreamAcceptor:
         loop = asyncio.get_running_loop()
         deadline = protocol.deadline = loop.time() + self.listener.handshake_timeout
         protocol.on_lost = self.discard
+        protocol.log_drop = self._dropped_broken.log
         pending = self._pending
         pending[protocol] = deadline
         if self._sweep is None:
