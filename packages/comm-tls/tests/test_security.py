@@ -15,6 +15,8 @@ import trustme
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+import comm_core
+from comm_core import FatalCommClosedError
 from comm_tls import Security, TLSConfigurationError, _resume
 from tls_support import chain_pem, connected, greeted, pem, ping, raw_context, raw_dial, serving
 
@@ -146,8 +148,8 @@ def test_temporary_credentials(temporary: Security) -> None:
     cert = x509.load_pem_x509_certificate(str(temporary.cert).encode())
     ca = x509.load_pem_x509_certificate(str(temporary.ca).encode())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
-    assert names.get_values_for_type(x509.IPAddress) == [
+    assert names.get_values_for_type(x509.DNSName)[0] == "localhost"
+    assert names.get_values_for_type(x509.IPAddress)[:2] == [
         ipaddress.ip_address("127.0.0.1"),
         ipaddress.ip_address("::1"),
     ]
@@ -174,6 +176,34 @@ async def test_temporary_credentials_for_other_hosts() -> None:
         Security.temporary([])
     with pytest.raises(TLSConfigurationError, match="valid_for must be positive"):
         Security.temporary(valid_for=datetime.timedelta(0))
+
+
+async def test_temporary_credentials_name_this_host_as_others_reach_it() -> None:
+    """By default the certificate lists the host name and the primary addresses (what a
+    wildcard listener advertises), so that a client on another host can verify it."""
+    import socket
+
+    from comm_core.sockets import primary_ip
+
+    creds = Security.temporary(valid_for=datetime.timedelta(hours=1))
+    cert = x509.load_pem_x509_certificate(str(creds.cert).encode())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns = names.get_values_for_type(x509.DNSName)
+    ips = [str(ip) for ip in names.get_values_for_type(x509.IPAddress)]
+    assert {"localhost", socket.gethostname()} <= set(dns)
+    primary = primary_ip(socket.AF_INET)
+    assert {"127.0.0.1", "::1", primary} <= set(ips)
+    # Over real TLS: a client that dials this host by its primary address (here through
+    # the loopback, with the name it checks set to that address) verifies the listener.
+    async with (
+        serving(security=creds) as served,
+        connected(served.address(), security=creds, server_hostname=primary) as comm,
+    ):
+        await ping(comm)
+        with pytest.raises(FatalCommClosedError, match="not valid"):
+            await comm_core.connect(
+                served.address(), security=creds, server_hostname="elsewhere.invalid", timeout=5
+            )
 
 
 def test_equal_settings_compare_equal(temporary: Security) -> None:

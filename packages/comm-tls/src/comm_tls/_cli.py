@@ -76,10 +76,10 @@ def add_options(command: str, parser: Parser) -> None:
     group.add_option(
         "--temporary-credentials",
         metavar="DIR",
-        help="throwaway mutual-TLS credentials (a CA, and a certificate for localhost, "
-        f"127.0.0.1 and ::1) in DIR as {CA_FILE}, {CERT_FILE}, {KEY_FILE}: `comm serve` "
-        "makes them when DIR has none, other commands read them; to try TLS out on one "
-        "machine, never for production",
+        help="throwaway mutual-TLS credentials (a CA, and a certificate for this machine: "
+        "localhost, its loopback and primary addresses, its host name) in DIR as "
+        f"{CA_FILE}, {CERT_FILE}, {KEY_FILE}: `comm serve` makes them when DIR has none, "
+        "other commands read them; to try TLS out, never for production",
     )
     if server:
         group.add_option(

@@ -21,7 +21,34 @@ __all__ = ["Security", "context_for"]
 PEMSource = str | os.PathLike[str]
 
 _VERSIONS = (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)
-_DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def own_hosts() -> list[str]:
+    """The names and addresses by which peers reach this machine, for temporary credentials.
+
+    The loopback names and addresses; the host name (``socket.gethostname()``);
+    and the primary IPv4 and IPv6 addresses, those a wildcard listener gives
+    as its contact address (:func:`comm_core.sockets.primary_ip`). Nothing
+    here waits on DNS.
+    """
+    import socket
+
+    from comm_core.sockets import primary_ip
+
+    hosts = list(_LOOPBACK_HOSTS)
+    candidates = [socket.gethostname()]
+    for family in (socket.AF_INET, socket.AF_INET6):
+        if family == socket.AF_INET6 and not socket.has_ipv6:
+            continue
+        try:
+            candidates.append(primary_ip(family))
+        except OSError:  # no such family on this host
+            continue
+    for host in candidates:
+        if host and host not in hosts:
+            hosts.append(host)
+    return hosts
 
 
 def _is_pem(value: PEMSource) -> bool:
@@ -149,22 +176,26 @@ class Security:
     @classmethod
     def temporary(
         cls,
-        hosts: Iterable[str] = _DEFAULT_HOSTS,
+        hosts: Iterable[str] | None = None,
         *,
         valid_for: datetime.timedelta = datetime.timedelta(days=7),
         **options: Any,
     ) -> Security:
         """Mutual-TLS credentials made on the spot, to try TLS out or to test with.
 
-        A throwaway CA signs one certificate that names *hosts* (by default
-        ``localhost``, ``127.0.0.1`` and ``::1``) and serves as both the server's
-        and the client's; the CA's key is discarded. Give the same object to
+        A throwaway CA signs one certificate that names *hosts* and serves as
+        both the server's and the client's. By default it names this machine as
+        others reach it too (``localhost``, ``127.0.0.1``, ``::1``, the host
+        name, and the primary IPv4 and IPv6 addresses, which a wildcard
+        listener gives as its contact address), so that the credentials also
+        work from another host; the CA's key is discarded. Give the same object to
         both ends (``listen`` and ``connect``), or its ``ca``, ``cert`` and
         ``key`` (PEM text) to another process. Nothing is written to disk but
         for the moment a context loads the key.
 
         Args:
-            hosts: the DNS names and IP addresses the certificate is valid for.
+            hosts: the DNS names and IP addresses the certificate is valid for;
+                default: this machine's (see above).
             valid_for: how long the certificates are valid.
             options: further :class:`Security` fields, such as ``check_hostname``.
 
@@ -175,7 +206,7 @@ class Security:
         from comm_tls._credentials import make_credentials
 
         try:
-            ca, cert, key = make_credentials(hosts, valid_for)
+            ca, cert, key = make_credentials(own_hosts() if hosts is None else hosts, valid_for)
         except ValueError as exc:
             raise TLSConfigurationError(str(exc)) from exc
         return cls(ca=ca, cert=cert, key=key, **options)
