@@ -253,6 +253,32 @@ def test_ping_refused(closed_port: int) -> None:
     assert result.stderr.count("\n") == 1
 
 
+def _resolver_answers() -> None:
+    """Skip unless this machine's resolver says at once that .invalid names do not exist."""
+    try:
+        socket.getaddrinfo("nosuchhost.invalid", 8786)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            pytest.skip("this machine's resolver cannot answer (no DNS server reachable)")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", pytest.param("tls", marks=needs_tls)])
+def test_ping_a_host_name_that_does_not_resolve(scheme: str, other_ca: Path) -> None:
+    _resolver_answers()
+    address = f"{scheme}://nosuchhost.invalid:8786"
+    options = ["--ca", str(other_ca)] if scheme == "tls" else []
+    start = time.monotonic()
+    result = comm("ping", address, "-c", "1", "--timeout", "30", *options)
+    assert time.monotonic() - start < 10  # at once, not after 30 s of retries
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert re.fullmatch(
+        rf"comm: error: could not connect to {re.escape(address)}: the host name "
+        r"'nosuchhost\.invalid' could not be resolved \([^)]+\); check the name\n",
+        result.stderr,
+    ), result.stderr
+
+
 def test_tls_options_on_a_tcp_address(closed_port: int) -> None:
     result = comm("ping", f"tcp://127.0.0.1:{closed_port}", "--ca", "ca.pem")
     assert result.returncode == 2

@@ -25,7 +25,13 @@ from comm_core.cli._common import (
     stop_on_signals,
 )
 from comm_core.cli._plugins import connection_args
-from comm_core.exceptions import CommClosedError, CommError, ConnectError, ProtocolError
+from comm_core.exceptions import (
+    CommClosedError,
+    CommError,
+    ConnectError,
+    HostNotFoundError,
+    ProtocolError,
+)
 
 __all__ = ["add_parser", "percentile", "run"]
 
@@ -232,7 +238,7 @@ async def _ping(address: str, args: argparse.Namespace, connect_args: dict[str, 
                 f"; connection refused: is a listener running there? `comm serve {address}` "
                 "starts one"
             )
-        else:
+        elif not isinstance(exc, HostNotFoundError):  # its message says what to check
             message += f"; `comm doctor {address}` (with the same options) checks each step"
         print_error(message)
         return EXIT_FAILURE
