@@ -317,6 +317,64 @@ def test_serve_and_ping_tls_with_temporary_credentials(
     assert served.stop() == 0
 
 
+#: Words of Python that a user of the command cannot act on.
+PYTHON_WORDS = ("Security(", "=...", "ssl_context", "require_client_cert", "minimum_version")
+
+
+@needs_tls
+@needs_signals
+def test_tls_failures_advise_in_the_commands_options(
+    serve: type[Served], credentials: Path, other_ca: Path
+) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    # The listener's certificate is not signed by the CA given.
+    result = comm("ping", served.address, "-c", "1", "--ca", str(other_ca))
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"comm: error: TLS handshake with {served.address} failed: the server's certificate "
+        "is signed by an unknown CA ("
+    )
+    assert "); pass the CA that signed it with --ca FILE; " in result.stderr
+    # The listener wants a client certificate (mutual TLS) and gets none.
+    result = comm("ping", served.address, "-c", "1", "--ca", str(credentials / "ca.pem"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"comm: error: TLS handshake with {served.address} failed")
+    assert "pass --cert FILE and --key FILE, a certificate signed by a CA that the server " in (
+        result.stderr
+    )
+    assert served.stop() == 0
+    logged = "".join(served.stderr)
+    assert "the client sent no certificate, and this listener requires one" in logged
+    assert "or serve with --no-client-cert" in logged
+    for text in (result.stderr, logged):
+        assert not any(word in text for word in PYTHON_WORDS), text
+
+
+@needs_tls
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--cert", "{creds}/cert.pem"], "--cert {creds}/cert.pem holds no private key: pass "
+         "its key with --key FILE"),
+        (["--key", "{creds}/key.pem"], "--key {creds}/key.pem was given without --cert, the "
+         "certificate it belongs to: pass --cert FILE too"),
+        (["--ca", "{creds}/nothing.pem"], "--ca {creds}/nothing.pem: no such file"),
+        (["--cert", "{creds}/key.pem", "--key", "{creds}/key.pem"], "--cert {creds}/key.pem: "
+         "the file holds a private key (no '-----BEGIN CERTIFICATE-----' line); --cert takes "
+         "this side's certificate chain in PEM, --key its private key"),
+    ],
+)  # fmt: skip
+def test_tls_option_errors(
+    serve: type[Served], credentials: Path, options: list[str], message: str
+) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    argv = [option.format(creds=credentials) for option in options]
+    result = comm("ping", served.address, "-c", "1", *argv)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"comm: error: {message.format(creds=credentials)}\n"
+
+
 @needs_tls
 def test_tls_serve_needs_credentials() -> None:
     result = comm("serve", "tls://127.0.0.1:0")
