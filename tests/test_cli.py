@@ -223,6 +223,157 @@ def test_serve_then_ping_then_sigint(serve: type[Served]) -> None:
     assert "".join(served.stderr) == ""
 
 
+class Running:
+    """A ``comm`` subprocess whose standard output a thread reads line by line."""
+
+    def __init__(self, *args: str, path: Path | None = None) -> None:
+        self.proc = subprocess.Popen(
+            _command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=_environment(path),
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        assert self.proc.stdout is not None
+        self._thread = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str) -> str:
+        """The next line of standard output that matches *pattern*."""
+        while True:
+            line = self.lines.get(timeout=TIMEOUT)
+            assert line is not None, f"the command ended before printing {pattern!r}"
+            self.stdout.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def finish(self, signum: int | None = None) -> tuple[int, str]:
+        """Send *signum* (if any), wait for the end; return the status and standard error."""
+        if signum is not None:
+            self.proc.send_signal(signum)
+        assert self.proc.stderr is not None
+        stderr = self.proc.stderr.read()  # until the process closes it: it ended
+        status = self.proc.wait(TIMEOUT)
+        self._thread.join(TIMEOUT)
+        while (line := self.lines.get_nowait()) is not None:
+            self.stdout.append(line)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc.stderr.close()
+        return status, stderr
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+
+@pytest.fixture
+def running() -> Iterator[type[Running]]:
+    """Start ``comm`` subprocesses; killed at the end if still running."""
+    started: list[Running] = []
+
+    class Tracked(Running):
+        def __init__(self, *args: str, path: Path | None = None) -> None:
+            super().__init__(*args, path=path)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill()
+
+
+@needs_signals
+def test_ctrl_c_while_ping_is_connecting(running: type[Running]) -> None:
+    # A TCP listener that accepts and never answers: ping waits for the comm handshake.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(TIMEOUT)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        ping = running("ping", address, "--timeout", "60")
+        connection, _ = silent.accept()  # ping is connecting now
+        with connection:
+            status, stderr = ping.finish(signal.SIGINT)
+    assert status == 130  # as `comm --help` and `comm ping --help` say
+    assert stderr == f"comm: error: interrupted while connecting to {address}\n"
+    assert ping.stdout == []
+
+
+@needs_signals
+def test_ctrl_c_mid_ping_summarises_the_replies_printed(
+    serve: type[Served], running: type[Running]
+) -> None:
+    served = serve("tcp://127.0.0.1:0", "--quiet")
+    ping = running("ping", served.address, "-i", "0")  # always a message in flight
+    for _ in range(3):
+        ping.wait_for(r" seq=\d+ time=")
+    status, stderr = ping.finish(signal.SIGINT)
+    assert status == 0, stderr
+    assert stderr == ""
+    replies = [line for line in ping.stdout if re.search(r" seq=\d+ time=", line)]
+    seqs = [int(re.findall(r"seq=(\d+)", line)[0]) for line in replies]
+    assert seqs == list(range(1, len(seqs) + 1))
+    summary = ping.stdout[ping.stdout.index(f"--- {served.address} comm ping statistics ---") + 1]
+    match = re.fullmatch(
+        r"(\d+) sent, (\d+) received, 0\.0% lost(, 1 awaiting a reply when stopped)?, "
+        r"time \d+ ms",
+        summary,
+    )
+    assert match, summary
+    sent, received = int(match[1]), int(match[2])
+    assert received == len(replies)  # what the summary counts is what was printed
+    assert sent == received + (1 if match[3] else 0)
+    assert served.stop() == 0
+
+
+SLOW_PLUGIN = """
+import time
+import comm_core
+
+
+@comm_core.hookimpl
+def comm_register_serializers():
+    time.sleep(0.5)  # a plugin that takes its time to load
+    return []
+"""
+
+
+@needs_signals
+def test_the_first_ping_is_not_timed_with_plugin_loading(
+    serve: type[Served], tmp_path: Path
+) -> None:
+    root = tmp_path / "slow"
+    root.mkdir()
+    (root / "comm_slow_plugin.py").write_text(SLOW_PLUGIN, encoding="utf-8")
+    info = root / "comm_slow-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: comm-slow\nVersion: 1.0\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[comm_core.backends]\nslow = comm_slow_plugin\n", encoding="utf-8"
+    )
+    served = serve("tcp://127.0.0.1:0", "--quiet")
+    result = comm("ping", served.address, "-c", "1", path=root)
+    assert result.returncode == 0, result.stderr
+    connected = re.search(r"connected in (\d+\.\d+) ms", result.stdout)
+    first = re.search(r" seq=1 time=(\d+\.\d+) ms", result.stdout)
+    assert connected, result.stdout
+    assert first, result.stdout
+    # The plugin's half second is spent before either is timed.
+    assert float(connected[1]) < 400
+    assert float(first[1]) < 400
+    assert served.stop() == 0
+
+
 @needs_signals
 def test_serve_stops_on_sigterm(serve: type[Served]) -> None:
     served = serve("tcp://127.0.0.1:0", "--quiet")
@@ -563,6 +714,11 @@ def test_bench_table_for_one_scheme() -> None:
     assert lines[1].split() == ["TARGET", "SIZE", "ROUND", "TRIPS/S", "P50", "P99", "MB/S"]
     assert lines[2].split()[:3] == ["tcp", "64", "B"]
     assert lines[3].split()[:2] == ["1", "MiB"]
+    # The units on screen: sizes binary, as given; rates decimal, as network rates are.
+    assert lines[4] == (
+        "(SIZE: payload per message, 1 KiB = 1024 bytes, 1 MiB = 1024 KiB; MB/S: payload "
+        "echoed per second, 1 MB = 10^6 bytes)"
+    )
 
 
 @needs_signals
