@@ -22,12 +22,31 @@ class _LossyComm(MemoryComm):
         return await super().write(msg, serializers, on_error)
 
 
-class _LossyConnector(MemoryConnector):
+class _ShortComm(MemoryComm):
+    """Writes the messages of 1 KiB or more one byte short, as a broken transport would."""
+
+    async def write(self, msg: Any, serializers: Any = None, on_error: Any = "raise") -> int:
+        if isinstance(msg, bytes) and len(msg) >= 1024:
+            msg = msg[:-1]
+        return await super().write(msg, serializers, on_error)
+
+
+class _BrokenConnector(MemoryConnector):
+    comm_class: ClassVar[type[MemoryComm]]
+
     async def connect(self, address: str, deserialize: bool = True, **connection_args: Any) -> Comm:
         comm = await super().connect(address, deserialize, **connection_args)
         assert type(comm) is MemoryComm
-        comm.__class__ = _LossyComm
+        comm.__class__ = self.comm_class
         return comm
+
+
+class _LossyConnector(_BrokenConnector):
+    comm_class = _LossyComm
+
+
+class _ShortConnector(_BrokenConnector):
+    comm_class = _ShortComm
 
 
 class LossyBackend(InProcessMemoryBackend):
@@ -35,6 +54,13 @@ class LossyBackend(InProcessMemoryBackend):
 
     def get_connector(self) -> Connector:
         return _LossyConnector(self)
+
+
+class ShortBackend(InProcessMemoryBackend):
+    scheme: ClassVar[str] = "short"
+
+    def get_connector(self) -> Connector:
+        return _ShortConnector(self)
 
 
 def test_bench_of_a_transport_in_this_process_that_loses_messages(
@@ -52,3 +78,18 @@ def test_bench_of_a_transport_in_this_process_that_loses_messages(
         r"measurement: the transport lost or held up messages; --timeout allows more time\n",
         err,
     ), err
+
+
+def test_bench_of_a_transport_in_this_process_that_alters_messages(
+    registry: comm_core.Registry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    comm_core.register_backend(ShortBackend)
+    argv = ["bench", "short", "--sizes", "4KiB", "--duration", "0.02", "--timeout", "1"]
+    assert main(argv) == 1
+    _, err = capsys.readouterr()
+    assert err.startswith(
+        "comm: error: short: the short:// listener that comm bench runs in this process did "
+        "not send the message back as it was sent (it sent bytes b'"
+    )
+    assert err.endswith("): the transport altered it\n")
+    assert "comm serve" not in err

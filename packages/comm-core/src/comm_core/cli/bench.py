@@ -312,7 +312,16 @@ class _Bench:
                 results.append(result)
                 try:
                     await self.run_target(target, result)
-                except (CommError, _NoEcho, _NotEcho) as exc:
+                except _NotEcho as exc:
+                    result.error = str(exc)
+                    if target.address is None:  # our own listener: the transport altered it
+                        result.error = (
+                            f"the {target.scheme}:// listener that comm bench runs in this "
+                            f"process did not send the message back as it was sent "
+                            f"({exc.sent_back}): the transport altered it"
+                        )
+                    continue
+                except (CommError, _NoEcho) as exc:
                     result.error = str(exc)
                     continue
                 finally:
@@ -327,9 +336,9 @@ class _NoEcho(Exception):
 
 class _NotEcho(Exception):
     def __init__(self, reply: object) -> None:
+        self.sent_back = f"it sent {type(reply).__name__} {reply!r:.60}"
         super().__init__(
-            f"the peer did not send the message back (it sent {type(reply).__name__} "
-            f"{reply!r:.60}): is it `comm serve`?"
+            f"the peer did not send the message back ({self.sent_back}): is it `comm serve`?"
         )
 
 
