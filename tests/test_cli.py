@@ -223,6 +223,157 @@ def test_serve_then_ping_then_sigint(serve: type[Served]) -> None:
     assert "".join(served.stderr) == ""
 
 
+class Running:
+    """A ``comm`` subprocess whose standard output a thread reads line by line."""
+
+    def __init__(self, *args: str, path: Path | None = None) -> None:
+        self.proc = subprocess.Popen(
+            _command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=_environment(path),
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        assert self.proc.stdout is not None
+        self._thread = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str) -> str:
+        """The next line of standard output that matches *pattern*."""
+        while True:
+            line = self.lines.get(timeout=TIMEOUT)
+            assert line is not None, f"the command ended before printing {pattern!r}"
+            self.stdout.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def finish(self, signum: int | None = None) -> tuple[int, str]:
+        """Send *signum* (if any), wait for the end; return the status and standard error."""
+        if signum is not None:
+            self.proc.send_signal(signum)
+        assert self.proc.stderr is not None
+        stderr = self.proc.stderr.read()  # until the process closes it: it ended
+        status = self.proc.wait(TIMEOUT)
+        self._thread.join(TIMEOUT)
+        while (line := self.lines.get_nowait()) is not None:
+            self.stdout.append(line)
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc.stderr.close()
+        return status, stderr
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+
+@pytest.fixture
+def running() -> Iterator[type[Running]]:
+    """Start ``comm`` subprocesses; killed at the end if still running."""
+    started: list[Running] = []
+
+    class Tracked(Running):
+        def __init__(self, *args: str, path: Path | None = None) -> None:
+            super().__init__(*args, path=path)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        process.kill()
+
+
+@needs_signals
+def test_ctrl_c_while_ping_is_connecting(running: type[Running]) -> None:
+    # A TCP listener that accepts and never answers: ping waits for the comm handshake.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        silent.settimeout(TIMEOUT)
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        ping = running("ping", address, "--timeout", "60")
+        connection, _ = silent.accept()  # ping is connecting now
+        with connection:
+            status, stderr = ping.finish(signal.SIGINT)
+    assert status == 130  # as `comm --help` and `comm ping --help` say
+    assert stderr == f"comm: error: interrupted while connecting to {address}\n"
+    assert ping.stdout == []
+
+
+@needs_signals
+def test_ctrl_c_mid_ping_summarises_the_replies_printed(
+    serve: type[Served], running: type[Running]
+) -> None:
+    served = serve("tcp://127.0.0.1:0", "--quiet")
+    ping = running("ping", served.address, "-i", "0")  # always a message in flight
+    for _ in range(3):
+        ping.wait_for(r" seq=\d+ time=")
+    status, stderr = ping.finish(signal.SIGINT)
+    assert status == 0, stderr
+    assert stderr == ""
+    replies = [line for line in ping.stdout if re.search(r" seq=\d+ time=", line)]
+    seqs = [int(re.findall(r"seq=(\d+)", line)[0]) for line in replies]
+    assert seqs == list(range(1, len(seqs) + 1))
+    summary = ping.stdout[ping.stdout.index(f"--- {served.address} comm ping statistics ---") + 1]
+    match = re.fullmatch(
+        r"(\d+) sent, (\d+) received, 0\.0% lost(, 1 awaiting a reply when stopped)?, "
+        r"time \d+ ms",
+        summary,
+    )
+    assert match, summary
+    sent, received = int(match[1]), int(match[2])
+    assert received == len(replies)  # what the summary counts is what was printed
+    assert sent == received + (1 if match[3] else 0)
+    assert served.stop() == 0
+
+
+SLOW_PLUGIN = """
+import time
+import comm_core
+
+
+@comm_core.hookimpl
+def comm_register_serializers():
+    time.sleep(0.5)  # a plugin that takes its time to load
+    return []
+"""
+
+
+@needs_signals
+def test_the_first_ping_is_not_timed_with_plugin_loading(
+    serve: type[Served], tmp_path: Path
+) -> None:
+    root = tmp_path / "slow"
+    root.mkdir()
+    (root / "comm_slow_plugin.py").write_text(SLOW_PLUGIN, encoding="utf-8")
+    info = root / "comm_slow-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: comm-slow\nVersion: 1.0\n", encoding="utf-8"
+    )
+    (info / "entry_points.txt").write_text(
+        "[comm_core.backends]\nslow = comm_slow_plugin\n", encoding="utf-8"
+    )
+    served = serve("tcp://127.0.0.1:0", "--quiet")
+    result = comm("ping", served.address, "-c", "1", path=root)
+    assert result.returncode == 0, result.stderr
+    connected = re.search(r"connected in (\d+\.\d+) ms", result.stdout)
+    first = re.search(r" seq=1 time=(\d+\.\d+) ms", result.stdout)
+    assert connected, result.stdout
+    assert first, result.stdout
+    # The plugin's half second is spent before either is timed.
+    assert float(connected[1]) < 400
+    assert float(first[1]) < 400
+    assert served.stop() == 0
+
+
 @needs_signals
 def test_serve_stops_on_sigterm(serve: type[Served]) -> None:
     served = serve("tcp://127.0.0.1:0", "--quiet")
@@ -251,6 +402,32 @@ def test_ping_refused(closed_port: int) -> None:
     assert "refused" in result.stderr
     assert f"`comm serve {address}`" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def _resolver_answers() -> None:
+    """Skip unless this machine's resolver says at once that .invalid names do not exist."""
+    try:
+        socket.getaddrinfo("nosuchhost.invalid", 8786)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            pytest.skip("this machine's resolver cannot answer (no DNS server reachable)")
+
+
+@pytest.mark.parametrize("scheme", ["tcp", pytest.param("tls", marks=needs_tls)])
+def test_ping_a_host_name_that_does_not_resolve(scheme: str, other_ca: Path) -> None:
+    _resolver_answers()
+    address = f"{scheme}://nosuchhost.invalid:8786"
+    options = ["--ca", str(other_ca)] if scheme == "tls" else []
+    start = time.monotonic()
+    result = comm("ping", address, "-c", "1", "--timeout", "30", *options)
+    assert time.monotonic() - start < 10  # at once, not after 30 s of retries
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert re.fullmatch(
+        rf"comm: error: could not connect to {re.escape(address)}: the host name "
+        r"'nosuchhost\.invalid' could not be resolved \([^)]+\); check the name\n",
+        result.stderr,
+    ), result.stderr
 
 
 def test_tls_options_on_a_tcp_address(closed_port: int) -> None:
@@ -289,6 +466,64 @@ def test_serve_and_ping_tls_with_temporary_credentials(
     assert result.stderr.startswith(f"comm: error: TLS handshake with {served.address} failed")
     assert "unknown CA" in result.stderr
     assert served.stop() == 0
+
+
+#: Words of Python that a user of the command cannot act on.
+PYTHON_WORDS = ("Security(", "=...", "ssl_context", "require_client_cert", "minimum_version")
+
+
+@needs_tls
+@needs_signals
+def test_tls_failures_advise_in_the_commands_options(
+    serve: type[Served], credentials: Path, other_ca: Path
+) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    # The listener's certificate is not signed by the CA given.
+    result = comm("ping", served.address, "-c", "1", "--ca", str(other_ca))
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"comm: error: TLS handshake with {served.address} failed: the server's certificate "
+        "is signed by an unknown CA ("
+    )
+    assert "); pass the CA that signed it with --ca FILE; " in result.stderr
+    # The listener wants a client certificate (mutual TLS) and gets none.
+    result = comm("ping", served.address, "-c", "1", "--ca", str(credentials / "ca.pem"))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"comm: error: TLS handshake with {served.address} failed")
+    assert "pass --cert FILE and --key FILE, a certificate signed by a CA that the server " in (
+        result.stderr
+    )
+    assert served.stop() == 0
+    logged = "".join(served.stderr)
+    assert "the client sent no certificate, and this listener requires one" in logged
+    assert "or serve with --no-client-cert" in logged
+    for text in (result.stderr, logged):
+        assert not any(word in text for word in PYTHON_WORDS), text
+
+
+@needs_tls
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--cert", "{creds}/cert.pem"], "--cert {creds}/cert.pem holds no private key: pass "
+         "its key with --key FILE"),
+        (["--key", "{creds}/key.pem"], "--key {creds}/key.pem was given without --cert, the "
+         "certificate it belongs to: pass --cert FILE too"),
+        (["--ca", "{creds}/nothing.pem"], "--ca {creds}/nothing.pem: no such file"),
+        (["--cert", "{creds}/key.pem", "--key", "{creds}/key.pem"], "--cert {creds}/key.pem: "
+         "the file holds a private key (no '-----BEGIN CERTIFICATE-----' line); --cert takes "
+         "this side's certificate chain in PEM, --key its private key"),
+    ],
+)  # fmt: skip
+def test_tls_option_errors(
+    serve: type[Served], credentials: Path, options: list[str], message: str
+) -> None:
+    served = serve("tls://127.0.0.1:0", "--temporary-credentials", str(credentials))
+    argv = [option.format(creds=credentials) for option in options]
+    result = comm("ping", served.address, "-c", "1", *argv)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == f"comm: error: {message.format(creds=credentials)}\n"
 
 
 @needs_tls
@@ -354,7 +589,39 @@ def test_doctor_wrong_scheme(closed_port: int) -> None:
     assert _doctor_lines(result.stdout) == {"address": "✓", "backend": "✗"}
     installed = ", ".join(sorted(comm_core.backends()))
     assert f"no installed transport serves nope:// (installed: {installed})" in result.stdout
-    assert "pip install comm-nope" in result.stdout
+    assert "pip install" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["ping", "tpc://127.0.0.1:8786"], "; did you mean tcp://?\n"),
+        (["serve", "tsl://127.0.0.1:0"], "; did you mean tls://?\n"),
+        (["bench", "inprc"], "; did you mean inproc://?\n"),
+        (["ping", "ws://127.0.0.1:8786"], "; comm-ws provides ws://: pip install comm-ws\n"),
+        (
+            ["ping", "quic://127.0.0.1:8786"],
+            "; if a third-party distribution provides quic://, install it (comm cannot tell "
+            "which one does)\n",
+        ),
+    ],
+)
+def test_unknown_scheme_suggests_only_what_exists(args: list[str], expected: str) -> None:
+    result = comm(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("comm: error: no comm backend for scheme ")
+    assert result.stderr.endswith(expected), result.stderr
+    assert result.stderr.count("pip install") == expected.count("pip install")
+
+
+def test_doctor_suggests_the_scheme_meant(closed_port: int) -> None:
+    result = comm("doctor", f"tpc://127.0.0.1:{closed_port}")
+    assert result.returncode == 1
+    assert _doctor_lines(result.stdout) == {"address": "✓", "backend": "✗"}
+    assert (
+        "What to do: did you mean tcp://? (`comm backends` lists the installed transports)"
+        in result.stdout
+    )
 
 
 @needs_tls
@@ -447,6 +714,11 @@ def test_bench_table_for_one_scheme() -> None:
     assert lines[1].split() == ["TARGET", "SIZE", "ROUND", "TRIPS/S", "P50", "P99", "MB/S"]
     assert lines[2].split()[:3] == ["tcp", "64", "B"]
     assert lines[3].split()[:2] == ["1", "MiB"]
+    # The units on screen: sizes binary, as given; rates decimal, as network rates are.
+    assert lines[4] == (
+        "(SIZE: payload per message, 1 KiB = 1024 bytes, 1 MiB = 1024 KiB; MB/S: payload "
+        "echoed per second, 1 MB = 10^6 bytes)"
+    )
 
 
 @needs_signals

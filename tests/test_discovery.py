@@ -25,6 +25,18 @@ TRANSPORTS = [
 ]
 
 
+def test_the_unknown_scheme_advice_knows_every_transport_of_the_repository() -> None:
+    # An unknown scheme's error names a distribution only from this list (no made-up
+    # comm-<scheme>, which anyone could publish): each of comm's transports must be in it.
+    from comm_core._registry import COMM_DISTRIBUTIONS
+
+    here = {p.name for p in (HERE.parent / "packages").iterdir() if p.name != "comm-core"}
+    for scheme, info in comm_core.backends().items():
+        if info.distribution in here:
+            assert COMM_DISTRIBUTIONS.get(scheme) == info.distribution, scheme
+    assert here <= set(COMM_DISTRIBUTIONS.values())
+
+
 def _run_python(code: str, **env: str) -> str:
     """Run *code* in a fresh interpreter and return its standard output."""
     result = subprocess.run(

@@ -74,6 +74,13 @@ def test_every_distribution_carries_the_license(name: str) -> None:
     assert project["license-files"] == ["LICENSE"]
 
 
+def test_the_readme_lists_every_distribution() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Packages", 1)[1].split("\n\n", 2)[1]
+    listed = re.findall(r"^\| \[(comm-[a-z0-9-]+)\]\(packages/\1\) \|", table, re.M)
+    assert listed == PACKAGES
+
+
 def test_the_changelog_files_every_entry_under_a_distribution() -> None:
     """Under each release heading, entries sit under "<distribution> <release version>"
     headings (or "Documentation", or "Development"), never directly under the release."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -180,10 +181,11 @@ async def test_peer_closing_during_handshake_is_retried(memory: MemoryBackend) -
     [
         lambda: AddressError("bad location"),
         lambda: FatalCommClosedError("certificate rejected"),
+        lambda: comm_core.HostNotFoundError("no such host", host="nosuchhost.invalid"),
         lambda: TypeError("connect() got an unexpected keyword argument"),
         lambda: ValueError("programming error"),
     ],
-    ids=["AddressError", "FatalCommClosedError", "TypeError", "ValueError"],
+    ids=["AddressError", "FatalCommClosedError", "HostNotFoundError", "TypeError", "ValueError"],
 )
 async def test_connect_does_not_retry_errors_no_retry_fixes(
     memory: MemoryBackend, exc: Callable[[], BaseException]
@@ -193,6 +195,24 @@ async def test_connect_does_not_retry_errors_no_retry_fixes(
     with pytest.raises(type(expected), match=re.escape(str(expected))):
         await comm_core.connect("memory://anywhere", timeout=10)
     assert memory.attempts == 1
+
+
+async def test_a_temporary_resolver_failure_is_retried(memory: MemoryBackend) -> None:
+    # What comm_core.sockets.connect_error makes of EAI_AGAIN: a plain ConnectError.
+    from comm_core.sockets import connect_error
+
+    def try_again() -> BaseException:
+        gaierror = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return connect_error("memory://somewhere:1", gaierror)
+
+    memory.connect_hook = fail_first(2, try_again)
+    async with (
+        comm_core.listen("memory://somewhere", echo),
+        await comm_core.connect("memory://somewhere", timeout=10) as comm,
+    ):
+        await comm.write(1)
+        assert await comm.read() == 1
+    assert memory.attempts == 3
 
 
 async def test_malformed_address_is_not_retried(memory: MemoryBackend) -> None:

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import pytest
 
 import comm_core
-from comm_core import AddressError, ConnectError
+from comm_core import AddressError, ConnectError, HostNotFoundError
 from comm_core.sockets import (
     AcceptLoop,
     bind_listening,
@@ -136,6 +136,45 @@ def test_connect_error_says_what_the_os_said() -> None:
     error = connect_error("ws://h:1", ConnectionRefusedError(errno.ECONNREFUSED, "Connect call"))
     assert isinstance(error, ConnectError)
     assert str(error) == "could not connect to ws://h:1: Connection refused"
+
+
+@pytest.mark.parametrize("code", ["EAI_NONAME", "EAI_NODATA", "EAI_FAIL"])
+def test_connect_error_of_a_name_that_does_not_resolve(code: str) -> None:
+    if not hasattr(socket, code):
+        pytest.skip(f"no {code} here")
+    gaierror = socket.gaierror(getattr(socket, code), "Name or service not known")
+    error = connect_error("ws://nosuchhost.invalid:80", gaierror)
+    assert isinstance(error, HostNotFoundError)
+    assert isinstance(error, ConnectError)
+    assert error.host == "nosuchhost.invalid"
+    assert str(error) == (
+        "could not connect to ws://nosuchhost.invalid:80: the host name 'nosuchhost.invalid' "
+        "could not be resolved (Name or service not known); check the name"
+    )
+    # The host given wins over the address's (a transport that dials another host).
+    assert connect_error("ws://a:80", gaierror, host="b.invalid").host == "b.invalid"
+
+
+def test_connect_error_of_a_temporary_resolver_failure() -> None:
+    gaierror = socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+    error = connect_error("ws://[::1]:80", gaierror)
+    assert type(error) is ConnectError  # retried by connect()
+    assert str(error) == (
+        "could not connect to ws://[::1]:80: the host name '::1' could not be resolved for "
+        "now (Temporary failure in name resolution)"
+    )
+
+
+async def test_connect_socket_to_a_name_that_does_not_resolve() -> None:
+    # .invalid never resolves (RFC 6761): the resolver says so without asking the network.
+    with pytest.raises(socket.gaierror) as info:
+        await connect_socket("nosuchhost.invalid", 80)
+    if info.value.errno == socket.EAI_AGAIN:
+        pytest.skip("this machine's resolver cannot answer (no DNS server reachable)")
+    error = connect_error("ws://nosuchhost.invalid:80", info.value)
+    assert isinstance(error, HostNotFoundError)
+    assert "Unknown error" not in str(error)
+    assert "'nosuchhost.invalid' could not be resolved" in str(error)
 
 
 async def test_connect_socket_to_a_listener() -> None:

@@ -7,6 +7,7 @@ this machine's primary address).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import sys
@@ -14,7 +15,7 @@ import sys
 import pytest
 
 import comm_core
-from comm_core import AddressError, ConnectError
+from comm_core import AddressError, ConnectError, HostNotFoundError
 from comm_core.testing import echo_handler
 from tcp_support import (
     HAS_IPV6,
@@ -141,6 +142,27 @@ async def test_connect_to_listen_only_address_is_refused(address: str) -> None:
     with pytest.raises(AddressError, match="only for listening") as info:
         await comm_core.connect(address, timeout=5)
     assert address in str(info.value)
+
+
+async def test_a_host_name_that_does_not_resolve_fails_at_once() -> None:
+    # .invalid never resolves (RFC 6761); the resolver says so without the network.
+    address = "tcp://nosuchhost.invalid:8786"
+    try:
+        socket.getaddrinfo("nosuchhost.invalid", 8786)
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:
+            pytest.skip("this machine's resolver cannot answer (no DNS server reachable)")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(HostNotFoundError) as info:
+        await comm_core.connect(address, timeout=30)
+    assert loop.time() - start < 5  # not retried until the budget is spent
+    assert info.value.host == "nosuchhost.invalid"
+    assert str(info.value).startswith(
+        f"could not connect to {address}: the host name 'nosuchhost.invalid' could not be "
+        "resolved ("
+    )
+    assert isinstance(info.value.__cause__, socket.gaierror)
 
 
 @pytest.mark.parametrize("host", LOOPBACKS)

@@ -8,6 +8,7 @@ the TLS options are turned into connection arguments, as ``comm`` does.
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_temporary_credentials(tmp_path: Path) -> None:
             "--temporary-credentials cannot be combined with --ca, --cert or --key",
         ),
         ([], True, "a tls:// listener needs a certificate"),
-        (["--ca", "/nonexistent/ca.pem"], False, "TLS options: "),
+        (["--ca", "/nonexistent/ca.pem"], False, "--ca /nonexistent/ca.pem: no such file"),
     ],
     ids=["combined", "listener-without-certificate", "missing-file"],
 )
@@ -97,6 +98,195 @@ def test_unusable_options(argv: list[str], server_side: bool, message: str) -> N
     with pytest.raises(CLIError) as info:
         args_for(command, "tls://127.0.0.1:0", *argv, server_side=server_side)
     assert str(info.value).startswith(message)
+
+
+class Files:
+    """PEM files in a temporary directory, for the TLS options: ``files.path("cert")``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        made = Security.temporary()
+        other = Security.temporary()
+        assert isinstance(made.ca, str)
+        assert isinstance(made.cert, str)
+        assert isinstance(made.key, str)
+        assert isinstance(other.key, str)
+        texts = {
+            "ca": made.ca,
+            "cert": made.cert,
+            "key": made.key,
+            "both": made.cert + made.key,
+            "other-key": other.key,
+            "not-pem": "hello\n",
+        }
+        for name, text in texts.items():
+            (directory / f"{name}.pem").write_text(text, encoding="ascii")
+
+    def path(self, name: str) -> str:
+        return str(self.directory / f"{name}.pem")
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    return Files(tmp_path)
+
+
+def _refused(files: Files, command: str, *argv: str) -> str:
+    """The message of the CLIError for *argv* (names of *files*, or flags) on *command*."""
+    options = [a if a.startswith("--") or "/" in a or a == "." else files.path(a) for a in argv]
+    parsed = parse(command, "tls" if command == "bench" else "tls://127.0.0.1:1", *options)
+    with pytest.raises(CLIError) as info:
+        connection_args(
+            parsed,
+            comm_core.get_backend("tls"),
+            server_side=command in ("serve", "bench"),
+            in_process=command == "bench",
+        )
+    return str(info.value)
+
+
+@pytest.mark.parametrize("command", ["ping", "serve", "bench", "doctor"])
+def test_key_without_cert(files: Files, command: str) -> None:
+    assert _refused(files, command, "--key", "key") == (
+        f"--key {files.path('key')} was given without --cert, the certificate it belongs to: "
+        "pass --cert FILE too"
+    )
+
+
+@pytest.mark.parametrize("command", ["ping", "serve", "bench"])
+def test_cert_without_key_holds_no_key(files: Files, command: str) -> None:
+    assert _refused(files, command, "--cert", "cert", "--ca", "ca") == (
+        f"--cert {files.path('cert')} holds no private key: pass its key with --key FILE"
+    )
+
+
+def test_cert_with_its_key_in_the_same_file_needs_no_key(files: Files) -> None:
+    security = args_for("ping", "tls://127.0.0.1:1", "--cert", files.path("both"))["security"]
+    assert security.cert == files.path("both")
+    # A client with a certificate trusts the system's CAs unless --ca is given: it does
+    # not need the CA that checks clients, which only a listener uses.
+    assert security.ca is None
+
+
+@pytest.mark.parametrize("flag", ["--ca", "--cert", "--key"])
+def test_a_missing_file_is_named(files: Files, flag: str) -> None:
+    argv = [flag, str(files.directory / "missing.pem")]
+    if flag == "--key":
+        argv += ["--cert", files.path("cert")]
+    assert (
+        _refused(files, "ping", *argv) == f"{flag} {files.directory / 'missing.pem'}: no such file"
+    )
+
+
+@pytest.mark.skipif(
+    sys.platform == "win32" or os.geteuid() == 0, reason="root reads any file; no modes on Windows"
+)
+def test_an_unreadable_file_is_named(files: Files) -> None:
+    os.chmod(files.path("key"), 0)
+    assert _refused(files, "ping", "--cert", "cert", "--key", "key") == (
+        f"--key {files.path('key')}: cannot read it: Permission denied"
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the OS's words differ")
+def test_a_file_that_cannot_be_opened_is_named(files: Files) -> None:
+    inside_a_file = os.path.join(files.path("key"), "key.pem")
+    assert _refused(files, "ping", "--cert", "cert", "--key", inside_a_file) == (
+        f"--key {inside_a_file}: cannot read it: Not a directory"
+    )
+
+
+def test_a_directory_is_not_a_certificate(files: Files) -> None:
+    assert _refused(files, "ping", "--cert", ".", "--key", "key") == (
+        "--cert .: a directory, not a PEM file"
+    )
+
+
+def test_files_that_hold_the_wrong_thing(files: Files) -> None:
+    assert _refused(files, "ping", "--cert", "not-pem", "--key", "key") == (
+        f"--cert {files.path('not-pem')}: the file holds no PEM certificate (no "
+        "'-----BEGIN CERTIFICATE-----' line); --cert takes this side's certificate chain in PEM"
+    )
+    assert _refused(files, "ping", "--cert", "key", "--key", "key") == (
+        f"--cert {files.path('key')}: the file holds a private key (no "
+        "'-----BEGIN CERTIFICATE-----' line); --cert takes this side's certificate chain in "
+        "PEM, --key its private key"
+    )
+    assert _refused(files, "ping", "--cert", "cert", "--key", "cert") == (
+        f"--key {files.path('cert')}: the file holds a certificate (no '-----BEGIN ... "
+        "PRIVATE KEY-----' line); --key takes the private key of --cert, in PEM"
+    )
+    for name in ("not-pem", "key"):
+        assert _refused(files, "ping", "--ca", name) == (
+            f"--ca {files.path(name)}: the file holds no PEM certificate (no "
+            "'-----BEGIN CERTIFICATE-----' line); --ca takes the CA certificate(s) that sign "
+            "the peer's certificate, in PEM"
+        )
+
+
+def test_a_key_that_is_not_the_certificates(files: Files) -> None:
+    message = _refused(files, "ping", "--cert", "cert", "--key", "other-key")
+    assert message.startswith(
+        f"--cert {files.path('cert')} and --key {files.path('other-key')}: the private key is "
+        "not that of the certificate ("
+    )
+    assert message.endswith("); pass the key that belongs to --cert")
+
+
+def test_a_mutual_tls_listener_needs_a_ca(files: Files) -> None:
+    assert _refused(files, "serve", "--cert", "both") == (
+        "a tls:// listener checks its clients' certificates (mutual TLS, the default) "
+        "against the CA given with --ca FILE: pass --ca, or --no-client-cert to accept "
+        "clients without a certificate"
+    )
+    assert _refused(files, "bench", "--cert", "both") == (
+        "comm bench measures tls:// with --cert as the certificate of both sides, each "
+        "checking the other's: pass --ca FILE too, the CA that signed it"
+    )
+    served = args_for(
+        "serve", "tls://127.0.0.1:0", "--cert", files.path("both"), "--no-client-cert",
+        server_side=True,
+    )  # fmt: skip
+    assert served["security"].require_client_cert is False
+
+
+#: Words of Python that a user of the command cannot act on.
+PYTHON_WORDS = ("Security(", "=...", "ssl_context", "require_client_cert", "minimum_version")
+
+
+def test_no_message_of_the_options_speaks_python(files: Files) -> None:
+    cases = [
+        ("ping", "--key", "key"),
+        ("ping", "--cert", "cert"),
+        ("serve", "--cert", "both"),
+        ("ping", "--cert", "cert", "--key", "other-key"),
+        ("ping", "--ca", "not-pem"),
+    ]
+    for command, *argv in cases:
+        message = _refused(files, command, *argv)
+        assert not any(word in message for word in PYTHON_WORDS), message
+
+
+def test_the_options_make_a_security_that_advises_in_their_words(files: Files) -> None:
+    from comm_tls._errors import describe_failure, words_of
+
+    security = args_for("ping", "tls://127.0.0.1:1", "--ca", files.path("ca"))["security"]
+    assert words_of(security) == "cli"
+    assert words_of(Security.temporary()) == "api"
+    failures = [
+        (_verification_error(20), "server", "pass the CA that signed it with --ca FILE"),
+        (_verification_error(62), "server", "or pass --no-check-hostname"),
+        (_alert("TLSV13_ALERT_CERTIFICATE_REQUIRED"), "server", "pass --cert FILE and --key"),
+        (_alert("TLSV13_ALERT_CERTIFICATE_REQUIRED"), "client", "serve with --no-client-cert"),
+        (_alert("SSLV3_ALERT_HANDSHAKE_FAILURE"), "server", "pass --cert FILE and --key"),
+        (_alert("TLSV1_ALERT_PROTOCOL_VERSION"), "server", "both sides need TLS 1.2 or later"),
+    ]
+    for exc, peer, advice in failures:
+        cli = describe_failure(exc, peer=peer, address="tls://h:1", words="cli")
+        assert advice in cli
+        assert not any(word in cli for word in PYTHON_WORDS), cli
+        api = describe_failure(exc, peer=peer, address="tls://h:1")
+        assert any(word in api for word in PYTHON_WORDS), api  # code is told in code
 
 
 def _verification_error(code: int) -> ssl.SSLCertVerificationError:

@@ -9,6 +9,7 @@ listener still serves a good client.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 import pytest
@@ -18,6 +19,7 @@ import comm_core
 from comm_core import (
     BackendError,
     FatalCommClosedError,
+    HostNotFoundError,
     ProtocolError,
 )
 from comm_tls import Security, TLSConfigurationError
@@ -67,6 +69,24 @@ async def test_connect_without_context_fails_at_once(temporary: Security) -> Non
     assert isinstance(exc, TLSConfigurationError)
     assert str(exc).startswith(f"cannot connect to {served.address()}: tls:// needs certificates")
     assert "to connect()" in str(exc)
+    assert elapsed < PROMPT
+
+
+async def test_a_host_name_that_does_not_resolve_fails_at_once(temporary: Security) -> None:
+    # .invalid never resolves (RFC 6761); the resolver says so without the network.
+    try:
+        socket.getaddrinfo("nosuchhost.invalid", 8786)
+    except socket.gaierror as gaierror:
+        if gaierror.errno == socket.EAI_AGAIN:
+            pytest.skip("this machine's resolver cannot answer (no DNS server reachable)")
+    address = "tls://nosuchhost.invalid:8786"
+    exc, elapsed = await connect_fails(address, security=temporary)
+    assert isinstance(exc, HostNotFoundError)
+    assert exc.host == "nosuchhost.invalid"
+    assert str(exc).startswith(
+        f"could not connect to {address}: the host name 'nosuchhost.invalid' could not be "
+        "resolved ("
+    )
     assert elapsed < PROMPT
 
 

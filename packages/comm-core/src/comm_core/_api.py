@@ -143,6 +143,9 @@ async def connect(
             or refused (not retried). Like every failure to establish the comm,
             it is an :class:`OSError`.
         FatalCommClosedError: a failure no retry can fix (not retried).
+        HostNotFoundError: the host name does not resolve: the resolver says
+            no such name exists (not retried; a temporary failure of the
+            resolver is retried).
         AddressError: *addr* is malformed or its scheme is not installed.
         EncryptionRequiredError: encryption is required and the backend lacks it.
         ValueError: *handshake_overrides* break the limits of a handshake

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from comm_core.protocol import SerializerFamily
 
 __all__ = [
+    "COMM_DISTRIBUTIONS",
     "ENTRY_POINT_GROUP",
     "BackendInfo",
     "BrokenPlugin",
@@ -53,6 +54,49 @@ __all__ = [
 
 #: The entry point group in which distributions publish their comm plugin.
 ENTRY_POINT_GROUP = "comm_core.backends"
+
+#: The schemes of comm's own transport distributions, which exist on the package index: the
+#: only distributions an unknown scheme's error ever tells users to install (never
+#: ``comm-<scheme>`` made up from what the user typed, which a typosquatter could own).
+COMM_DISTRIBUTIONS: Mapping[str, str] = MappingProxyType(
+    {
+        "tcp": "comm-tcp",
+        "tls": "comm-tls",
+        "inproc": "comm-inproc",
+        "ws": "comm-ws",
+        "wss": "comm-ws",
+    }
+)
+
+
+def scheme_advice(scheme: str, installed: Iterable[str]) -> str:
+    """What to do about *scheme*, which no installed backend serves (for messages).
+
+    The distribution to install if *scheme* is one of comm's own
+    (:data:`COMM_DISTRIBUTIONS`); else the closest installed or known scheme
+    if *scheme* looks like a typo of it (``tpc``: "did you mean tcp://?");
+    else to install the distribution that provides it, which comm cannot name.
+    """
+    distribution = COMM_DISTRIBUTIONS.get(scheme)
+    if distribution is not None:
+        return f"{distribution} provides {scheme}://: pip install {distribution}"
+    import difflib  # only for this error
+
+    installed = set(installed)
+    candidates = sorted(installed | set(COMM_DISTRIBUTIONS))
+    close = difflib.get_close_matches(scheme, candidates, n=1, cutoff=0.6)
+    if close:
+        [match] = close
+        advice = f"did you mean {match}://?"
+        if match not in installed:
+            advice += f" ({COMM_DISTRIBUTIONS[match]} provides it: pip install "
+            advice += f"{COMM_DISTRIBUTIONS[match]})"
+        return advice
+    return (
+        f"if a third-party distribution provides {scheme}://, install it (comm cannot "
+        "tell which one does)"
+    )
+
 
 #: Where the docs show what a plugin looks like (extending.rst, "Plugins and entry points").
 _PLUGIN_DOCS = "see 'Plugins and entry points' in comm's guide to extending it"
@@ -593,7 +637,7 @@ class Registry:
         installed = ", ".join(known) if known else "none"
         raise UnknownSchemeError(
             f"no comm backend for scheme {scheme!r} ({subject}); installed schemes: "
-            f"{installed}. If a distribution provides it, install it: pip install comm-{scheme}",
+            f"{installed}; {scheme_advice(scheme, known)}",
             scheme=scheme,
             known=known,
         )
@@ -620,7 +664,9 @@ def get_backend(scheme: str) -> Backend:
 
     Raises:
         UnknownSchemeError: no installed backend serves *scheme*; the message
-            lists the installed schemes and the distribution to install.
+            lists the installed schemes, and names the distribution to install
+            if the scheme is one of comm's own, or the scheme meant if it
+            looks like a typo (see :func:`scheme_advice`).
         BackendConflictError: two distributions claim *scheme*.
         PluginError: an installed plugin is broken.
     """

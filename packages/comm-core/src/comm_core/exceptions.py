@@ -9,7 +9,8 @@ clauses keep working::
     ├── CommClosedError (+ OSError)          the comm is closed, or closed while in use
     │   └── FatalCommClosedError              closed for a reason a retry cannot fix
     ├── ConnectError (+ OSError)              could not establish a connection
-    │   └── ConnectTimeoutError (+ TimeoutError)
+    │   ├── ConnectTimeoutError (+ TimeoutError)
+    │   └── HostNotFoundError                 the host name does not resolve (never retried)
     ├── ProtocolError                         the peer sent something that breaks the protocol
     │   ├── MessageTooLargeError              a message above ``max_message_size``
     │   └── HandshakeError (+ OSError)        the comm handshake failed, or met no comm endpoint
@@ -29,14 +30,15 @@ from exc``, so the original stays available as ``__cause__``.
 
 Retries: :func:`comm_core.connect` retries :class:`ConnectError` and plain
 :class:`CommClosedError` until its time budget is spent. It never retries
-:class:`FatalCommClosedError`, :class:`AddressError`, :class:`BackendError`
-or :class:`HandshakeError`.
+:class:`FatalCommClosedError`, :class:`HostNotFoundError`, :class:`AddressError`,
+:class:`BackendError` or :class:`HandshakeError`.
 
 Every failure of :func:`comm_core.connect` to establish a comm is an
 :class:`OSError`: :class:`ConnectTimeoutError` once its budget is spent,
 :class:`FatalCommClosedError` for a failure no retry fixes, and
 :class:`HandshakeError` when the peer is not a comm endpoint or its handshake
-is refused. What it raises for the caller's own mistakes (:class:`AddressError`,
+is refused, and :class:`HostNotFoundError` at once when the host name does
+not resolve. What it raises for the caller's own mistakes (:class:`AddressError`,
 :class:`BackendError`, :class:`EncryptionRequiredError`, :class:`ValueError`
 for unusable ``handshake_overrides``) is not.
 """
@@ -55,6 +57,7 @@ __all__ = [
     "FatalCommClosedError",
     "HandshakeError",
     "HandshakeTimeoutError",
+    "HostNotFoundError",
     "IncompatibleProtocolError",
     "MessageTooLargeError",
     "PluginError",
@@ -104,6 +107,26 @@ class ConnectTimeoutError(ConnectError, TimeoutError):
         self.address = address
         self.elapsed = elapsed
         self.attempts = attempts
+
+
+class HostNotFoundError(ConnectError):
+    """The host name of the address does not resolve: the resolver answered that no such
+    name exists, or that it has no address (``EAI_NONAME``, ``EAI_NODATA``, ``EAI_FAIL``).
+
+    :func:`comm_core.connect` raises it at once, without retrying: waiting
+    would not make a mistyped name resolve. A temporary failure of the
+    resolver (``EAI_AGAIN``: no answer from the DNS server) is a plain
+    :class:`ConnectError` instead, retried until the time budget is spent. A
+    caller that expects the name to appear later (a service registered in DNS
+    as it starts) catches this error and calls ``connect()`` again.
+
+    Attributes:
+        host: the host name that does not resolve.
+    """
+
+    def __init__(self, message: str, *, host: str = "") -> None:
+        super().__init__(message)
+        self.host = host
 
 
 class ProtocolError(CommError):

@@ -43,6 +43,7 @@ from comm_core.exceptions import (
     FatalCommClosedError,
     HandshakeError,
     HandshakeTimeoutError,
+    HostNotFoundError,
     IncompatibleProtocolError,
     ProtocolError,
     SerializationError,
@@ -300,7 +301,7 @@ async def connect_until(
                 comm = await connector.connect(
                     loc, deserialize=deserialize, options=options, **connection_args
                 )
-        except (FatalCommClosedError, HandshakeError):  # an OSError, but final
+        except (FatalCommClosedError, HandshakeError, HostNotFoundError):  # final
             raise
         except (ConnectError, CommClosedError, TimeoutError, asyncio.TimeoutError) as exc:
             # An attempt cut short by the budget says less than the failure before it.

@@ -15,7 +15,8 @@ What comm-tcp and comm-tls share, and a third party's transport over TCP
   with one policy for ``accept()``'s errors (an error of one connection skips
   it; running out of descriptors pauses accepting, logged, and retries).
 * :func:`connect_error`: an ``OSError`` of dialling as comm's
-  :class:`~comm_core.ConnectError`, with the OS's words.
+  :class:`~comm_core.ConnectError`, with the OS's words; a name that does not
+  resolve as :class:`~comm_core.HostNotFoundError`, naming the host.
 
 This module imports asyncio and socket: import it where connections are made,
 not from a backend's module (see :doc:`/extending`).
@@ -32,7 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from comm_core._addressing import parse_host_port
-from comm_core.exceptions import AddressError, ConnectError
+from comm_core.exceptions import AddressError, ConnectError, HostNotFoundError
 
 __all__ = [
     "WILDCARD_HOSTS",
@@ -181,10 +182,47 @@ def dial_target(scheme: str, loc: str) -> tuple[str, int]:
     return host, port
 
 
-def connect_error(address: str, exc: OSError) -> ConnectError:
+#: ``getaddrinfo()`` errors that say the name does not resolve, and will not on a retry:
+#: no such name, no address for it, the resolver's unrecoverable failure.
+_NO_SUCH_HOST: Final = frozenset(
+    getattr(socket, name) for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL")
+    if hasattr(socket, name)
+)  # fmt: skip
+
+
+def _host_of(address: str) -> str:
+    """The host of the URI *address*, or *address* itself if it has none."""
+    try:
+        return parse_host_port(address.partition("://")[2])[0] or address
+    except ValueError:
+        return address
+
+
+def connect_error(address: str, exc: OSError, *, host: str | None = None) -> ConnectError:
     """The :class:`~comm_core.ConnectError` for a failed attempt to connect to *address*
     (a URI), saying what the OS said (asyncio words a refusal "Connect call failed
-    (...)"); raise it ``from exc``."""
+    (...)"); raise it ``from exc``.
+
+    A :class:`socket.gaierror` (the name did not resolve) names the host (*host*,
+    or the one in *address*): :class:`~comm_core.HostNotFoundError`, which
+    :func:`comm_core.connect` does not retry, when the resolver says the name
+    does not exist or has no address; a plain :class:`~comm_core.ConnectError`,
+    retried, for a temporary failure of the resolver (``EAI_AGAIN``) or any
+    other.
+    """
+    if isinstance(exc, socket.gaierror):
+        name = host if host is not None else _host_of(address)
+        words = exc.strerror or str(exc) or f"getaddrinfo error {exc.errno}"
+        if exc.errno in _NO_SUCH_HOST:
+            return HostNotFoundError(
+                f"could not connect to {address}: the host name {name!r} could not be "
+                f"resolved ({words}); check the name",
+                host=name,
+            )
+        return ConnectError(
+            f"could not connect to {address}: the host name {name!r} could not be resolved "
+            f"for now ({words})"
+        )
     reason = (os.strerror(exc.errno) if exc.errno else "") or str(exc) or type(exc).__name__
     return ConnectError(f"could not connect to {address}: {reason}")
 

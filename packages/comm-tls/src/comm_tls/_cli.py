@@ -117,54 +117,114 @@ class _Options:
         )
 
     def security(self, *, server_side: bool, in_process: bool) -> Security:
-        """A :class:`~comm_tls.Security` made of the options.
+        """A :class:`~comm_tls.Security` made of the options (a ``CommandLineSecurity``,
+        whose errors speak of these options).
 
         Raises:
             CLIError: the options contradict each other, credentials are
-                missing, or comm-tls cannot use the files.
+                missing, or a file given cannot be read or used; the message
+                names the option and the file.
         """
         from comm_tls._errors import TLSConfigurationError
-        from comm_tls._security import Security
+        from comm_tls._security import CommandLineSecurity
 
-        try:
-            if self.temporary_credentials is not None:
-                if self.ca or self.cert or self.key:
-                    raise CLIError(
-                        "--temporary-credentials cannot be combined with --ca, --cert or --key"
-                    )
-                return self._temporary(create=server_side or in_process)
-            if in_process and not self.given:
-                return Security.temporary()
-            if (server_side or in_process) and self.cert is None:
+        listens = server_side or in_process
+        if self.temporary_credentials is not None:
+            if self.ca or self.cert or self.key:
                 raise CLIError(
-                    "a tls:// listener needs a certificate: pass --cert FILE and --key FILE "
-                    "(and --ca FILE, the CA of the clients' certificates), or "
-                    "--temporary-credentials DIR to make throwaway ones"
+                    "--temporary-credentials cannot be combined with --ca, --cert or --key"
                 )
-            if server_side or in_process:
-                return Security(
-                    ca=self.ca,
-                    cert=self.cert,
-                    key=self.key,
-                    check_hostname=self.check_hostname,
-                    require_client_cert=self.require_client_cert,
+            return self._temporary(create=listens)
+        if in_process and not self.given:
+            return CommandLineSecurity.temporary()
+        if self.key is not None and self.cert is None:
+            raise CLIError(
+                f"--key {self.key} was given without --cert, the certificate it belongs to: "
+                "pass --cert FILE too"
+            )
+        if listens and self.cert is None:
+            raise CLIError(
+                "a tls:// listener needs a certificate: pass --cert FILE and --key FILE "
+                "(and --ca FILE, the CA of the clients' certificates), or "
+                "--temporary-credentials DIR to make throwaway ones"
+            )
+        ca = _read_pem("--ca", self.ca, directory_ok=True) if self.ca is not None else None
+        if self.cert is not None:
+            cert = _read_pem("--cert", self.cert)
+            if _CERTIFICATE not in cert:
+                what = "a private key" if _PRIVATE_KEY in cert else "no PEM certificate"
+                raise CLIError(
+                    f"--cert {self.cert}: the file holds {what} (no '{_CERTIFICATE}-----' "
+                    "line); --cert takes this side's certificate chain in PEM"
+                    + (", --key its private key" if _PRIVATE_KEY in cert else "")
                 )
-            return Security(
-                ca=self.ca, cert=self.cert, key=self.key, check_hostname=self.check_hostname
+            if self.key is None and _PRIVATE_KEY not in cert:
+                raise CLIError(
+                    f"--cert {self.cert} holds no private key: pass its key with --key FILE"
+                )
+        if self.key is not None:
+            key = _read_pem("--key", self.key)
+            if _PRIVATE_KEY not in key:
+                what = "a certificate" if _CERTIFICATE in key else "no PEM private key"
+                raise CLIError(
+                    f"--key {self.key}: the file holds {what} (no '-----BEGIN ... PRIVATE "
+                    "KEY-----' line); --key takes the private key of --cert, in PEM"
+                )
+        if ca is not None and _CERTIFICATE not in ca:
+            raise CLIError(
+                f"--ca {self.ca}: the file holds no PEM certificate (no '{_CERTIFICATE}-----' "
+                "line); --ca takes the CA certificate(s) that sign the peer's certificate, "
+                "in PEM"
+            )
+        if listens and self.require_client_cert and self.ca is None:
+            if in_process:
+                raise CLIError(
+                    "comm bench measures tls:// with --cert as the certificate of both sides, "
+                    "each checking the other's: pass --ca FILE too, the CA that signed it"
+                )
+            raise CLIError(
+                "a tls:// listener checks its clients' certificates (mutual TLS, the default) "
+                "against the CA given with --ca FILE: pass --ca, or --no-client-cert to "
+                "accept clients without a certificate"
+            )
+        try:
+            return CommandLineSecurity(
+                ca=self.ca,
+                cert=self.cert,
+                key=self.key,
+                check_hostname=self.check_hostname,
+                # A client does not check clients; a listener as its options say.
+                require_client_cert=self.require_client_cert and listens,
             )
         except TLSConfigurationError as exc:
-            raise CLIError(f"TLS options: {exc}") from exc
+            raise CLIError(self._unusable(exc)) from exc
+
+    def _unusable(self, exc: Exception) -> str:
+        """The message for files that exist and look right but that OpenSSL refuses."""
+        detail = _detail(exc)
+        setting = getattr(exc, "setting", None)
+        if setting == "ca":
+            return f"--ca {self.ca}: cannot load the CA certificate(s): {detail}"
+        if setting == "cert":
+            files = f"--cert {self.cert}" + (f" and --key {self.key}" if self.key else "")
+            if "KEY_VALUES_MISMATCH" in detail:
+                return (
+                    f"{files}: the private key is not that of the certificate ({detail}); "
+                    "pass the key that belongs to --cert"
+                )
+            return f"{files}: cannot load the certificate and its key: {detail}"
+        return f"TLS options: {exc}"
 
     def _temporary(self, *, create: bool) -> Security:
         from pathlib import Path
 
-        from comm_tls._security import Security
+        from comm_tls._security import CommandLineSecurity
 
         directory = Path(self.temporary_credentials or ".")
         files = [directory / name for name in (CA_FILE, CERT_FILE, KEY_FILE)]
         present = [path.is_file() for path in files]
         if not any(present) and create:
-            made = Security.temporary(check_hostname=self.check_hostname)
+            made = CommandLineSecurity.temporary(check_hostname=self.check_hostname)
             assert isinstance(made.ca, str)
             assert isinstance(made.cert, str)
             assert isinstance(made.key, str)
@@ -182,8 +242,54 @@ class _Options:
                 f"`comm serve tls://127.0.0.1:8786 --temporary-credentials {directory}` "
                 "makes them, and clients given the same directory use them"
             )
+        from comm_tls._errors import TLSConfigurationError
+
         ca, cert, key = (str(path) for path in files)
-        return Security(ca=ca, cert=cert, key=key, check_hostname=self.check_hostname)
+        for path in (ca, cert, key):
+            _read_pem("--temporary-credentials", path)
+        try:
+            return CommandLineSecurity(
+                ca=ca, cert=cert, key=key, check_hostname=self.check_hostname
+            )
+        except TLSConfigurationError as exc:
+            raise CLIError(
+                f"--temporary-credentials {directory}: the credentials there cannot be used: "
+                f"{_detail(exc)}; delete the directory to make new ones"
+            ) from exc
+
+
+def _detail(exc: Exception) -> str:
+    """OpenSSL's (or the OS's) words for why comm-tls could not use a file."""
+    from comm_tls._errors import ssl_detail
+
+    cause = exc.__cause__
+    return ssl_detail(cause) if cause is not None else str(exc)
+
+
+#: What the first line of a PEM certificate, and of a PEM private key, hold.
+_CERTIFICATE = "-----BEGIN CERTIFICATE"
+_PRIVATE_KEY = "PRIVATE KEY-----"
+
+
+def _read_pem(flag: str, path: str, *, directory_ok: bool = False) -> str:
+    """The text of the file *path* given to *flag* ("" for a directory, if *directory_ok*).
+
+    Raises:
+        CLIError: the file does not exist, is a directory, or cannot be read;
+            naming *flag* and *path*.
+    """
+    if os.path.isdir(path):
+        if directory_ok:
+            return _CERTIFICATE  # a directory of CA certificates: OpenSSL reads it
+        raise CLIError(f"{flag} {path}: a directory, not a PEM file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise CLIError(f"{flag} {path}: no such file") from None
+    except OSError as exc:
+        raise CLIError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from exc
+    return data.decode("ascii", "replace")
 
 
 def _write_credentials(directory: Path, ca: str, cert: str, key: str) -> None:

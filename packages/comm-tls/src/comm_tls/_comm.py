@@ -37,6 +37,8 @@ class TLSProtocol(TCPProtocol):
         self.server_side = False
         #: Where a client keeps the session ticket it gets (see comm_tls._resume.offer).
         self.resume_slot: Any = None
+        #: In whose words a TLS failure says what to do (comm_tls._errors.words_of).
+        self.advice_words = "api"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if isinstance(transport, TLSTransport):
@@ -51,7 +53,9 @@ class TLSProtocol(TCPProtocol):
             if not self.established:
                 # TLS 1.3: the server checks the client's certificate after the client
                 # finished its handshake, so its alert arrives here.
-                return FatalCommClosedError(describe_failure(error, peer=peer, address=self.peer))
+                return FatalCommClosedError(
+                    describe_failure(error, peer=peer, address=self.peer, words=self.advice_words)
+                )
             return FatalCommClosedError(
                 f"the TLS connection with {self.peer} failed: {ssl_detail(error)}"
             )

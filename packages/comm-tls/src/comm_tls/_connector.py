@@ -14,7 +14,7 @@ from comm_core.sockets import connect_error, connect_socket, dial_target
 from comm_core.stream import StreamComm
 from comm_tcp import SocketOptions
 from comm_tls._comm import TLSComm, TLSProtocol
-from comm_tls._errors import describe_failure
+from comm_tls._errors import describe_failure, words_of
 from comm_tls._resume import offer, remember, resuming
 from comm_tls._security import Security, context_for
 from comm_tls._transport import TLSTransport, available, handshake
@@ -60,7 +60,7 @@ class TLSConnector(Connector):
     ) -> TLSComm:
         """A new, unconnected comm configured by the connection arguments *args* and
         the settings *options* (default: those in force)."""
-        return self.comm_class(
+        comm = self.comm_class(
             scheme=self.scheme,
             deserialize=deserialize,
             socket_options=SocketOptions.from_args(args),
@@ -68,6 +68,8 @@ class TLSConnector(Connector):
             options=options,
             **comm_kwargs(args),
         )
+        comm.protocol.advice_words = words_of(args.get("security"))
+        return comm
 
     async def connect(
         self,
@@ -124,9 +126,10 @@ class TLSConnector(Connector):
         hostname = args.get("server_hostname") or host
         security = args.get("security")
         sessions = security.session_cache if isinstance(security, Security) else None
+        words = words_of(security)
         loop = asyncio.get_running_loop()
         if self.socket_transport(loop):
-            await self._open_socket(comm, host, port, context, hostname, sessions, address)
+            await self._open_socket(comm, host, port, context, hostname, sessions, address, words)
             return
         try:
             with resuming(sessions, (hostname, host, port)):
@@ -139,11 +142,15 @@ class TLSConnector(Connector):
                     ssl_handshake_timeout=comm.options.handshake_timeout,
                 )
         except ssl.SSLError as exc:
-            message = describe_failure(exc, peer="server", address=address, hostname=hostname)
+            message = describe_failure(
+                exc, peer="server", address=address, hostname=hostname, words=words
+            )
             raise FatalCommClosedError(message) from exc
         except (ConnectionResetError, ConnectionAbortedError) as exc:
             # Reset or aborted once connected: during the TLS handshake.
-            message = describe_failure(exc, peer="server", address=address, hostname=hostname)
+            message = describe_failure(
+                exc, peer="server", address=address, hostname=hostname, words=words
+            )
             raise ConnectError(message) from exc
 
     async def _open_socket(
@@ -155,6 +162,7 @@ class TLSConnector(Connector):
         hostname: str,
         sessions: Any,
         address: str,
+        words: str = "api",
     ) -> None:
         """:meth:`open` over comm-tls's own transport."""
         loop = asyncio.get_running_loop()
@@ -175,17 +183,21 @@ class TLSConnector(Connector):
             if isinstance(exc, ssl.SSLError) and not isinstance(
                 exc, (ssl.SSLEOFError, ssl.SSLZeroReturnError)
             ):
-                message = describe_failure(exc, peer="server", address=address, hostname=hostname)
+                message = describe_failure(
+                    exc, peer="server", address=address, hostname=hostname, words=words
+                )
                 raise FatalCommClosedError(message) from exc
             if isinstance(exc, TimeoutError):
                 error = ConnectionAbortedError(
                     f"the TLS handshake took longer than {timeout:g}s: aborting the connection"
                 )
-                message = describe_failure(error, peer="server", address=address)
+                message = describe_failure(error, peer="server", address=address, words=words)
                 raise ConnectError(message) from exc
             if isinstance(exc, (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
                 # The server closed the connection during the handshake: worth a retry.
-                message = describe_failure(exc, peer="server", address=address, hostname=hostname)
+                message = describe_failure(
+                    exc, peer="server", address=address, hostname=hostname, words=words
+                )
                 raise ConnectError(message) from exc
             raise
         assert isinstance(comm.protocol, TLSProtocol)

@@ -13,7 +13,7 @@ import ssl
 
 from comm_core import BackendError
 
-__all__ = ["TLSConfigurationError", "describe_failure", "ssl_detail"]
+__all__ = ["TLSConfigurationError", "describe_failure", "ssl_detail", "words_of"]
 
 
 class TLSConfigurationError(BackendError, ValueError):
@@ -25,7 +25,16 @@ class TLSConfigurationError(BackendError, ValueError):
     for certificates, keys or options it cannot use. Never retried: it is a
     :class:`comm_core.BackendError` (a misused backend) and a :class:`ValueError`
     (a bad argument).
+
+    Attributes:
+        setting: which of :class:`comm_tls.Security`'s settings could not be
+            used, when it is a file that failed to load: ``"ca"``, or
+            ``"cert"`` (the certificate and its key); ``None`` otherwise.
     """
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 # OpenSSL's X509_V_ERR_* codes (SSLCertVerificationError.verify_code).
@@ -78,7 +87,38 @@ _NOT_TLS = frozenset(
     }
 )
 
-_CA_FIX = "pass the CA that signed it (Security(ca=...) or ssl_context.load_verify_locations(...))"
+#: What to do, in the words of who configured this side: ``"api"`` (Python code: the
+#: fields of :class:`~comm_tls.Security`) or ``"cli"`` (the ``comm`` command's options,
+#: which give a :class:`~comm_tls._security.CommandLineSecurity`).
+_FIXES: dict[str, dict[str, str]] = {
+    "api": {
+        "ca": "pass the CA that signed it (Security(ca=...) or "
+        "ssl_context.load_verify_locations(...))",
+        "name": "dial a host name or address that the certificate lists, pass "
+        "server_hostname= with a name it lists, or, for a cluster addressed by IP whose "
+        "certificates name no addresses, turn hostname checking off with "
+        "Security(check_hostname=False)",
+        "send_cert": "pass a certificate and key signed by a CA that the server trusts "
+        "(Security(cert=..., key=...) or ssl_context.load_cert_chain(...))",
+        "accept_no_cert": "give the client a certificate signed by a CA in this listener's "
+        "CA, or listen with Security(require_client_cert=False)",
+        "versions": "check minimum_version on both sides",
+        "send_cert_or_ciphers": "pass a certificate and key signed by a CA that the server "
+        "trusts (Security(cert=..., key=...)), and check the ciphers of both sides",
+    },
+    "cli": {
+        "ca": "pass the CA that signed it with --ca FILE",
+        "name": "dial a host name or address that the certificate lists, or pass "
+        "--no-check-hostname (the certificate is still checked against the CA)",
+        "send_cert": "pass --cert FILE and --key FILE, a certificate signed by a CA that "
+        "the server trusts",
+        "accept_no_cert": "give the client a certificate signed by the CA given to this "
+        "listener's --ca, or serve with --no-client-cert",
+        "versions": "both sides need TLS 1.2 or later",
+        "send_cert_or_ciphers": "pass --cert FILE and --key FILE, a certificate signed by "
+        "a CA that the server trusts, and check the TLS settings of the server",
+    },
+}
 
 
 def ssl_detail(exc: BaseException) -> str:
@@ -93,7 +133,7 @@ def ssl_detail(exc: BaseException) -> str:
 
 
 def _verification(
-    exc: ssl.SSLCertVerificationError, peer: str, hostname: str | None
+    exc: ssl.SSLCertVerificationError, peer: str, hostname: str | None, fixes: dict[str, str]
 ) -> tuple[str, str]:
     code = exc.verify_code
     cert = f"the {peer}'s certificate"
@@ -104,19 +144,14 @@ def _verification(
             "self-signed certificate as this side's CA",
         )
     if code in _UNKNOWN_ISSUER:
-        return f"{cert} is signed by an unknown CA", _CA_FIX
+        return f"{cert} is signed by an unknown CA", fixes["ca"]
     if code == _EXPIRED:
         return f"{cert} has expired", f"renew the {peer}'s certificate"
     if code == _NOT_YET_VALID:
         return f"{cert} is not valid yet", "check its start date and both machines' clocks"
     if code in _NAME_MISMATCH:
         name = repr(hostname) if hostname else "the host name dialled"
-        return (
-            f"{cert} is not valid for {name}",
-            "dial a host name or address that the certificate lists, pass server_hostname= "
-            "with a name it lists, or, for a cluster addressed by IP whose certificates name "
-            "no addresses, turn hostname checking off with Security(check_hostname=False)",
-        )
+        return f"{cert} is not valid for {name}", fixes["name"]
     if code == _WRONG_PURPOSE:
         return (
             f"{cert} is not meant for this use (its extended key usage)",
@@ -125,22 +160,24 @@ def _verification(
     return f"{cert} was rejected", f"check the {peer}'s certificate against this side's CA"
 
 
-def _explain(exc: BaseException, peer: str, hostname: str | None) -> tuple[str, str]:
-    """``(what happened, what to do)`` for a failure seen by this side talking to a *peer*."""
+def _explain(
+    exc: BaseException, peer: str, hostname: str | None, words: str = "api"
+) -> tuple[str, str]:
+    """``(what happened, what to do)`` for a failure seen by this side talking to a *peer*;
+    what to do in *words* (see ``_FIXES``)."""
+    fixes = _FIXES[words]
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return _verification(exc, peer, hostname)
+        return _verification(exc, peer, hostname, fixes)
     reason = getattr(exc, "reason", None) or ""
     if reason in _NO_CERTIFICATE:
         if peer == "server":
             return (
                 "the server requires a client certificate (mutual TLS) and this side sent none",
-                "pass a certificate and key signed by a CA that the server trusts "
-                "(Security(cert=..., key=...) or ssl_context.load_cert_chain(...))",
+                fixes["send_cert"],
             )
         return (
             "the client sent no certificate, and this listener requires one (mutual TLS)",
-            "give the client a certificate signed by a CA in this listener's CA, or listen "
-            "with Security(require_client_cert=False)",
+            fixes["accept_no_cert"],
         )
     if reason == "TLSV1_ALERT_UNKNOWN_CA":
         return (
@@ -157,17 +194,13 @@ def _explain(exc: BaseException, peer: str, hostname: str | None) -> tuple[str, 
             f"check this side's certificate against the {peer}'s CA",
         )
     if reason in _NO_COMMON_VERSION:
-        return (
-            "the two sides have no TLS version in common",
-            "check minimum_version on both sides",
-        )
+        return "the two sides have no TLS version in common", fixes["versions"]
     if reason == "SSLV3_ALERT_HANDSHAKE_FAILURE" and peer == "server":
         # What a TLS 1.2 server answers a client that sent no certificate, among others.
         return (
             "the server refused the handshake: it may require a client certificate (mutual "
             "TLS) that this side did not send, or the two sides agree on no cipher",
-            "pass a certificate and key signed by a CA that the server trusts "
-            "(Security(cert=..., key=...)), and check the ciphers of both sides",
+            fixes["send_cert_or_ciphers"],
         )
     if reason in _NO_COMMON_CIPHER:
         return (
@@ -197,8 +230,20 @@ def _explain(exc: BaseException, peer: str, hostname: str | None) -> tuple[str, 
     return "the TLS layer failed", "check the TLS configuration of both sides"
 
 
+def words_of(security: object) -> str:
+    """In whose words to advise about failures of comms configured with *security*:
+    ``"cli"`` for the ``comm`` command's, ``"api"`` for anything else."""
+    words = getattr(security, "advice_words", "api")
+    return words if words in _FIXES else "api"
+
+
 def describe_failure(
-    exc: BaseException, *, peer: str, address: str, hostname: str | None = None
+    exc: BaseException,
+    *,
+    peer: str,
+    address: str,
+    hostname: str | None = None,
+    words: str = "api",
 ) -> str:
     """The message for a TLS handshake with *address* (whose role is *peer*) failing with *exc*.
 
@@ -207,6 +252,9 @@ def describe_failure(
         peer: ``"server"`` (this side dialled) or ``"client"`` (this side listens).
         address: the peer's address, such as ``"tls://127.0.0.1:8786"``.
         hostname: the name the client checked the server's certificate against.
+        words: ``"api"`` to say what to do in terms of :class:`~comm_tls.Security`
+            (the default), ``"cli"`` in terms of the ``comm`` command's options
+            (:func:`words_of` tells which).
     """
-    what, fix = _explain(exc, peer, hostname)
+    what, fix = _explain(exc, peer, hostname, words)
     return f"TLS handshake with {address} failed: {what} ({ssl_detail(exc)}); {fix}"

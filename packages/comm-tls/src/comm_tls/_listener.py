@@ -19,7 +19,7 @@ from comm_core.sockets import AcceptLoop, bind_listening, contact_host
 from comm_core.stream import StreamAcceptor, format_sockaddr
 from comm_tcp import SocketOptions
 from comm_tls._comm import TLSProtocol
-from comm_tls._errors import describe_failure
+from comm_tls._errors import describe_failure, words_of
 from comm_tls._handshake import (
     TLS_ALERT_PROTOCOL_VERSION,
     HandshakeWatch,
@@ -414,7 +414,12 @@ class TLSListener(Listener):
             )
             return
         if isinstance(reason, ssl.SSLError) or watch.head:
-            message = describe_failure(reason, peer="client", address=f"client {client}")
+            message = describe_failure(
+                reason,
+                peer="client",
+                address=f"client {client}",
+                words=words_of(self.connection_args.get("security")),
+            )
             logger.warning("%s: %s", where, message)
         else:
             logger.info("%s: %s closed the connection before the TLS handshake", where, client)

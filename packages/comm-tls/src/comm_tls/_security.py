@@ -9,13 +9,13 @@ import os
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from comm_tls._errors import TLSConfigurationError, ssl_detail
 from comm_tls._handshake import ServerSSLObject
 from comm_tls._resume import ResumingSSLObject, SessionCache, forbid
 
-__all__ = ["Security", "context_for"]
+__all__ = ["CommandLineSecurity", "Security", "context_for"]
 
 #: A certificate, key or CA: PEM text, or the path of a file holding it.
 PEMSource = str | os.PathLike[str]
@@ -141,6 +141,9 @@ class Security:
             clients against.
     """
 
+    #: In whose words errors say what to do (see comm_tls._errors.words_of): Python's.
+    advice_words: ClassVar[str] = "api"
+
     ca: PEMSource | None = None
     cert: PEMSource | None = None
     key: PEMSource | None = None
@@ -260,7 +263,8 @@ class Security:
                 context = ssl.create_default_context(purpose, cafile=os.fspath(ca))
         except (OSError, ValueError) as exc:
             raise TLSConfigurationError(
-                f"cannot load the CA certificates ({_describe(ca)}): {ssl_detail(exc)}"
+                f"cannot load the CA certificates ({_describe(ca)}): {ssl_detail(exc)}",
+                setting="ca",
             ) from exc
         context.minimum_version = self.minimum_version
         if self.ciphers is not None:
@@ -278,7 +282,8 @@ class Security:
                 except (OSError, ValueError) as exc:
                     raise TLSConfigurationError(
                         f"cannot load the certificate ({_describe(self.cert)}) and key "
-                        f"({_describe(self.key)}): {ssl_detail(exc)}"
+                        f"({_describe(self.key)}): {ssl_detail(exc)}",
+                        setting="cert",
                     ) from exc
         if server_side:
             if self.require_client_cert:
@@ -304,6 +309,15 @@ class Security:
     def session_cache(self) -> SessionCache | None:
         """The tickets kept for resuming client connections (``None`` if turned off)."""
         return self._sessions
+
+
+@dataclass(frozen=True, repr=False)
+class CommandLineSecurity(Security):
+    """A :class:`Security` made of the ``comm`` command's options: the errors of its comms
+    (and the listener's log lines about its clients) say what to do in terms of those
+    options (``--ca``, ``--cert``, ``--no-check-hostname``, ...), not of Python."""
+
+    advice_words: ClassVar[str] = "cli"
 
 
 def context_for(args: Mapping[str, Any], *, server_side: bool, address: str) -> ssl.SSLContext:

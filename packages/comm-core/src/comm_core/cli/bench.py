@@ -65,6 +65,12 @@ exit status:
   130  interrupted by Ctrl-C (the results so far are printed)
 """
 
+#: Under the table: sizes are binary (as given, such as 16MiB), rates decimal.
+UNITS = (
+    "(SIZE: payload per message, 1 KiB = 1024 bytes, 1 MiB = 1024 KiB; MB/S: payload echoed "
+    "per second, 1 MB = 10^6 bytes)"
+)
+
 #: At most this many round trips per measurement, however fast they are.
 MAX_ROUND_TRIPS = 1_000_000
 #: At most this many warm-up round trips, within a tenth of the duration.
@@ -280,10 +286,17 @@ class _Bench:
                     async with timeout_after(args.duration * 1.1 + args.timeout):
                         result.measurements.append(await self.measure(comm, label, nbytes))
                 except TimeoutError as exc:
-                    raise _NoEcho(
-                        f"{address} did not send the {format_size(nbytes)} messages back within "
-                        f"{args.timeout:g} s after the measurement: is it `comm serve`?"
-                    ) from exc
+                    late = (
+                        f"did not send the {format_size(nbytes)} messages back within "
+                        f"{args.timeout:g} s after the measurement"
+                    )
+                    if target.address is None:  # our own listener: the transport stalled
+                        raise _NoEcho(
+                            f"the {target.scheme}:// listener that comm bench runs in this "
+                            f"process ({address}) {late}: the transport lost or held up "
+                            "messages; --timeout allows more time"
+                        ) from exc
+                    raise _NoEcho(f"{address} {late}: is it `comm serve`?") from exc
 
     async def run(self, targets: list[Target]) -> list[Result]:
         import asyncio
@@ -299,7 +312,16 @@ class _Bench:
                 results.append(result)
                 try:
                     await self.run_target(target, result)
-                except (CommError, _NoEcho, _NotEcho) as exc:
+                except _NotEcho as exc:
+                    result.error = str(exc)
+                    if target.address is None:  # our own listener: the transport altered it
+                        result.error = (
+                            f"the {target.scheme}:// listener that comm bench runs in this "
+                            f"process did not send the message back as it was sent "
+                            f"({exc.sent_back}): the transport altered it"
+                        )
+                    continue
+                except (CommError, _NoEcho) as exc:
                     result.error = str(exc)
                     continue
                 finally:
@@ -314,9 +336,9 @@ class _NoEcho(Exception):
 
 class _NotEcho(Exception):
     def __init__(self, reply: object) -> None:
+        self.sent_back = f"it sent {type(reply).__name__} {reply!r:.60}"
         super().__init__(
-            f"the peer did not send the message back (it sent {type(reply).__name__} "
-            f"{reply!r:.60}): is it `comm serve`?"
+            f"the peer did not send the message back ({self.sent_back}): is it `comm serve`?"
         )
 
 
@@ -380,6 +402,8 @@ def _print_table(args: argparse.Namespace, results: list[Result]) -> None:
             rows.append([result.target, "failed", "-", "-", "-", "-"])
     headers = ["TARGET", "SIZE", "ROUND TRIPS/S", "P50", "P99", "MB/S"]
     print(format_table(headers, rows, right="12345"))
+    if rows:
+        print(UNITS)
     installed = get_registry().backends()
     by_reference = sorted(
         {

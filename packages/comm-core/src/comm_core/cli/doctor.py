@@ -19,7 +19,7 @@ from typing import Any, Final
 import comm_core
 from comm_core._addressing import parse_address, unparse_address, unparse_host_port
 from comm_core._record import Record
-from comm_core._registry import get_registry
+from comm_core._registry import get_registry, scheme_advice
 from comm_core._text import peer_text
 from comm_core.abc import Backend, Capability
 from comm_core.cli._common import (
@@ -355,9 +355,7 @@ def _step_backend(context: DoctorContext) -> str:
         known = ", ".join(exc.known) or "none"
         raise StepFailed(
             f"no installed transport serves {scheme}:// (installed: {known})",
-            f"install the distribution that provides {scheme}://, such as "
-            f"`pip install comm-{scheme}`, or use an installed scheme; "
-            "`comm backends` lists them",
+            f"{scheme_advice(scheme, exc.known)} (`comm backends` lists the installed transports)",
         ) from exc
     except BackendConflictError as exc:
         raise StepFailed(

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import comm_core
+from comm_core._registry import get_registry
 from comm_core._text import peer_text
 from comm_core.abc import Comm
 from comm_core.cli._common import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
+    CLIError,
     about,
     backend_for,
+    describe_backend_error,
     non_negative_float,
     positive_float,
     positive_int,
@@ -25,9 +30,15 @@ from comm_core.cli._common import (
     stop_on_signals,
 )
 from comm_core.cli._plugins import connection_args
-from comm_core.exceptions import CommClosedError, CommError, ConnectError, ProtocolError
+from comm_core.exceptions import (
+    CommClosedError,
+    CommError,
+    ConnectError,
+    HostNotFoundError,
+    ProtocolError,
+)
 
-__all__ = ["add_parser", "percentile", "run"]
+__all__ = ["add_parser", "load_plugins", "percentile", "run"]
 
 DESCRIPTION = """\
 Connect to ADDRESS, a listener that sends messages back (`comm serve`), and send
@@ -41,10 +52,12 @@ examples:
 
 EPILOG = """\
 exit status:
-  0  at least one reply was received
-  1  no reply, or the connection could not be made or was lost
-  2  other errors: usage, a malformed address, an unknown scheme, options that the
-     transport cannot use
+  0    at least one reply was received (Ctrl-C once connected ends the pings, prints
+       the summary and exits with this status or 1)
+  1    no reply, or the connection could not be made or was lost
+  2    other errors: usage, a malformed address, an unknown scheme, options that the
+       transport cannot use
+  130  interrupted by Ctrl-C before the connection was made
 """
 
 
@@ -103,10 +116,25 @@ def run(args: argparse.Namespace) -> int:
 
     address, _, backend = backend_for(args.address)
     connect_args = connection_args(args, backend, server_side=False)
+    load_plugins()
     try:
         return asyncio.run(_ping(address, args, connect_args))
     except KeyboardInterrupt:  # where the event loop cannot handle signals (Windows)
-        return EXIT_FAILURE
+        print_error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+def load_plugins() -> None:
+    """Load what the plugins give now, so that no connect or round trip is timed with it:
+    the serializer families, which a comm otherwise asks for on its first write.
+
+    Raises:
+        CLIError: a plugin is broken, or two clash.
+    """
+    try:
+        get_registry().serializer_families()
+    except CommError as exc:
+        raise CLIError(describe_backend_error(exc)) from exc
 
 
 class _Pinger:
@@ -198,11 +226,17 @@ class _Pinger:
                 self.handle(event)
 
     def summary(self, elapsed: float) -> None:
+        """Print the statistics: *received* counts the replies printed; a message whose
+        reply was still awaited when Ctrl-C came counts as sent, not as lost."""
         received = len(self.rtts)
-        loss = 100.0 * (self.sent - received) / self.sent if self.sent else 0.0
+        unanswered = len(self.pending)  # awaited when stopped: neither received nor lost
+        due = self.sent - unanswered
+        loss = 100.0 * (due - received) / due if due else 0.0
+        stopped = f", {unanswered} awaiting a reply when stopped" if unanswered else ""
         print(f"--- {self.address} comm ping statistics ---")
         print(
-            f"{self.sent} sent, {received} received, {loss:.1f}% lost, time {elapsed * 1e3:.0f} ms"
+            f"{self.sent} sent, {received} received, {loss:.1f}% lost{stopped}, "
+            f"time {elapsed * 1e3:.0f} ms"
         )
         if received:
             ordered = sorted(self.rtts)
@@ -220,34 +254,37 @@ async def _ping(address: str, args: argparse.Namespace, connect_args: dict[str, 
     import asyncio
 
     loop = asyncio.get_running_loop()
-    start = time.perf_counter()
-    try:
-        comm = await comm_core.connect(address, timeout=args.timeout, **connect_args)
-    except (ConnectError, CommClosedError, ProtocolError) as exc:
-        # ConnectTimeoutError, a rejection by an encrypted transport (FatalCommClosedError),
-        # a failed handshake
-        message = about(address, exc, "cannot connect to")
-        if refused(exc):
-            message += (
-                f"; connection refused: is a listener running there? `comm serve {address}` "
-                "starts one"
-            )
+    connecting = loop.create_task(_connect(address, args, connect_args))
+    pinger: _Pinger | None = None
+    interrupted = False
+
+    def on_signal() -> None:  # Ctrl-C, SIGTERM: stop connecting, or stop pinging
+        nonlocal interrupted
+        if pinger is not None:
+            pinger.stop()
         else:
-            message += f"; `comm doctor {address}` (with the same options) checks each step"
-        print_error(message)
-        return EXIT_FAILURE
-    connected = time.perf_counter() - start
-    info = comm.handshake_info
-    print(
-        f"PING {address}: {args.size} bytes of payload; connected in {connected * 1e3:.3f} ms "
-        f"to {peer_text(info.get('library', '?'), 60, bare=True)} "
-        f"{peer_text(info.get('version', '?'), 60, bare=True)}",
-        flush=True,
-    )
-    pinger = _Pinger(comm, address, args)
-    reader = loop.create_task(pinger.read_replies())
-    start = time.perf_counter()
-    with stop_on_signals(loop, pinger.stop):
+            interrupted = True
+            connecting.cancel()
+
+    with stop_on_signals(loop, on_signal):
+        try:
+            comm = await connecting
+        except asyncio.CancelledError:
+            if not interrupted:
+                raise
+            if sys.stderr.isatty():
+                print(file=sys.stderr)  # past the ^C the terminal echoed
+            print_error(f"interrupted while connecting to {address}")
+            return EXIT_INTERRUPTED
+        if comm is None:
+            return EXIT_FAILURE
+        if interrupted:  # Ctrl-C came as the connect completed
+            comm.abort()
+            print_error(f"interrupted while connecting to {address}")
+            return EXIT_INTERRUPTED
+        pinger = _Pinger(comm, address, args)
+        reader = loop.create_task(pinger.read_replies())
+        start = time.perf_counter()
         try:
             await pinger.run()
         finally:
@@ -259,3 +296,35 @@ async def _ping(address: str, args: argparse.Namespace, connect_args: dict[str, 
         print_error(f"connection to {address} lost: {pinger.lost}")
         return EXIT_FAILURE
     return EXIT_OK if pinger.rtts else EXIT_FAILURE
+
+
+async def _connect(
+    address: str, args: argparse.Namespace, connect_args: dict[str, Any]
+) -> Comm | None:
+    """The comm to *address*, after printing the PING line; ``None`` (the error printed)
+    if it cannot be made."""
+    start = time.perf_counter()
+    try:
+        comm = await comm_core.connect(address, timeout=args.timeout, **connect_args)
+    except (ConnectError, CommClosedError, ProtocolError) as exc:
+        # ConnectTimeoutError, a rejection by an encrypted transport (FatalCommClosedError),
+        # a failed handshake, a host name that does not resolve
+        message = about(address, exc, "cannot connect to")
+        if refused(exc):
+            message += (
+                f"; connection refused: is a listener running there? `comm serve {address}` "
+                "starts one"
+            )
+        elif not isinstance(exc, HostNotFoundError):  # its message says what to check
+            message += f"; `comm doctor {address}` (with the same options) checks each step"
+        print_error(message)
+        return None
+    connected = time.perf_counter() - start
+    info = comm.handshake_info
+    print(
+        f"PING {address}: {args.size} bytes of payload; connected in {connected * 1e3:.3f} ms "
+        f"to {peer_text(info.get('library', '?'), 60, bare=True)} "
+        f"{peer_text(info.get('version', '?'), 60, bare=True)}",
+        flush=True,
+    )
+    return comm
