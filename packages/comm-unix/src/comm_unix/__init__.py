@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING
 
 from comm_core import lazy_exports
 from comm_unix._address import MAX_PATH_BYTES, SCHEME, check_path
+from comm_unix._version import __version__
 
 if TYPE_CHECKING:
     from comm_unix._backend import UnixBackend
     from comm_unix._connector import UnixComm, UnixConnector
     from comm_unix._listener import UnixListener
-
-__version__ = "0.1.0"
 
 __all__ = [
     "MAX_PATH_BYTES",
