@@ -239,7 +239,7 @@ def example(session: nox.Session) -> None:
     """The docs' example backend is comm-unix now: `nox -s tests -k comm-unix` tests it."""
     session.skip(
         "the example backend of docs/extending.rst is packages/comm-unix, a distribution "
-        'of its own: `nox -s tests -k comm-unix` runs its tests'
+        "of its own: `nox -s tests -k comm-unix` runs its tests"
     )
 
 
