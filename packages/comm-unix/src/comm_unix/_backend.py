@@ -16,12 +16,14 @@ from comm_unix._address import SCHEME, check_path
 
 if TYPE_CHECKING:
     from comm_core.stream import StreamComm
+    from comm_unix._comm import UnixComm
 
 __all__ = ["UnixBackend"]
 
 
 class UnixBackend(Backend):
-    """The ``unix://`` backend: Unix domain sockets named by absolute paths."""
+    """The ``unix://`` backend: Unix domain sockets named by absolute paths, or by
+    names in Linux's abstract namespace (``unix://@name``)."""
 
     scheme: ClassVar[str] = SCHEME
 
@@ -39,7 +41,8 @@ class UnixBackend(Backend):
         self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
     ) -> Listener:
         from comm_core.session import options_of
-        from comm_unix._connector import UnixComm, comm_options
+        from comm_unix._comm import UnixComm
+        from comm_unix._connector import comm_options
         from comm_unix._listener import UnixListener
 
         path = check_path(loc, listening=True)
@@ -47,13 +50,16 @@ class UnixBackend(Backend):
         # The settings listen() resolved, from the session it passes as handle_comm.
         options = options_of(handle_comm)
 
-        def make_comm(on_established: Callable[[StreamComm], None]) -> StreamComm:
+        def make_comm(on_established: Callable[[StreamComm], None]) -> UnixComm:
             return UnixComm(
                 deserialize=deserialize, on_established=on_established, options=options, **args
             )
 
         backlog = int(connection_args.get("backlog") or 1024)
-        return UnixListener(path, handle_comm, make_comm, backlog=backlog)
+        same_uid = connection_args.get("same_uid")  # None: the default, True
+        return UnixListener(
+            path, handle_comm, make_comm, backlog=backlog, same_uid=same_uid is None or same_uid
+        )
 
     def get_address_host(self, loc: str) -> str:
         import socket

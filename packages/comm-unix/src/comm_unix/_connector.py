@@ -1,17 +1,18 @@
-"""The unix comm and the connector that dials socket paths."""
+"""The unix connector: dials socket paths and abstract names."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from comm_core import FatalCommClosedError, Options
 from comm_core.abc import Comm, Connector
 from comm_core.sockets import connect_error
-from comm_core.stream import StreamComm
-from comm_unix._address import SCHEME, check_path
+from comm_unix._address import SCHEME, check_path, socket_address
+from comm_unix._comm import UnixComm
+from comm_unix._credentials import PeerCredentials
+from comm_unix._peers import UserCheck
 
-__all__ = ["UnixComm", "UnixConnector", "comm_options"]
+__all__ = ["UnixConnector", "comm_options"]
 
 #: The connection arguments that configure a comm; the others are ignored.
 COMM_OPTIONS = ("max_message_size", "write_high_water", "read_high_water")
@@ -26,25 +27,8 @@ def comm_options(connection_args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class UnixComm(StreamComm):
-    """A comm over one Unix domain socket connection.
-
-    Everything (framing, flow control, serialization) comes from
-    :class:`~comm_core.stream.StreamComm`. The listening end's address is its
-    socket path; a connecting end has no path, so its address is ``unix://``.
-    """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(scheme=SCHEME, **options)
-
-    @property
-    def same_host(self) -> bool:
-        """Always true: a Unix socket never leaves the machine."""
-        return True
-
-
 class UnixConnector(Connector):
-    """Dials socket paths."""
+    """Dials socket paths (``unix:///run/app.sock``) and abstract names (``unix://@app``)."""
 
     async def connect(
         self,
@@ -54,22 +38,32 @@ class UnixConnector(Connector):
         options: Options | None = None,
         **connection_args: Any,
     ) -> Comm:
+        from comm_unix._transport import dial
+
         path = check_path(address, listening=False)
+        uri = f"{SCHEME}://{path}"
+        # same_uid (default True): talk only to a listener of this user.
+        users = UserCheck.from_args(connection_args, uri, FatalCommClosedError)
+
+        def check(credentials: PeerCredentials | None) -> None:
+            if not users.allows(credentials):
+                # Retrying will not change who listens there: fail at once.
+                raise FatalCommClosedError(users.refusal("the listener", credentials))
+
         # options: the settings connect() resolved, for the comm (its size limits, ...).
         comm = UnixComm(deserialize=deserialize, options=options, **comm_options(connection_args))
-        loop = asyncio.get_running_loop()
         try:
-            await loop.create_unix_connection(lambda: comm.protocol, path)
+            await dial(socket_address(path), comm.protocol, check)
         except PermissionError as exc:
             comm.abort()
             # Retrying will not change the socket's permissions: fail at once.
-            raise FatalCommClosedError(f"cannot connect to {SCHEME}://{path}: {exc}") from exc
+            raise FatalCommClosedError(f"cannot connect to {uri}: {exc}") from exc
         except OSError as exc:
             comm.abort()
             # Nobody listens (yet): ENOENT, ECONNREFUSED... connect() retries a
             # ConnectError; comm-core's helper words it as comm-tcp's and comm-tls's.
-            raise connect_error(f"{SCHEME}://{path}", exc) from exc
-        except BaseException:  # cancelled: leave nothing half-open
+            raise connect_error(uri, exc) from exc
+        except BaseException:  # refused, or cancelled: leave nothing half-open
             comm.abort()
             raise
         return comm
