@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from comm_core import FatalCommClosedError, Options
+from comm_core import CommError, FatalCommClosedError, Options
 from comm_core.abc import Comm, Connector
 from comm_core.sockets import connect_error
 from comm_unix._address import SCHEME, check_path, socket_address
@@ -54,6 +54,9 @@ class UnixConnector(Connector):
         comm = UnixComm(deserialize=deserialize, options=options, **comm_options(connection_args))
         try:
             await dial(socket_address(path), comm.protocol, check)
+        except CommError:  # refused by check(): already comm's (and an OSError too)
+            comm.abort()
+            raise
         except PermissionError as exc:
             comm.abort()
             # Retrying will not change the socket's permissions: fail at once.
