@@ -67,7 +67,8 @@ async def test_both_ends_know_each_other(loop_name: str) -> None:
 
     mine = {"peer_pid": os.getpid(), "peer_uid": os.geteuid(), "peer_gid": os.getegid()}
     async with comm_core.listen("unix://", handler) as listener:
-        async with await comm_core.connect(listener.contact_address, timeout=5) as comm:
+        comm = await comm_core.connect(listener.contact_address, timeout=5)
+        async with comm:
             assert isinstance(comm, UnixComm)
             await comm.write("x")
             assert await comm.read() == "x"
