@@ -184,3 +184,50 @@ def test_looking_up_the_backend_imports_no_asyncio() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["UnixBackend", []]
+
+
+def os_limit() -> int:
+    """The largest send buffer the OS grants (Linux: net.core.wmem_max)."""
+    try:
+        return int(read_text("/proc/sys/net/core/wmem_max"))
+    except OSError:
+        return 2**31 - 1
+
+
+def send_buffer_of(comm: comm_core.Comm) -> int:
+    transport = comm.transport  # type: ignore[attr-defined]
+    size: int = transport.get_extra_info("socket").getsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF
+    )
+    return size
+
+
+@pytest.mark.parametrize("send_buffer", [None, 0, 3 * 1024 * 1024])
+async def test_send_buffer(loop_name: str, send_buffer: int | None) -> None:
+    """Both ends' sockets get the send buffer asked for (1 MiB by default; 0: the OS's)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as plain:
+        os_default = plain.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    wanted = 1024 * 1024 if send_buffer is None else send_buffer
+    served: list[int] = []
+
+    async def handler(comm: comm_core.Comm) -> None:
+        served.append(send_buffer_of(comm))
+        await echo_handler(comm)
+
+    args = {} if send_buffer is None else {"send_buffer": send_buffer}
+    async with comm_core.listen("unix://", handler, **args) as listener:
+        async with await comm_core.connect(listener.contact_address, timeout=5, **args) as comm:
+            await comm.write("x")
+            assert await comm.read() == "x"
+            assert comm.extra_info["send_buffer"] == wanted
+            dialer = send_buffer_of(comm)
+    # Linux caps it at net.core.wmem_max and reports twice what it set (its bookkeeping).
+    expected = os_default if wanted == 0 else min(wanted, os_limit())
+    assert dialer in (expected, 2 * expected)
+    assert served == [dialer]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "big"])
+def test_send_buffer_must_be_bytes(bad: object) -> None:
+    with pytest.raises(ValueError, match="send_buffer"):
+        comm_core.listen("unix://", echo_handler, send_buffer=bad)

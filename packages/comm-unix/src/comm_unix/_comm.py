@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,7 +12,12 @@ from comm_core.stream import StreamComm, StreamProtocol
 from comm_unix._address import SCHEME, address_of
 from comm_unix._credentials import PeerCredentials, peer_credentials
 
-__all__ = ["UnixComm", "UnixProtocol"]
+__all__ = ["SEND_BUFFER", "UnixComm", "UnixProtocol"]
+
+#: The default send buffer of a unix comm's socket (``SO_SNDBUF``), in bytes. Linux's
+#: default (208 KiB) caps each piece of a large message at half of it and wakes the
+#: reader once per piece: a larger buffer moves large messages about a third faster.
+SEND_BUFFER = 1024 * 1024
 
 
 class UnixProtocol(StreamProtocol):
@@ -28,10 +35,24 @@ class UnixProtocol(StreamProtocol):
     allowed_uid: int | None = None
     #: Called with the credentials (``None``: unknown) of a peer dropped for its user id.
     on_refused: Callable[[PeerCredentials | None], None] | None = None
+    #: The socket's send buffer (``SO_SNDBUF``) in bytes; 0: the OS's default.
+    send_buffer: int = SEND_BUFFER
+
+    def tune(self, sock: Any) -> None:
+        """Set *sock*'s options (its send buffer) before the connection carries anything.
+
+        Raises:
+            OSError: the OS refused.
+        """
+        if self.send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.credentials is None:
+        if self.credentials is None:  # made by the event loop's server: not seen yet
             sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):  # the connection may be gone already
+                    self.tune(sock)
             self.credentials = peer_credentials(sock) if sock is not None else None
             allowed = self.allowed_uid
             if allowed is not None and (
@@ -55,15 +76,25 @@ class UnixComm(StreamComm):
     socket path (or ``@name``); a connecting end has no path, so its address
     is ``unix://``. ``extra_info`` adds the peer's credentials: ``peer_pid``,
     ``peer_uid`` and ``peer_gid`` (``None`` where the OS does not say).
+
+    Args:
+        send_buffer: the socket's send buffer (``SO_SNDBUF``) in bytes; 0 keeps
+            the OS's default.
+        kwargs: as :class:`~comm_core.stream.StreamComm`.
     """
 
     protocol_class = UnixProtocol
     protocol: UnixProtocol
 
     def __init__(
-        self, *, on_established: Callable[[StreamComm], None] | None = None, **options: Any
+        self,
+        *,
+        on_established: Callable[[StreamComm], None] | None = None,
+        send_buffer: int = SEND_BUFFER,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(scheme=SCHEME, on_established=on_established, **options)
+        super().__init__(scheme=SCHEME, on_established=on_established, **kwargs)
+        self.protocol.send_buffer = send_buffer
 
     @property
     def same_host(self) -> bool:
@@ -84,4 +115,4 @@ class UnixComm(StreamComm):
             if credentials is not None
             else {"peer_pid": None, "peer_uid": None, "peer_gid": None}
         )
-        return {**super().extra_info, **peer}
+        return {**super().extra_info, **peer, "send_buffer": self.protocol.send_buffer}

@@ -68,6 +68,7 @@ async def dial(
             await loop.sock_connect(sock, sockaddr)
         protocol.credentials = credentials = peer_credentials(sock)
         check(credentials)
+        protocol.tune(sock)
         if drives_sockets(loop):
             transport = UnixTransport(loop, sock, protocol, {"peername": sock.getpeername()})
             transport.start()
@@ -121,6 +122,7 @@ def accept_handler(
         if protocol.closing:  # refused after all: it never reads the greeting
             conn.close()
             return
+        protocol.tune(conn)
         if early is not None and sent is not None:
             protocol.greeted(early, sent)
         else:
