@@ -216,7 +216,8 @@ async def test_send_buffer(loop_name: str, send_buffer: int | None) -> None:
 
     args = {} if send_buffer is None else {"send_buffer": send_buffer}
     async with comm_core.listen("unix://", handler, **args) as listener:
-        async with await comm_core.connect(listener.contact_address, timeout=5, **args) as comm:
+        comm = await comm_core.connect(listener.contact_address, timeout=5, **args)
+        async with comm:
             await comm.write("x")
             assert await comm.read() == "x"
             assert comm.extra_info["send_buffer"] == wanted
