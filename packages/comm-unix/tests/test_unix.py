@@ -196,9 +196,7 @@ def os_limit() -> int:
 
 def send_buffer_of(comm: comm_core.Comm) -> int:
     transport = comm.transport  # type: ignore[attr-defined]
-    size: int = transport.get_extra_info("socket").getsockopt(
-        socket.SOL_SOCKET, socket.SO_SNDBUF
-    )
+    size: int = transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     return size
 
 
