@@ -230,3 +230,31 @@ async def test_send_buffer(loop_name: str, send_buffer: int | None) -> None:
 def test_send_buffer_must_be_bytes(bad: object) -> None:
     with pytest.raises(ValueError, match="send_buffer"):
         comm_core.listen("unix://", echo_handler, send_buffer=bad)
+
+
+async def test_a_full_backlog_is_retried_not_refused(loop_name: str, socket_dir: str) -> None:
+    """A listener whose backlog is full makes a non-blocking connect fail with EAGAIN: that
+    attempt is retried (ConnectError), never taken for a peer of another user."""
+    path = os.path.join(socket_dir, "full.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(0)  # never accepts
+        waiting = []
+        try:
+            for _ in range(64):  # bounded: Linux fills a backlog of 0 after one or two
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                waiting.append(client)
+                try:
+                    client.connect(path)
+                except BlockingIOError:
+                    break
+            else:
+                pytest.skip("this OS never reported a full backlog")
+            with pytest.raises(comm_core.ConnectTimeoutError) as info:
+                await comm_core.connect(f"unix://{path}", timeout=0.3)
+            assert isinstance(info.value.__cause__, comm_core.ConnectError)
+            assert not isinstance(info.value.__cause__, comm_core.FatalCommClosedError)
+        finally:
+            for client in waiting:
+                client.close()

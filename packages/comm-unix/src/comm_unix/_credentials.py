@@ -66,6 +66,8 @@ def peer_credentials(sock: Any) -> PeerCredentials | None:
             linux_pid, uid, gid = _UCRED.unpack(
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
+            if uid == -1:  # not connected (any more): the kernel has no peer to name
+                return None
             return PeerCredentials(linux_pid if linux_pid > 0 else None, uid, gid)
         if _BSD:
             raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED.size)

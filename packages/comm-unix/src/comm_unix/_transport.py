@@ -65,12 +65,15 @@ async def dial(
         try:
             sock.connect(sockaddr)  # a listener with room in its backlog: done at once
         except (BlockingIOError, InterruptedError):
+            # Its backlog is full (EAGAIN): the loop waits for the socket, which may then
+            # still be unconnected; getpeername() below tells (ENOTCONN, retried).
             await loop.sock_connect(sock, sockaddr)
+        peer = sock.getpeername()
         protocol.credentials = credentials = peer_credentials(sock)
         check(credentials)
         protocol.tune(sock)
         if drives_sockets(loop):
-            transport = UnixTransport(loop, sock, protocol, {"peername": sock.getpeername()})
+            transport = UnixTransport(loop, sock, protocol, {"peername": peer})
             transport.start()
         else:
             transport, _ = await loop.create_unix_connection(lambda: protocol, sock=sock)
