@@ -258,3 +258,12 @@ async def test_a_full_backlog_is_retried_not_refused(loop_name: str, socket_dir:
         finally:
             for client in waiting:
                 client.close()
+
+
+async def test_an_os_without_unix_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Python has no AF_UNIX (Windows), listen() and connect() say so, at once."""
+    monkeypatch.delattr(socket, "AF_UNIX")
+    with pytest.raises(comm_core.BackendError, match="needs Unix domain sockets"):
+        comm_core.listen("unix://", echo_handler)
+    with pytest.raises(comm_core.BackendError, match="needs Unix domain sockets"):
+        await comm_core.connect("unix:///run/app.sock", timeout=5)

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Final
 
-from comm_core import AddressError
+from comm_core import AddressError, BackendError
 
 __all__ = [
     "ABSTRACT",
@@ -16,6 +16,7 @@ __all__ = [
     "SCHEME",
     "address_of",
     "check_path",
+    "require_unix_sockets",
     "socket_address",
 ]
 
@@ -76,6 +77,21 @@ def check_path(loc: str, *, listening: bool) -> str:
             f"{MAX_PATH_BYTES}"
         )
     return loc
+
+
+def require_unix_sockets(address: str) -> None:
+    """Check that this OS has Unix domain sockets, before *address* is used.
+
+    Raises:
+        BackendError: it has none (Windows' Python has no ``AF_UNIX``).
+    """
+    import socket
+
+    if not hasattr(socket, "AF_UNIX"):
+        raise BackendError(
+            f"cannot use {address}: comm-unix needs Unix domain sockets, which this OS's "
+            "Python does not have"
+        )
 
 
 def socket_address(path: str) -> str | bytes:

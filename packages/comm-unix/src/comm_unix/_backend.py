@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core.abc import Backend, CommHandler, Connector, Listener
-from comm_unix._address import SCHEME, check_path
+from comm_unix._address import SCHEME, check_path, require_unix_sockets
 
 if TYPE_CHECKING:
     from comm_core.stream import StreamComm
@@ -46,6 +46,7 @@ class UnixBackend(Backend):
         from comm_unix._listener import UnixListener
 
         path = check_path(loc, listening=True)
+        require_unix_sockets(f"{SCHEME}://{path}")
         args = comm_options(connection_args)
         # The settings listen() resolved, from the session it passes as handle_comm.
         options = options_of(handle_comm)

@@ -7,7 +7,7 @@ from typing import Any
 from comm_core import CommError, FatalCommClosedError, Options
 from comm_core.abc import Comm, Connector
 from comm_core.sockets import connect_error
-from comm_unix._address import SCHEME, check_path, socket_address
+from comm_unix._address import SCHEME, check_path, require_unix_sockets, socket_address
 from comm_unix._comm import UnixComm
 from comm_unix._credentials import PeerCredentials
 from comm_unix._peers import UserCheck
@@ -50,6 +50,7 @@ class UnixConnector(Connector):
 
         path = check_path(address, listening=False)
         uri = f"{SCHEME}://{path}"
+        require_unix_sockets(uri)
         # same_uid (default True): talk only to a listener of this user.
         users = UserCheck.from_args(connection_args, uri, FatalCommClosedError)
 
