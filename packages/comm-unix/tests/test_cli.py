@@ -14,6 +14,7 @@ import pytest
 import comm_core
 from comm_core.testing import echo_handler
 from comm_unix import ABSTRACT_NAMESPACE
+from unix_support import OTHER_UID, as_other_user, needs_root, read_all, read_report, reap
 
 
 async def doctor(address: str) -> tuple[int, str]:
@@ -60,3 +61,29 @@ async def test_doctor_with_an_abstract_name_nobody_has() -> None:
     status, out = await doctor(f"unix://@comm-unix-none-{uuid.uuid4().hex}")
     assert status != 0
     assert "(no socket has that name)" in out
+
+
+@needs_root
+async def test_doctor_with_a_listener_of_another_user() -> None:
+    address = f"unix://@comm-unix-test-{uuid.uuid4().hex}"
+
+    def listen(report: int) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.bind(b"\0" + address.removeprefix("unix://@").encode())
+            sock.listen()
+            os.write(report, b"listening")
+            sock.settimeout(30)
+            conn, _ = sock.accept()
+            with conn:
+                return b"received %d bytes" % len(read_all(conn))
+
+    pid, fd = as_other_user(listen)
+    try:
+        assert await read_report(fd) == b"listening"
+        status, out = await doctor(address)
+        assert await read_report(fd) == b"received 0 bytes"
+    finally:
+        reap(pid, fd)
+    assert status != 0
+    assert f"the listener (pid {pid}, uid {OTHER_UID}) runs as another user" in out
+    assert "same_uid=False" in out
