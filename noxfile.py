@@ -12,11 +12,7 @@ Default sessions:
 * ``integration``: every package in one virtualenv, running the cross-package
   tests in the root ``tests/`` directory (config: root ``pyproject.toml``).
 * ``lint``: ``ruff check`` and ``ruff format --check``.
-* ``typecheck``: ``mypy --strict`` over every ``packages/*/src`` and the
-  example backend's ``src``.
-* ``example``: installs the example third-party backend of the docs
-  (``docs/examples/comm-unix``) the way a user would, and runs its tests, which
-  are comm-core's conformance kit.
+* ``typecheck``: ``mypy --strict`` over every ``packages/*/src``.
 * ``hardening``: the reliability suite in ``hardening/`` (hostile peers, fuzzing,
   injected faults, load), at its CI size; ``nox -s hardening -- --soak`` runs
   the long mode, with the coverage-guided fuzzer. Its figures are written to
@@ -50,6 +46,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -63,7 +60,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_venv = "yes"
 # `summary` comes last: it reports on the sessions before it.
 nox.options.sessions = [
-    "tests", "integration", "lint", "typecheck", "example", "hardening", "build", "summary",
+    "tests", "integration", "lint", "typecheck", "hardening", "build", "summary",
 ]  # fmt: skip
 # Use the Pythons that are installed; never download one.
 nox.options.download_python = "never"
@@ -88,8 +85,8 @@ PACKAGES = sorted(
     (path.parent.name for path in ROOT.glob("packages/*/pyproject.toml")),
     key=lambda name: (name != CORE, name),
 )
-#: The example third-party backend that the docs walk through (its own distribution).
-EXAMPLE = "docs/examples/comm-unix"
+#: The packages whose transport needs Unix domain sockets: skipped where there are none.
+NEEDS_AF_UNIX = {"comm-unix"}
 
 
 # -- Pythons installed by pyenv ----------------------------------------------------------
@@ -179,6 +176,8 @@ def _install_packages(session: nox.Session, *names: str, extras: str | None = "t
 @nox.parametrize("package", PACKAGES, ids=PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests against its installed (non-editable) build."""
+    if package in NEEDS_AF_UNIX and not hasattr(socket, "AF_UNIX"):
+        session.skip(f"{package} needs Unix domain sockets")
     _install_packages(session, package)
     session.chdir(f"packages/{package}")
     # `-c` pins the package's own config (and rootdir), so the root pyproject's
@@ -215,9 +214,6 @@ def typecheck(session: nox.Session) -> None:
     if not sources:
         session.skip("no packages/*/src yet")
     _install_packages(session, *PACKAGES)
-    if (ROOT / EXAMPLE / "src").is_dir():
-        session.install(f"./{EXAMPLE}")
-        sources.append(f"{EXAMPLE}/src")
     # msgpack ships no type information; msgpack-types holds its stubs.
     session.install("mypy", "pytest", "hypothesis", "pluggy", "msgpack-types")
     session.run("mypy", "--strict", *sources, *session.posargs)
@@ -238,15 +234,13 @@ def docs(session: nox.Session) -> None:
     session.run(*build, "-b", "doctest", "docs", "docs/_build/doctest")
 
 
-@nox.session(python=PYTHONS)
+@nox.session(venv_backend="none", default=False)
 def example(session: nox.Session) -> None:
-    """Install the example backend docs/examples/comm-unix and run its tests (the kit)."""
-    if sys.platform == "win32":
-        session.skip("comm-unix needs Unix domain sockets")
-    # Non-editable, from its directory, as its users would; comm-core from this tree.
-    session.install(f"./packages/{CORE}", f"./{EXAMPLE}[test]")
-    session.chdir(EXAMPLE)
-    session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
+    """The docs' example backend is comm-unix now: `nox -s tests -k comm-unix` tests it."""
+    session.skip(
+        "the example backend of docs/extending.rst is packages/comm-unix, a distribution "
+        "of its own: `nox -s tests -k comm-unix` runs its tests"
+    )
 
 
 #: The one Python the hardening suite runs on (it measures; one is enough).
@@ -354,7 +348,8 @@ def build(session: nox.Session) -> None:
                 session.error("examples/echo.py did not echo its messages")
             listed = session.run(str(bin_dir / "comm"), "backends", external=True, silent=True)
             print(listed, end="")
-            missing = [scheme for scheme in ("inproc", "tcp", "tls") if scheme not in str(listed)]
+            schemes = ["inproc", "tcp", "tls"] + (["unix"] if hasattr(socket, "AF_UNIX") else [])
+            missing = [scheme for scheme in schemes if scheme not in str(listed)]
             if missing:
                 session.error(f"`comm backends` does not list {', '.join(missing)}")
 

@@ -136,6 +136,15 @@ def plan(args: argparse.Namespace, limits: Limits) -> list[Cell]:
                                 cells.append(
                                     Cell(workload, backend, mode, loop, impl, size, repeat, limits)
                                 )
+    # Repeats interleaved across backends too (tcp #1, unix #1, tcp #2, ...), as they are
+    # across implementations: drift on the machine then hits each backend alike.
+    order = {name: index for index, name in enumerate(backends)}
+    cells.sort(
+        key=lambda c: (
+            workloads.index(c.workload), modes.index(c.mode), loops.index(c.loop),
+            c.size or 0, c.repeat, order[c.backend],
+        )
+    )  # fmt: skip
     return cells
 
 

@@ -50,6 +50,8 @@ BACKENDS: dict[str, BackendSpec] = {
     "tcp": BackendSpec("tcp://127.0.0.1:0", baseline=True, raw=True),
     "tls": BackendSpec("tls://127.0.0.1:0", baseline=True),
     "inproc": BackendSpec("inproc://", cross_process=False),
+    # A fresh socket path in a private directory per listener; Dask has no unix scheme.
+    "unix": BackendSpec("unix://", raw=True, dask=False),
 }
 
 #: Our implementation first: the report's ratios are "comm / other".

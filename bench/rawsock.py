@@ -2,14 +2,19 @@
 
 A put is a u64 little-endian length, then the payload; the receiver reads it
 into a buffer it keeps from one put to the next (the best case: no allocation
-and no page faults per message) and answers with one byte.
+and no page faults per message) and answers with one byte. Over TCP on
+127.0.0.1, or over a Unix socket (``unix://``: a fresh path), with the OS's
+default socket buffers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 
 __all__ = ["RawServer", "connect", "put"]
@@ -33,7 +38,8 @@ def _serve(conn: socket.socket) -> None:
     header = bytearray(_HEADER.size)
     buffer = bytearray()
     with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while _recv_exactly(conn, memoryview(header)):
             (size,) = _HEADER.unpack(header)
             if len(buffer) < size:
@@ -44,12 +50,27 @@ def _serve(conn: socket.socket) -> None:
 
 
 class RawServer:
-    """Accepts connections on 127.0.0.1 in a thread; serves each in a thread of its own."""
+    """Accepts connections in a thread; serves each in a thread of its own.
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._sock = socket.create_server((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        self.address = f"tcp://{self.host}:{self.port}"
+    *address*: ``tcp://host:port`` (port 0: a free one), or ``unix://`` (a socket in
+    a fresh private directory). :attr:`address` is where it listens.
+    """
+
+    def __init__(self, address: str = "tcp://127.0.0.1:0") -> None:
+        scheme, _, loc = address.partition("://")
+        self._dir: str | None = None
+        if scheme == "unix":
+            self._dir = tempfile.mkdtemp(prefix="comm-bench-raw-")
+            path = os.path.join(self._dir, "raw.sock")
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.bind(path)
+            self._sock.listen()
+            self.address = f"unix://{path}"
+        else:
+            host, _, port = loc.rpartition(":")
+            self._sock = socket.create_server((host, int(port)))
+            host, port_number = self._sock.getsockname()[:2]
+            self.address = f"tcp://{host}:{port_number}"
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()
 
@@ -65,10 +86,17 @@ class RawServer:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
         self._sock.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 def connect(address: str) -> socket.socket:
-    """A blocking, Nagle-free connection to a :class:`RawServer` at ``tcp://host:port``."""
+    """A blocking connection to a :class:`RawServer` at ``tcp://host:port`` (Nagle-free)
+    or ``unix:///path``."""
+    if address.startswith("unix://"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address.removeprefix("unix://"))
+        return sock
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -45,7 +45,7 @@ def _measure_raw(cell: Cell) -> dict[str, Any]:
     from bench.rawsock import RawServer
 
     if cell.mode == "one":
-        raw_server = RawServer()
+        raw_server = RawServer(BACKENDS[cell.backend].listen)
         try:
             return raw_put(raw_server.address, cell)
         finally:

@@ -102,8 +102,7 @@ async def serve_forever(impl_name: str, address: str) -> None:
 def _serve_raw(address: str) -> None:
     from bench.rawsock import RawServer
 
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    server = RawServer(host, int(port))
+    server = RawServer(address)
     print(server.address, flush=True)
     _wait_for_stdin_eof()
     server.close()

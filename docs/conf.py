@@ -54,7 +54,7 @@ HAVE_TLS = importlib.util.find_spec("comm_tls") is not None
 # Run `>>>` blocks everywhere, those of the docstrings pulled in by autodoc included.
 doctest_test_doctest_blocks = "default"
 
-exclude_patterns = ["_build", "examples"]
+exclude_patterns = ["_build"]
 html_theme = "alabaster"
 html_theme_options = {
     "description": "Message-oriented communication for Python distributed systems",

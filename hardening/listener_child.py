@@ -1,8 +1,9 @@
 """A listener in a process of its own, for attacks that could kill the process.
 
-``python listener_child.py tcp|tls [--credentials FILE] [--handshake-timeout S]
-[--read-high-water BYTES]`` listens on 127.0.0.1 (port 0) with an echo
-handler, prints ``{"port": ..., "pid": ...}`` as one JSON line, and serves
+``python listener_child.py tcp|tls|unix [--credentials FILE] [--handshake-timeout S]
+[--read-high-water BYTES]`` listens on 127.0.0.1 (port 0), or for unix on a
+fresh socket path, with an echo handler, prints ``{"address": ..., "pid":
+...}`` (the contact address) as one JSON line, and serves
 until its stdin closes; then it stops the listener and exits with status 0.
 Any other end (a signal, an exception, ``MemoryError`` under its
 address-space limit) is what the tests look for.
@@ -76,7 +77,8 @@ async def serve(args: argparse.Namespace) -> None:
         options["read_high_water"] = args.read_high_water
     if args.credentials:
         options["security"] = _security(args.credentials)
-    listener = comm_core.listen(f"{args.scheme}://127.0.0.1:0", handler, **options)
+    where = "unix://" if args.scheme == "unix" else f"{args.scheme}://127.0.0.1:0"
+    listener = comm_core.listen(where, handler, **options)
     await listener.start()
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -86,7 +88,7 @@ async def serve(args: argparse.Namespace) -> None:
             done.set_result(None)
 
     loop.add_reader(sys.stdin.fileno(), stdin_readable)
-    print(json.dumps({"port": listener.port, "pid": os.getpid()}), flush=True)  # type: ignore[attr-defined]
+    print(json.dumps({"address": listener.contact_address, "pid": os.getpid()}), flush=True)
     try:
         await done
     finally:
@@ -130,7 +132,7 @@ def _security(path: str) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scheme", choices=["tcp", "tls"])
+    parser.add_argument("scheme", choices=["tcp", "tls", "unix"])
     parser.add_argument("--credentials")
     parser.add_argument("--handshake-timeout", type=float, default=1.0)
     parser.add_argument("--read-high-water", type=int, default=0)

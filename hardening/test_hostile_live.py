@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import signal
 import sys
@@ -70,7 +71,7 @@ BLOCK_WAIT = 1.0
 #: The child's peak RSS may grow by MEMORY_PER_BYTE x bytes sent + PER_CONNECTION x
 #: connections + LIVE_BASE (see test_hostile_decoding for the factor).
 MEMORY_PER_BYTE = 64
-PER_CONNECTION = {"tcp": 96 * KiB, "tls": 640 * KiB}
+PER_CONNECTION = {"tcp": 96 * KiB, "tls": 640 * KiB, "unix": 96 * KiB}
 LIVE_BASE = 24 * MiB
 #: A peer that announces bytes it does not send may cost at most this much more than a
 #: peer that completed the handshake and sent nothing (measured once per transport).
@@ -166,7 +167,8 @@ def test_every_class_has_expectations() -> None:
 @dataclass
 class Child:
     proc: asyncio.subprocess.Process
-    port: int
+    #: The listener's contact address.
+    address: str
     stderr_path: Path
 
     @property
@@ -233,7 +235,7 @@ async def listener_child(transport: Transport, tmp_path: Path) -> AsyncIterator[
     try:
         assert proc.stdout is not None
         line = await within(proc.stdout.readline(), "the listener child to start")
-        child = Child(proc, int(json.loads(line)["port"]), stderr_path)
+        child = Child(proc, json.loads(line)["address"], stderr_path)
         yield child
     finally:
         if proc.returncode is None and proc.stdin is not None:
@@ -345,8 +347,8 @@ async def _read_until(
 class Attacker:
     """One raw connection that sends a class's bytes and sees what the listener does."""
 
-    def __init__(self, port: int, tls: Any, nonce: str) -> None:
-        self.port = port
+    def __init__(self, address: str, tls: Any, nonce: str) -> None:
+        self.address = address
         self.tls = tls
         self.nonce = nonce
         self.reader: asyncio.StreamReader | None = None
@@ -360,12 +362,16 @@ class Attacker:
         return one_frame(string(f"probe-{self.nonce}-{index}"))
 
     async def open(self, after_handshake: bool) -> None:
-        self.reader, self.writer = await asyncio.open_connection(
-            "127.0.0.1",
-            self.port,
-            ssl=self.tls,
-            server_hostname="127.0.0.1" if self.tls else None,
-        )
+        scheme, _, loc = self.address.partition("://")
+        if scheme == "unix":  # a socket path
+            self.reader, self.writer = await asyncio.open_unix_connection(loc)
+        else:
+            self.reader, self.writer = await asyncio.open_connection(
+                "127.0.0.1",
+                int(loc.rpartition(":")[2]),
+                ssl=self.tls,
+                server_hostname="127.0.0.1" if self.tls else None,
+            )
         if not after_handshake:
             self.writer.write(PREAMBLE)
             return
@@ -429,7 +435,9 @@ async def run_phase(
     phase = Phase("after" if after_handshake else "before")
     base = child.reset_peak()
     loop = asyncio.get_running_loop()
-    attackers = [Attacker(child.port, transport.client_context, f"{i}") for i in range(connections)]
+    attackers = [
+        Attacker(child.address, transport.client_context, f"{i}") for i in range(connections)
+    ]
     start = loop.time()
     try:
         # Connections (and TLS handshakes) first: the good client times the attack itself.
@@ -467,9 +475,7 @@ CLAIM_CONNECTIONS = 100
 async def connection_baseline(transport: Transport, tmp_path: Path) -> int:
     if transport.scheme not in _BASELINES:
         async with listener_child(transport, tmp_path) as child:
-            comm = await comm_core.connect(
-                transport.address(child.port), timeout=20, **transport.args
-            )
+            comm = await comm_core.connect(child.address, timeout=20, **transport.args)
             try:
                 good = GoodClient(comm)
                 good.start()
@@ -501,21 +507,36 @@ def good_bound(base_p99: float, largest_message: int) -> float:
     return max(GOOD_FACTOR * base_p99, GOOD_FLOOR + GOOD_PER_BYTE * largest_message)
 
 
+@pytest.fixture(params=["tcp", "tls", "unix"])
+def live_transport(request: pytest.FixtureRequest) -> Transport:
+    """The transports of the rest of the suite (tcp, tls), and unix (a socket path in a
+    private directory), where comm-unix is installed."""
+    if request.param == "unix":
+        if importlib.util.find_spec("comm_unix") is None:
+            pytest.skip("comm-unix is not installed")
+        return Transport("unix")
+    if request.param == "tls":
+        tls: Transport = request.getfixturevalue("tls_transport")
+        return tls
+    return Transport("tcp")
+
+
 @pytest.mark.parametrize("name", list(CLASSES))
 async def test_live_listener_survives(
-    name: str, transport: Transport, scale: Any, tmp_path: Path
+    name: str, live_transport: Transport, scale: Any, tmp_path: Path
 ) -> None:
     """One class, before and after the handshake, against a listener in a child process
     with a good client making round trips throughout (see the module docstring)."""
     attack = CLASSES[name]
     expect = EXPECT[name]
+    transport = live_transport
     scheme = transport.scheme
     if expect.memory == "claim":
         (tmp_path / "baseline").mkdir()
         await connection_baseline(transport, tmp_path / "baseline")
     problems: list[str] = []
     async with listener_child(transport, tmp_path) as child:
-        comm = await comm_core.connect(transport.address(child.port), timeout=20, **transport.args)
+        comm = await comm_core.connect(child.address, timeout=20, **transport.args)
         good = GoodClient(comm)
         try:
             good.start()

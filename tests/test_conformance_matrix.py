@@ -83,3 +83,28 @@ class TestTLSv6Conformance(BackendConformance):
     listen_address = "tls://[::1]:0"
     connection_args = _TLS_ARGS
     distribution = "comm-tls"
+
+
+def _abstract_names() -> bool:
+    if importlib.util.find_spec("comm_unix") is None:
+        return False
+    from comm_unix import ABSTRACT_NAMESPACE
+
+    return ABSTRACT_NAMESPACE
+
+
+@_requires("comm_unix", "comm-unix")
+class TestUnixConformance(BackendConformance):
+    scheme = "unix"
+    listen_address = "unix://"
+    distribution = "comm-unix"
+    malformed_locations = ("relative.sock", "/tmp/nul\0.sock", "/" + "x" * 200)
+
+
+@_requires("comm_unix", "comm-unix")
+@pytest.mark.skipif(not _abstract_names(), reason="abstract socket names are Linux's")
+class TestUnixAbstractConformance(BackendConformance):
+    scheme = "unix"
+    listen_address = "unix://@"
+    distribution = "comm-unix"
+    malformed_locations = ("@nul\0name", "@" + "x" * 200)

@@ -2,9 +2,9 @@
 
 Whatever two transports share lives in comm-core, public; a transport uses
 comm-core's public names only, and comm-tls uses comm-tcp's public classes only.
-Checked on the source of every distribution of the repository and of the example
-backend of the docs, statically: imports of private modules or names, and private
-attributes read from a name imported from another distribution.
+Checked on the source of every distribution of the repository, statically: imports
+of private modules or names, and private attributes read from a name imported from
+another distribution.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted(
-    [*ROOT.glob("packages/*/src/*/"), *ROOT.glob("docs/examples/*/src/*/")],
-    key=str,
-)
+SOURCES = sorted(ROOT.glob("packages/*/src/*/"), key=str)
 PACKAGES = {path.name for path in SOURCES if (path / "__init__.py").exists()}
 
 

@@ -63,6 +63,7 @@ COMM_DISTRIBUTIONS: Mapping[str, str] = MappingProxyType(
         "tcp": "comm-tcp",
         "tls": "comm-tls",
         "inproc": "comm-inproc",
+        "unix": "comm-unix",
         "ws": "comm-ws",
         "wss": "comm-ws",
     }

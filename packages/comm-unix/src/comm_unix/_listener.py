@@ -1,4 +1,4 @@
-"""The unix listener: one socket file, created on start and removed on stop."""
+"""The unix listener: one socket file (or abstract name), bound on start, removed on stop."""
 
 from __future__ import annotations
 
@@ -15,15 +15,20 @@ from typing import Any
 
 from comm_core import ConnectError
 from comm_core.abc import CommHandler, Listener
+from comm_core.sockets import AcceptLoop
 from comm_core.stream import StreamAcceptor, StreamComm
-from comm_unix._address import SCHEME
+from comm_unix._address import ABSTRACT, SCHEME, address_of, socket_address
+from comm_unix._comm import UnixComm, UnixProtocol
+from comm_unix._credentials import PeerCredentials
+from comm_unix._peers import RefusalLog, UserCheck
+from comm_unix._transport import accept_handler, drives_sockets, logger
 
 __all__ = ["UnixListener"]
 
 
 #: Makes the comm for one accepted connection; its argument is the callback to
 #: call once the peer's preamble has arrived.
-CommFactory = Callable[[Callable[[StreamComm], None]], StreamComm]
+CommFactory = Callable[[Callable[[StreamComm], None]], UnixComm]
 
 
 def _clear_stale_socket(path: str) -> None:
@@ -53,8 +58,9 @@ def _clear_stale_socket(path: str) -> None:
 def _bind(path: str, backlog: int) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        _clear_stale_socket(path)
-        sock.bind(path)
+        if not path.startswith(ABSTRACT):  # an abstract name has no file to clear
+            _clear_stale_socket(path)
+        sock.bind(socket_address(path))
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
@@ -64,30 +70,43 @@ def _bind(path: str, backlog: int) -> socket.socket:
 
 
 class UnixListener(Listener):
-    """Accepts unix comms on one socket path.
+    """Accepts unix comms on one socket path, or one abstract name.
 
     An empty *path* picks a fresh one, ``<tmp>/comm-unix-XXXX/listener.sock``,
     in a new directory that only this user may enter; stopping the listener
     removes both. A socket file left behind by a listener that is gone is
     replaced; a live listener's, or a file that is not a socket, is not.
+    ``@name`` listens on an abstract name (Linux), ``@`` alone on a fresh one
+    the kernel picks; such names vanish with their socket.
 
     Args:
-        path: the absolute socket path, or ``""`` for a fresh one.
+        path: the absolute socket path, ``@name``, or ``""`` / ``"@"`` for a fresh one.
         handle_comm: awaited once for each accepted comm, in a task of its own.
         make_comm: makes the comm of each accepted connection.
         backlog: the listening socket's backlog.
+        same_uid: accept peers of this process's user only (default); ``False``:
+            any peer that can reach the socket.
     """
 
     def __init__(
-        self, path: str, handle_comm: CommHandler, make_comm: CommFactory, *, backlog: int = 1024
+        self,
+        path: str,
+        handle_comm: CommHandler,
+        make_comm: CommFactory,
+        *,
+        backlog: int = 1024,
+        same_uid: bool = True,
     ) -> None:
         self.path = path
         self.handle_comm = handle_comm
         self.make_comm = make_comm
         self.backlog = backlog
-        self._server: asyncio.AbstractServer | None = None
+        self.same_uid = same_uid
+        self._accepting: AcceptLoop | asyncio.AbstractServer | None = None
         self._private_dir: str | None = None  # created by start() for an empty path
         self._inode: tuple[int, int] | None = None  # of the socket file we bound
+        self._users: UserCheck | None = None
+        self._refused: RefusalLog | None = None
         # comm-core's bookkeeping for accepted connections: drops peers that send no
         # preamble in time, runs handle_comm (the handshake, then the user's handler)
         # on the others.
@@ -95,8 +114,10 @@ class UnixListener(Listener):
         self._stopped = False
 
     async def start(self) -> None:
-        if self._server is not None or self._stopped:
+        if self._accepting is not None or self._stopped:
             return
+        self._users = UserCheck.from_args({"same_uid": self.same_uid}, self.listen_address)
+        self._refused = RefusalLog(self._users)
         if not self.path:
             self._private_dir = tempfile.mkdtemp(prefix="comm-unix-")  # mode 0o700
             self.path = os.path.join(self._private_dir, "listener.sock")
@@ -106,21 +127,57 @@ class UnixListener(Listener):
             self._remove_files()
             reason = exc.strerror or str(exc)
             raise ConnectError(f"cannot listen on {SCHEME}://{self.path}: {reason}") from exc
-        info = os.stat(self.path)
-        self._inode = (info.st_dev, info.st_ino)
+        if self.path.startswith(ABSTRACT):  # '@': the name the kernel picked
+            self.path = address_of(sock.getsockname()).removeprefix(f"{SCHEME}://")
+        else:
+            info = os.stat(self.path)
+            self._inode = (info.st_dev, info.st_ino)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_unix_server(self._make_protocol, sock=sock)
+        if drives_sockets(loop):
+            on_accept = accept_handler(
+                loop,
+                self._make_protocol,
+                allowed=self._allowed,
+                greeting=self.acceptor.greeting,
+                admit=self.acceptor.admit,
+            )
+            where = self.listen_address
+            self._accepting = AcceptLoop(
+                loop, sock, on_accept, backlog=self.backlog, where=lambda: where, logger=logger
+            )
+        else:
+            self._accepting = await loop.create_unix_server(
+                lambda: self._make_protocol(None, check=True), sock=sock
+            )
 
-    def _make_protocol(self) -> asyncio.BaseProtocol:
+    def _allowed(self, credentials: PeerCredentials | None) -> bool:
+        assert self._users is not None
+        assert self._refused is not None
+        if self._users.allows(credentials):
+            return True
+        self._refused(credentials)
+        return False
+
+    def _make_protocol(
+        self, credentials: PeerCredentials | None, *, check: bool = False
+    ) -> UnixProtocol:
         comm = self.make_comm(self.acceptor.established)
-        return self.acceptor.accept(comm).protocol
+        protocol = comm.protocol
+        if check:  # the event loop's server: the protocol checks as it is connected
+            assert self._users is not None
+            protocol.allowed_uid = self._users.uid
+            protocol.on_refused = self._refused
+        else:
+            protocol.credentials = credentials
+        self.acceptor.accept(comm)
+        return protocol
 
     def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.close()
         self.acceptor.close()
         self._remove_files()
         super().stop()  # connections accepted before are still served (see Listener.stop)
@@ -143,10 +200,15 @@ class UnixListener(Listener):
 
     @property
     def contact_address(self) -> str:
-        if not self.path:
-            raise RuntimeError(f"a listener on '{SCHEME}://' has no path until started")
+        if self.path in ("", ABSTRACT):
+            raise RuntimeError(f"a listener on '{SCHEME}://{self.path}' has no name until started")
         return f"{SCHEME}://{self.path}"
 
     @property
     def extra_info(self) -> Mapping[str, Any]:
-        return {"path": self.path, "backlog": self.backlog}
+        return {
+            "path": self.path,
+            "backlog": self.backlog,
+            "same_uid": self.same_uid,
+            "refused": self._refused.total if self._refused is not None else 0,
+        }

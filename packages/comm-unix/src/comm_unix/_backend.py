@@ -12,16 +12,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from comm_core.abc import Backend, CommHandler, Connector, Listener
-from comm_unix._address import SCHEME, check_path
+from comm_unix._address import SCHEME, check_path, require_unix_sockets
 
 if TYPE_CHECKING:
     from comm_core.stream import StreamComm
+    from comm_unix._comm import UnixComm
 
 __all__ = ["UnixBackend"]
 
 
 class UnixBackend(Backend):
-    """The ``unix://`` backend: Unix domain sockets named by absolute paths."""
+    """The ``unix://`` backend: Unix domain sockets named by absolute paths, or by
+    names in Linux's abstract namespace (``unix://@name``)."""
 
     scheme: ClassVar[str] = SCHEME
 
@@ -39,21 +41,26 @@ class UnixBackend(Backend):
         self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
     ) -> Listener:
         from comm_core.session import options_of
-        from comm_unix._connector import UnixComm, comm_options
+        from comm_unix._comm import UnixComm
+        from comm_unix._connector import comm_options
         from comm_unix._listener import UnixListener
 
         path = check_path(loc, listening=True)
+        require_unix_sockets(f"{SCHEME}://{path}")
         args = comm_options(connection_args)
         # The settings listen() resolved, from the session it passes as handle_comm.
         options = options_of(handle_comm)
 
-        def make_comm(on_established: Callable[[StreamComm], None]) -> StreamComm:
+        def make_comm(on_established: Callable[[StreamComm], None]) -> UnixComm:
             return UnixComm(
                 deserialize=deserialize, on_established=on_established, options=options, **args
             )
 
         backlog = int(connection_args.get("backlog") or 1024)
-        return UnixListener(path, handle_comm, make_comm, backlog=backlog)
+        same_uid = connection_args.get("same_uid")  # None: the default, True
+        return UnixListener(
+            path, handle_comm, make_comm, backlog=backlog, same_uid=same_uid is None or same_uid
+        )
 
     def get_address_host(self, loc: str) -> str:
         import socket

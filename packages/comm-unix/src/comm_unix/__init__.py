@@ -6,6 +6,7 @@ imported from here::
     import comm_core
 
     async with comm_core.listen("unix://", handler) as listener:  # a fresh path
+        # (or "unix:///run/app.sock", or "unix://@app" in Linux's abstract namespace)
         async with await comm_core.connect(listener.contact_address) as comm:
             await comm.write({"op": "ping"})
 
@@ -18,33 +19,41 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from comm_core import lazy_exports
-from comm_unix._address import MAX_PATH_BYTES, SCHEME, check_path
+from comm_unix._address import ABSTRACT_NAMESPACE, MAX_PATH_BYTES, SCHEME, check_path
+from comm_unix._version import __version__
 
 if TYPE_CHECKING:
     from comm_unix._backend import UnixBackend
-    from comm_unix._connector import UnixComm, UnixConnector
+    from comm_unix._comm import UnixComm, UnixProtocol
+    from comm_unix._connector import UnixConnector
+    from comm_unix._credentials import PeerCredentials, peer_credentials
     from comm_unix._listener import UnixListener
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "ABSTRACT_NAMESPACE",
     "MAX_PATH_BYTES",
     "SCHEME",
+    "PeerCredentials",
     "UnixBackend",
     "UnixComm",
     "UnixConnector",
     "UnixListener",
+    "UnixProtocol",
     "__version__",
     "check_path",
+    "peer_credentials",
 ]
 
 # comm-core imports this package (for its plugin) whenever it lists the backends:
 # the classes that need asyncio are imported when first used, not here (PEP 562).
 _MODULES = {
     "UnixBackend": "comm_unix._backend",
-    "UnixComm": "comm_unix._connector",
+    "UnixComm": "comm_unix._comm",
     "UnixConnector": "comm_unix._connector",
     "UnixListener": "comm_unix._listener",
+    "UnixProtocol": "comm_unix._comm",
+    "PeerCredentials": "comm_unix._credentials",
+    "peer_credentials": "comm_unix._credentials",
 }
 
 

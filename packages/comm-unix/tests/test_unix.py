@@ -184,3 +184,86 @@ def test_looking_up_the_backend_imports_no_asyncio() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["UnixBackend", []]
+
+
+def os_limit() -> int:
+    """The largest send buffer the OS grants (Linux: net.core.wmem_max)."""
+    try:
+        return int(read_text("/proc/sys/net/core/wmem_max"))
+    except OSError:
+        return 2**31 - 1
+
+
+def send_buffer_of(comm: comm_core.Comm) -> int:
+    transport = comm.transport  # type: ignore[attr-defined]
+    size: int = transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    return size
+
+
+@pytest.mark.parametrize("send_buffer", [None, 0, 3 * 1024 * 1024])
+async def test_send_buffer(loop_name: str, send_buffer: int | None) -> None:
+    """Both ends' sockets get the send buffer asked for (1 MiB by default; 0: the OS's)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as plain:
+        os_default = plain.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    wanted = 1024 * 1024 if send_buffer is None else send_buffer
+    served: list[int] = []
+
+    async def handler(comm: comm_core.Comm) -> None:
+        served.append(send_buffer_of(comm))
+        await echo_handler(comm)
+
+    args = {} if send_buffer is None else {"send_buffer": send_buffer}
+    async with comm_core.listen("unix://", handler, **args) as listener:
+        comm = await comm_core.connect(listener.contact_address, timeout=5, **args)
+        async with comm:
+            await comm.write("x")
+            assert await comm.read() == "x"
+            assert comm.extra_info["send_buffer"] == wanted
+            dialer = send_buffer_of(comm)
+    # Linux caps it at net.core.wmem_max and reports twice what it set (its bookkeeping).
+    expected = os_default if wanted == 0 else min(wanted, os_limit())
+    assert dialer in (expected, 2 * expected)
+    assert served == [dialer]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "big"])
+def test_send_buffer_must_be_bytes(bad: object) -> None:
+    with pytest.raises(ValueError, match="send_buffer"):
+        comm_core.listen("unix://", echo_handler, send_buffer=bad)
+
+
+async def test_a_full_backlog_is_retried_not_refused(loop_name: str, socket_dir: str) -> None:
+    """A listener whose backlog is full makes a non-blocking connect fail with EAGAIN: that
+    attempt is retried (ConnectError), never taken for a peer of another user."""
+    path = os.path.join(socket_dir, "full.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(0)  # never accepts
+        waiting = []
+        try:
+            for _ in range(64):  # bounded: Linux fills a backlog of 0 after one or two
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                waiting.append(client)
+                try:
+                    client.connect(path)
+                except BlockingIOError:
+                    break
+            else:
+                pytest.skip("this OS never reported a full backlog")
+            with pytest.raises(comm_core.ConnectTimeoutError) as info:
+                await comm_core.connect(f"unix://{path}", timeout=0.3)
+            assert isinstance(info.value.__cause__, comm_core.ConnectError)
+            assert not isinstance(info.value.__cause__, comm_core.FatalCommClosedError)
+        finally:
+            for client in waiting:
+                client.close()
+
+
+async def test_an_os_without_unix_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Python has no AF_UNIX (Windows), listen() and connect() say so, at once."""
+    monkeypatch.delattr(socket, "AF_UNIX")
+    with pytest.raises(comm_core.BackendError, match="needs Unix domain sockets"):
+        comm_core.listen("unix://", echo_handler)
+    with pytest.raises(comm_core.BackendError, match="needs Unix domain sockets"):
+        await comm_core.connect("unix:///run/app.sock", timeout=5)

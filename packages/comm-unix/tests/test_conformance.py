@@ -1,8 +1,9 @@
 """comm-core's backend conformance kit, run against the unix backend.
 
-Two set-ups: listeners on ``unix://`` (each picks a fresh path in a private
-temporary directory) and listeners on explicit paths in a directory of each
-test, given by the kit's ``new_listen_address()`` hook.
+Four set-ups: listeners on ``unix://`` (each picks a fresh path in a private
+temporary directory), on explicit paths in a directory of each test, given by
+the kit's ``new_listen_address()`` hook, and (on Linux) on ``unix://@`` (each
+gets a fresh abstract name from the kernel) and on explicit abstract names.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from collections.abc import Iterator
 import pytest
 
 from comm_core.testing import BackendConformance
+from comm_unix import ABSTRACT_NAMESPACE
+
+linux_only = pytest.mark.skipif(not ABSTRACT_NAMESPACE, reason="abstract names are Linux's")
 
 
 class TestUnixConformance(BackendConformance):
@@ -45,3 +49,27 @@ class TestUnixConformanceExplicitPaths(BackendConformance):
     def new_listen_address(self) -> str:
         # Called for every listener a test starts: give each a path of its own.
         return f"unix://{self.socket_dir}/{uuid.uuid4().hex[:16]}.sock"
+
+
+@linux_only
+class TestUnixConformanceAbstract(BackendConformance):
+    scheme = "unix"
+    listen_address = "unix://@"
+    distribution = "comm-unix"
+    malformed_locations = (*TestUnixConformance.malformed_locations, "@nul\0name", "@" + "x" * 200)
+
+
+@linux_only
+@pytest.mark.comm_loop("uvloop")
+class TestUnixConformanceAbstractUvloop(TestUnixConformanceAbstract):
+    pass
+
+
+@linux_only
+class TestUnixConformanceExplicitAbstractNames(BackendConformance):
+    scheme = "unix"
+    distribution = "comm-unix"
+    malformed_locations = TestUnixConformanceAbstract.malformed_locations
+
+    def new_listen_address(self) -> str:
+        return f"unix://@comm-unix-test-{uuid.uuid4().hex}"

@@ -1,0 +1,80 @@
+"""comm-unix's part of the ``comm`` command: the ``unix connect`` step of ``comm doctor``.
+
+Reached through the ``comm_cli_doctor_steps`` hook of :mod:`comm_unix._plugin`;
+socket is imported only when the step runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from comm_core.cli import DoctorStep, Stage, StepFailed
+
+if TYPE_CHECKING:
+    from comm_core.cli import DoctorContext
+
+__all__ = ["doctor_steps"]
+
+
+def _connect(context: DoctorContext) -> str:
+    """Connect a plain Unix socket; say who listens there, or why nobody can be reached."""
+    import socket
+    import time
+
+    from comm_unix._address import check_path, socket_address
+    from comm_unix._credentials import own_uid, peer_credentials
+
+    path = check_path(context.location, listening=False)
+    serve = f"`{context.serve_command()}` starts one"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(context.timeout)
+    start = time.perf_counter()
+    try:
+        sock.connect(socket_address(path))
+    except FileNotFoundError as exc:
+        sock.close()
+        raise StepFailed(f"no socket at {path}", f"is a listener running? {serve}") from exc
+    except PermissionError as exc:
+        sock.close()
+        raise StepFailed(
+            f"permission denied: {path} or a directory above it is not open to this user",
+            "run as a user that may open it, or widen the permissions of the socket's directory",
+        ) from exc
+    except ConnectionRefusedError as exc:
+        sock.close()
+        where = "no socket has that name" if path.startswith("@") else "a socket file left behind"
+        raise StepFailed(f"nobody listens at {path} ({where})", serve) from exc
+    except OSError as exc:
+        sock.close()
+        raise StepFailed(
+            f"connecting to {path} failed: {exc.strerror or exc}", "is the listener overloaded?"
+        ) from exc
+    elapsed = (time.perf_counter() - start) * 1e3
+    credentials = peer_credentials(sock)
+    if credentials is None:
+        context.sock = sock
+        return f"connected in {elapsed:.2f} ms (this OS does not say who listens)"
+    who = (
+        f"pid {credentials.pid}, uid {credentials.uid}"
+        if credentials.pid
+        else (f"uid {credentials.uid}")
+    )
+    if credentials.uid != own_uid():
+        sock.close()
+        raise StepFailed(
+            f"the listener ({who}) runs as another user than this one (uid {own_uid()}): "
+            "same_uid, the default, refuses it",
+            f"run as uid {credentials.uid}, or connect from a program with same_uid=False "
+            "(and listen with same_uid=False for the listener to accept you)",
+        )
+    context.sock = sock  # comm doctor closes it before the comm handshake
+    return f"connected in {elapsed:.2f} ms to the listener ({who}, this user)"
+
+
+#: The step, at the stage where comm-tcp and comm-tls open their connection.
+UNIX_CONNECT = DoctorStep("unix connect", _connect, Stage.CONNECT)
+
+
+def doctor_steps(scheme: str) -> list[DoctorStep] | None:
+    """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``."""
+    return [UNIX_CONNECT] if scheme == "unix" else None
