@@ -88,6 +88,12 @@ PACKAGES = sorted(
     (path.parent.name for path in ROOT.glob("packages/*/pyproject.toml")),
     key=lambda name: (name != CORE, name),
 )
+#: Distributions whose tests run in a session of their own rather than in ``tests``, and
+#: that ``integration`` and ``hardening`` leave out: comm-dask (the ``dask`` session;
+#: nothing else depends on it, and it brings Dask).
+OWN_SESSION = {"comm-dask": "dask"}
+#: The distributions of comm itself: every one but those.
+CORE_PACKAGES = [name for name in PACKAGES if name not in OWN_SESSION]
 #: The example third-party backend that the docs walk through (its own distribution).
 EXAMPLE = "docs/examples/comm-unix"
 
@@ -176,7 +182,7 @@ def _install_packages(session: nox.Session, *names: str, extras: str | None = "t
 
 
 @nox.session(python=PYTHONS)
-@nox.parametrize("package", PACKAGES, ids=PACKAGES)
+@nox.parametrize("package", CORE_PACKAGES, ids=CORE_PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests against its installed (non-editable) build."""
     _install_packages(session, package)
@@ -194,7 +200,7 @@ def integration(session: nox.Session) -> None:
     """Run the cross-package tests in tests/ with every package installed."""
     if not (ROOT / "tests").is_dir():
         session.skip("no tests/ directory yet")
-    _install_packages(session, *PACKAGES)
+    _install_packages(session, *CORE_PACKAGES)
     # nox: tests/test_noxfile.py imports this file.
     session.install("pytest", "hypothesis", "nox")
     session.run("pytest", "tests", *session.posargs)
@@ -214,7 +220,9 @@ def typecheck(session: nox.Session) -> None:
     sources = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("packages/*/src"))
     if not sources:
         session.skip("no packages/*/src yet")
-    _install_packages(session, *PACKAGES)
+    _install_packages(session, *CORE_PACKAGES)
+    # comm-dask without its test extra (pandas, pyarrow): mypy needs distributed only.
+    session.install(*(f"./packages/{name}" for name in OWN_SESSION))
     if (ROOT / EXAMPLE / "src").is_dir():
         session.install(f"./{EXAMPLE}")
         sources.append(f"{EXAMPLE}/src")
@@ -262,7 +270,7 @@ def hardening(session: nox.Session) -> None:
     ``-- --comm-loop=uvloop`` runs it on uvloop. Other arguments after ``--`` go
     to pytest.
     """
-    _install_packages(session, *PACKAGES, extras=None)
+    _install_packages(session, *CORE_PACKAGES, extras=None)
     session.install("pytest", "hypothesis", "trustme")
     if sys.platform != "win32":  # for `-- --comm-loop=uvloop`
         session.install("uvloop")
@@ -279,7 +287,7 @@ def demo(session: nox.Session) -> None:
 
     Arguments after `--` go to `comm bench`, such as `nox -s demo -- tcp --duration 2`.
     """
-    _install_packages(session, *PACKAGES, extras=None)
+    _install_packages(session, *CORE_PACKAGES, extras=None)
     session.run("comm", "bench", *session.posargs)
     if (ROOT / "examples" / "echo.py").is_file():
         session.run("python", "examples/echo.py")
