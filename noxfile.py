@@ -30,7 +30,9 @@ Default sessions:
 
 Opt-in sessions: ``docs`` (Sphinx HTML and the docs' doctests, warnings are
 errors), ``demo`` (runs ``comm bench`` and ``examples/echo.py``), ``bench``
-(runs ``python -m bench`` if ``bench/`` exists).
+(runs ``python -m bench`` if ``bench/`` exists), ``dask`` (comm-dask's tests:
+Dask clusters over comm; CI runs it) and ``dask-suite`` (Dask's own comm tests
+against comm-dask, fetched from Dask's repository at a pinned commit).
 
 Tests marked ``large`` need gigabytes of memory (messages above 2 GiB); they are
 skipped unless ``COMM_LARGE_TESTS=1`` (CI sets it), so that a plain ``nox``
@@ -311,6 +313,73 @@ def bench(session: nox.Session) -> None:
     session.run("python", "-m", "bench", *session.posargs)
 
 
+#: The one Python the ``dask`` session runs on (its cluster workloads take minutes).
+DASK_PYTHON = "3.11"
+
+
+@nox.session(python=DASK_PYTHON, default=False)
+def dask(session: nox.Session) -> None:
+    """Run comm-dask's tests: Dask over comm+tcp, comm+tls and comm+inproc (see docs/dask.rst).
+
+    Its comm tests, then a LocalCluster with worker processes over Dask's tcp,
+    comm+tcp and comm+tls, running a dask.array reduction, a dask.dataframe
+    shuffle (about 300 MB between two workers) and 10,000 tiny tasks; the
+    results must equal Dask's tcp's. About 3 minutes on 2 cores. Not run by
+    ``nox`` alone (it installs Dask, pandas and pyarrow); CI runs it.
+    """
+    _install_packages(session, *PACKAGES)
+    session.chdir("packages/comm-dask")
+    session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
+
+
+#: Dask's repository, and the commit of ``distributed/comm/tests/test_comms.py`` that
+#: ``dask-suite`` runs: the release 2026.7.1, with the distributed of that release.
+DASK_REPOSITORY = "https://github.com/dask/distributed"
+DASK_COMMIT = "3bca3f9f1be3602a59b6e4898de2bab3cb6c0fc4"
+DASK_VERSION = "2026.7.1"
+
+
+@nox.session(name="dask-suite", python=DASK_PYTHON, default=False)
+def dask_suite(session: nox.Session) -> None:
+    """Run Dask's own comm tests against comm-dask (see docs/dask.rst).
+
+    Fetches ``distributed/comm/tests/test_comms.py`` of Dask's repository at
+    :data:`DASK_COMMIT` (``git``) into a temporary directory outside the work
+    tree, next to ``packages/comm-dask/dask_suite/conftest.py``, which maps the suite's
+    ``tcp``, ``tls`` and ``inproc`` onto comm-dask's backends, and runs it with
+    distributed :data:`DASK_VERSION`. Nothing of Dask's is kept. ``-- --repo
+    PATH`` takes the file from a local clone instead; other arguments go to
+    pytest.
+    """
+    args = list(session.posargs)
+    repository = DASK_REPOSITORY
+    if "--repo" in args:
+        at = args.index("--repo")
+        repository = args[at + 1]
+        del args[at : at + 2]
+    _install_packages(session, *PACKAGES)
+    session.install(f"distributed=={DASK_VERSION}", f"dask=={DASK_VERSION}", "pytest-timeout")
+    with tempfile.TemporaryDirectory(prefix="comm-dask-suite-") as tmp:
+        clone = Path(tmp) / "distributed"
+        session.run("git", "init", "--quiet", str(clone), external=True)
+        session.run(
+            "git", "-C", str(clone), "fetch", "--quiet", "--depth=1", repository, DASK_COMMIT,
+            external=True,
+        )  # fmt: skip
+        suite = Path(tmp) / "suite"
+        suite.mkdir()
+        test_file = session.run(
+            "git", "-C", str(clone), "show", f"{DASK_COMMIT}:distributed/comm/tests/test_comms.py",
+            external=True, silent=True,
+        )  # fmt: skip
+        (suite / "test_comms.py").write_text(str(test_file))
+        shutil.copy(
+            ROOT / "packages" / "comm-dask" / "dask_suite" / "conftest.py", suite / "conftest.py"
+        )
+        with session.chdir(suite):
+            session.run("pytest", "-p", "no:cacheprovider", "-rs", "test_comms.py", *args)
+
+
 #: The distributions that a release publishes, built by `nox -s build`.
 DIST = ROOT / "dist"
 
@@ -388,7 +457,7 @@ class _Skips(logging.Handler):
 _SKIPS = _Skips()
 logging.getLogger("nox").addHandler(_SKIPS)
 
-_OPT_IN = ["docs", "demo", "bench"]
+_OPT_IN = ["docs", "demo", "bench", "dask", "dask-suite"]
 
 
 def _summary_lines() -> list[str]:
