@@ -343,13 +343,16 @@ DASK_VERSION = "2026.7.1"
 def dask_suite(session: nox.Session) -> None:
     """Run Dask's own comm tests against comm-dask (see docs/dask.rst).
 
-    Fetches ``distributed/comm/tests/test_comms.py`` of Dask's repository at
-    :data:`DASK_COMMIT` (``git``) into a temporary directory outside the work
-    tree, next to ``packages/comm-dask/dask_suite/conftest.py``, which maps the suite's
-    ``tcp``, ``tls`` and ``inproc`` onto comm-dask's backends, and runs it with
-    distributed :data:`DASK_VERSION`. Nothing of Dask's is kept. ``-- --repo
-    PATH`` takes the file from a local clone instead; other arguments go to
-    pytest.
+    Fetches Dask's repository at :data:`DASK_COMMIT` (``git``, the tag of
+    :data:`DASK_VERSION`) into a temporary directory outside the work tree;
+    copies ``distributed/comm/tests/test_comms.py`` next to
+    ``packages/comm-dask/dask_suite/conftest.py``, which maps the suite's
+    ``tcp``, ``tls`` and ``inproc`` onto comm-dask's backends, and Dask's test
+    certificates (``distributed/tests/tls-*.pem``) into this session's
+    installed distributed, where Dask's ``get_cert`` reads them; then runs the
+    suite with distributed :data:`DASK_VERSION`. Nothing of Dask's is kept in
+    the work tree. ``-- --repo PATH`` fetches from a local clone instead; other
+    arguments go to pytest.
     """
     args = list(session.posargs)
     repository = DASK_REPOSITORY
@@ -359,25 +362,46 @@ def dask_suite(session: nox.Session) -> None:
         del args[at : at + 2]
     _install_packages(session, *PACKAGES)
     session.install(f"distributed=={DASK_VERSION}", f"dask=={DASK_VERSION}", "pytest-timeout")
+    installed = session.run(
+        "python", "-c", "import distributed, os; print(os.path.dirname(distributed.__file__))",
+        silent=True,
+    )  # fmt: skip
+    certs = Path(str(installed).strip()) / "tests"
     with tempfile.TemporaryDirectory(prefix="comm-dask-suite-") as tmp:
         clone = Path(tmp) / "distributed"
+        git = ["git", "-C", str(clone)]
         session.run("git", "init", "--quiet", str(clone), external=True)
         session.run(
-            "git", "-C", str(clone), "fetch", "--quiet", "--depth=1", repository, DASK_COMMIT,
+            *git, "fetch", "--quiet", "--depth=1", repository, f"refs/tags/{DASK_VERSION}",
             external=True,
         )  # fmt: skip
+        fetched = session.run(*git, "rev-parse", "FETCH_HEAD^{commit}", external=True, silent=True)
+        if str(fetched).strip() != DASK_COMMIT:
+            session.error(f"tag {DASK_VERSION} of {repository} is {fetched}, not {DASK_COMMIT}")
+
+        def show(path: str) -> str:
+            return str(
+                session.run(*git, "show", f"{DASK_COMMIT}:{path}", external=True, silent=True)
+            )
+
         suite = Path(tmp) / "suite"
         suite.mkdir()
-        test_file = session.run(
-            "git", "-C", str(clone), "show", f"{DASK_COMMIT}:distributed/comm/tests/test_comms.py",
+        (suite / "test_comms.py").write_text(show("distributed/comm/tests/test_comms.py"))
+        conftest = ROOT / "packages" / "comm-dask" / "dask_suite" / "conftest.py"
+        shutil.copy(conftest, suite / "conftest.py")
+        listed = session.run(
+            *git, "ls-tree", "--name-only", DASK_COMMIT, "distributed/tests/",
             external=True, silent=True,
         )  # fmt: skip
-        (suite / "test_comms.py").write_text(str(test_file))
-        shutil.copy(
-            ROOT / "packages" / "comm-dask" / "dask_suite" / "conftest.py", suite / "conftest.py"
-        )
+        certs.mkdir(exist_ok=True)
+        for path in str(listed).split():
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith("tls-") and name.endswith(".pem"):
+                (certs / name).write_text(show(path))
         with session.chdir(suite):
-            session.run("pytest", "-p", "no:cacheprovider", "-rs", "test_comms.py", *args)
+            session.run(
+                "pytest", "-p", "no:cacheprovider", "--timeout=120", "-rs", "test_comms.py", *args
+            )
 
 
 #: The distributions that a release publishes, built by `nox -s build`.

@@ -2,9 +2,11 @@
 
 ``nox -s dask-suite`` copies Dask's test file next to this conftest, outside the
 work tree, puts Dask's test certificates (``distributed/tests/tls-*.pem``, which
-distributed's wheel leaves out) where Dask's ``get_cert`` reads them, and runs it. Dask's suite speaks of ``tcp``, ``tls`` and ``inproc``,
-and reaches into Dask's modules for their classes (``tcp.TCPListener(...)``,
-``inproc.InProcListener(...)``); this conftest makes each of those names comm-dask's:
+distributed's wheel leaves out) where Dask's ``get_cert`` reads them, and runs
+it. Dask's suite speaks of ``tcp``, ``tls`` and ``inproc``, and reaches into
+Dask's modules for their classes (``tcp.TCPListener(...)``,
+``inproc.InProcListener(...)``); this conftest makes each of those names
+comm-dask's:
 
 * Dask's registry maps ``tcp``, ``tls`` and ``inproc`` to comm-dask backends over
   comm's ``tcp``, ``tls`` and ``inproc``, under Dask's own scheme names, so that
