@@ -309,7 +309,8 @@ def bench(session: nox.Session) -> None:
     # compiling sources (which happens on every run where PYTHONDONTWRITEBYTECODE is set).
     session.env["UV_COMPILE_BYTECODE"] = "1"
     _install_packages(session, *PACKAGES, extras=None)
-    session.install("distributed", "uvloop")
+    # dask.array and dask.dataframe for the end-to-end section (the cluster workloads).
+    session.install("distributed", "uvloop", "dask[array,dataframe]")
     session.run("python", "-m", "bench", *session.posargs)
 
 
