@@ -3,7 +3,12 @@ what it gets over Dask's own tcp."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,3 +84,40 @@ def test_the_workers_talk_over_comm(client: Client) -> None:
     kinds = set(client.run(comm_type).values())
     protocol = client.scheduler.address.split("://")[0]
     assert kinds == ({"TCP"} if protocol == "tcp" else {"DaskComm"})
+
+
+def test_the_dask_command_line(tmp_path: Path) -> None:
+    """`dask scheduler --protocol comm+tcp` and `dask worker comm+tcp://...`: only the address
+    changes."""
+    scheduler_file = tmp_path / "scheduler.json"
+    command = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    options = ["--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [*command, "--protocol", "comm+tcp", *options, "--scheduler-file", str(scheduler_file)],
+        stderr=subprocess.DEVNULL,
+    )
+    worker = None
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists() and time.monotonic() < deadline:
+            assert scheduler.poll() is None, "the scheduler exited"
+            time.sleep(0.1)  # a file appearing has no event to wait on
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("comm+tcp://127.0.0.1:")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+             "--no-dashboard", "--host", "127.0.0.1"],
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(1, timeout=60)
+            (worker_address,) = client.scheduler_info()["workers"]
+            assert worker_address.startswith("comm+tcp://127.0.0.1:")
+            assert client.submit(sum, [1, 2, 3]).result() == 6
+            client.shutdown()
+        assert scheduler.wait(30) == 0
+    finally:
+        for process in (worker, scheduler):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(10)
