@@ -681,3 +681,10 @@ async def test_a_peer_that_sends_other_messages_is_cut_off(comm_leak_check: Any)
 
 def test_backends_are_not_registered_under_dasks_names() -> None:
     assert not isinstance(backends.get("tcp"), CommBackend)
+
+
+async def test_dialing_a_wildcard_is_refused_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(ValueError, match="only for listening"):
+        await connect("comm+tcp://0.0.0.0:8786", timeout=5)
+    assert time.monotonic() - started < 2
