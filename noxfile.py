@@ -26,7 +26,9 @@ Default sessions:
 
 Opt-in sessions: ``docs`` (Sphinx HTML and the docs' doctests, warnings are
 errors), ``demo`` (runs ``comm bench`` and ``examples/echo.py``), ``bench``
-(runs ``python -m bench`` if ``bench/`` exists).
+(runs ``python -m bench`` if ``bench/`` exists), ``dask`` (comm-dask's tests:
+Dask clusters over comm; CI runs it) and ``dask-suite`` (Dask's own comm tests
+against comm-dask, fetched from Dask's repository at a pinned commit).
 
 Tests marked ``large`` need gigabytes of memory (messages above 2 GiB); they are
 skipped unless ``COMM_LARGE_TESTS=1`` (CI sets it), so that a plain ``nox``
@@ -87,6 +89,12 @@ PACKAGES = sorted(
 )
 #: The packages whose transport needs Unix domain sockets: skipped where there are none.
 NEEDS_AF_UNIX = {"comm-unix"}
+#: Distributions whose tests run in a session of their own rather than in ``tests``, and
+#: that ``integration`` and ``hardening`` leave out: comm-dask (the ``dask`` session;
+#: nothing else depends on it, and it brings Dask).
+OWN_SESSION = {"comm-dask": "dask"}
+#: The distributions of comm itself: every one but those.
+CORE_PACKAGES = [name for name in PACKAGES if name not in OWN_SESSION]
 
 
 # -- Pythons installed by pyenv ----------------------------------------------------------
@@ -173,7 +181,7 @@ def _install_packages(session: nox.Session, *names: str, extras: str | None = "t
 
 
 @nox.session(python=PYTHONS)
-@nox.parametrize("package", PACKAGES, ids=PACKAGES)
+@nox.parametrize("package", CORE_PACKAGES, ids=CORE_PACKAGES)
 def tests(session: nox.Session, package: str) -> None:
     """Run one package's tests against its installed (non-editable) build."""
     if package in NEEDS_AF_UNIX and not hasattr(socket, "AF_UNIX"):
@@ -193,7 +201,7 @@ def integration(session: nox.Session) -> None:
     """Run the cross-package tests in tests/ with every package installed."""
     if not (ROOT / "tests").is_dir():
         session.skip("no tests/ directory yet")
-    _install_packages(session, *PACKAGES)
+    _install_packages(session, *CORE_PACKAGES)
     # nox: tests/test_noxfile.py imports this file.
     session.install("pytest", "hypothesis", "nox")
     session.run("pytest", "tests", *session.posargs)
@@ -213,7 +221,9 @@ def typecheck(session: nox.Session) -> None:
     sources = sorted(str(path.relative_to(ROOT)) for path in ROOT.glob("packages/*/src"))
     if not sources:
         session.skip("no packages/*/src yet")
-    _install_packages(session, *PACKAGES)
+    _install_packages(session, *CORE_PACKAGES)
+    # comm-dask without its test extra (pandas, pyarrow): mypy needs distributed only.
+    session.install(*(f"./packages/{name}" for name in OWN_SESSION))
     # msgpack ships no type information; msgpack-types holds its stubs.
     session.install("mypy", "pytest", "hypothesis", "pluggy", "msgpack-types")
     session.run("mypy", "--strict", *sources, *session.posargs)
@@ -256,7 +266,7 @@ def hardening(session: nox.Session) -> None:
     ``-- --comm-loop=uvloop`` runs it on uvloop. Other arguments after ``--`` go
     to pytest.
     """
-    _install_packages(session, *PACKAGES, extras=None)
+    _install_packages(session, *CORE_PACKAGES, extras=None)
     session.install("pytest", "hypothesis", "trustme")
     if sys.platform != "win32":  # for `-- --comm-loop=uvloop`
         session.install("uvloop")
@@ -273,7 +283,7 @@ def demo(session: nox.Session) -> None:
 
     Arguments after `--` go to `comm bench`, such as `nox -s demo -- tcp --duration 2`.
     """
-    _install_packages(session, *PACKAGES, extras=None)
+    _install_packages(session, *CORE_PACKAGES, extras=None)
     session.run("comm", "bench", *session.posargs)
     if (ROOT / "examples" / "echo.py").is_file():
         session.run("python", "examples/echo.py")
@@ -293,8 +303,100 @@ def bench(session: nox.Session) -> None:
     # compiling sources (which happens on every run where PYTHONDONTWRITEBYTECODE is set).
     session.env["UV_COMPILE_BYTECODE"] = "1"
     _install_packages(session, *PACKAGES, extras=None)
-    session.install("distributed", "uvloop")
+    # dask.array and dask.dataframe for the end-to-end section (the cluster workloads).
+    session.install("distributed", "uvloop", "dask[array,dataframe]")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+#: The one Python the ``dask`` session runs on (its cluster workloads take minutes).
+DASK_PYTHON = "3.11"
+
+
+@nox.session(python=DASK_PYTHON, default=False)
+def dask(session: nox.Session) -> None:
+    """Run comm-dask's tests: Dask over comm+tcp, comm+tls and comm+inproc (see docs/dask.rst).
+
+    Its comm tests, then a LocalCluster with worker processes over Dask's tcp,
+    comm+tcp and comm+tls, running a dask.array reduction, a dask.dataframe
+    shuffle (about 300 MB between two workers) and 10,000 tiny tasks; the
+    results must equal Dask's tcp's. About 3 minutes on 2 cores. Not run by
+    ``nox`` alone (it installs Dask, pandas and pyarrow); CI runs it.
+    """
+    _install_packages(session, *PACKAGES)
+    session.chdir("packages/comm-dask")
+    session.run("pytest", "-c", "pyproject.toml", "tests", *session.posargs)
+
+
+#: Dask's repository, and the commit of ``distributed/comm/tests/test_comms.py`` that
+#: ``dask-suite`` runs: the release 2026.7.1, with the distributed of that release.
+DASK_REPOSITORY = "https://github.com/dask/distributed"
+DASK_COMMIT = "3bca3f9f1be3602a59b6e4898de2bab3cb6c0fc4"
+DASK_VERSION = "2026.7.1"
+
+
+@nox.session(name="dask-suite", python=DASK_PYTHON, default=False)
+def dask_suite(session: nox.Session) -> None:
+    """Run Dask's own comm tests against comm-dask (see docs/dask.rst).
+
+    Fetches Dask's repository at :data:`DASK_COMMIT` (``git``, the tag of
+    :data:`DASK_VERSION`) into a temporary directory outside the work tree;
+    copies ``distributed/comm/tests/test_comms.py`` next to
+    ``packages/comm-dask/dask_suite/conftest.py``, which maps the suite's
+    ``tcp``, ``tls`` and ``inproc`` onto comm-dask's backends, and Dask's test
+    certificates (``distributed/tests/tls-*.pem``) into this session's
+    installed distributed, where Dask's ``get_cert`` reads them; then runs the
+    suite with distributed :data:`DASK_VERSION`. Nothing of Dask's is kept in
+    the work tree. ``-- --repo PATH`` fetches from a local clone instead; other
+    arguments go to pytest.
+    """
+    args = list(session.posargs)
+    repository = DASK_REPOSITORY
+    if "--repo" in args:
+        at = args.index("--repo")
+        repository = args[at + 1]
+        del args[at : at + 2]
+    _install_packages(session, *PACKAGES)
+    session.install(f"distributed=={DASK_VERSION}", f"dask=={DASK_VERSION}", "pytest-timeout")
+    installed = session.run(
+        "python", "-c", "import distributed, os; print(os.path.dirname(distributed.__file__))",
+        silent=True,
+    )  # fmt: skip
+    certs = Path(str(installed).strip()) / "tests"
+    with tempfile.TemporaryDirectory(prefix="comm-dask-suite-") as tmp:
+        clone = Path(tmp) / "distributed"
+        git = ["git", "-C", str(clone)]
+        session.run("git", "init", "--quiet", str(clone), external=True)
+        session.run(
+            *git, "fetch", "--quiet", "--depth=1", repository, f"refs/tags/{DASK_VERSION}",
+            external=True,
+        )  # fmt: skip
+        fetched = session.run(*git, "rev-parse", "FETCH_HEAD^{commit}", external=True, silent=True)
+        if str(fetched).strip() != DASK_COMMIT:
+            session.error(f"tag {DASK_VERSION} of {repository} is {fetched}, not {DASK_COMMIT}")
+
+        def show(path: str) -> str:
+            return str(
+                session.run(*git, "show", f"{DASK_COMMIT}:{path}", external=True, silent=True)
+            )
+
+        suite = Path(tmp) / "suite"
+        suite.mkdir()
+        (suite / "test_comms.py").write_text(show("distributed/comm/tests/test_comms.py"))
+        conftest = ROOT / "packages" / "comm-dask" / "dask_suite" / "conftest.py"
+        shutil.copy(conftest, suite / "conftest.py")
+        listed = session.run(
+            *git, "ls-tree", "--name-only", DASK_COMMIT, "distributed/tests/",
+            external=True, silent=True,
+        )  # fmt: skip
+        certs.mkdir(exist_ok=True)
+        for path in str(listed).split():
+            name = path.rsplit("/", 1)[-1]
+            if name.startswith("tls-") and name.endswith(".pem"):
+                (certs / name).write_text(show(path))
+        with session.chdir(suite):
+            session.run(
+                "pytest", "-p", "no:cacheprovider", "--timeout=120", "-rs", "test_comms.py", *args
+            )
 
 
 #: The distributions that a release publishes, built by `nox -s build`.
@@ -375,7 +477,7 @@ class _Skips(logging.Handler):
 _SKIPS = _Skips()
 logging.getLogger("nox").addHandler(_SKIPS)
 
-_OPT_IN = ["docs", "demo", "bench"]
+_OPT_IN = ["docs", "demo", "bench", "dask", "dask-suite"]
 
 
 def _summary_lines() -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench import tls
+from bench import cluster, tls
 from bench.config import (
     BACKENDS,
     IMPLS,
@@ -98,7 +98,9 @@ def discover_backends(wanted: list[str]) -> list[str]:
 def plan(args: argparse.Namespace, limits: Limits) -> list[Cell]:
     """Every cell to run, repeats interleaved across implementations (to share any drift)."""
     workloads = [
-        w for w in WORKLOADS if w != "import" and (not args.workload or w in args.workload)
+        w
+        for w in WORKLOADS
+        if w not in ("import", "cluster") and (not args.workload or w in args.workload)
     ]
     impls = [i for i in IMPLS if not args.impl or i in args.impl]
     for impl in impls:
@@ -204,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
             record = run_cell(cell)
             records.append(record)
             _log(f"[{number}/{len(cells)}] {cell.label()}: {_summary(record)}")
+        section = None
+        if not args.workload or "cluster" in args.workload:
+            if cluster.available():
+                section = cluster.run(limits.repeats, args.quick, _log)
+            else:
+                _log("note: comm-dask or dask.dataframe is not installed; cluster section skipped")
     imports = None
     if run_imports:
         _log(f"import time: {limits.import_runs} runs per command")
@@ -222,11 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     facts = machine_facts(settings)
     rows = summarize(records)
-    markdown = render_markdown(rows, imports, facts)
-    md_path, json_path = write_results(args.output, records, rows, imports, facts, markdown)
+    markdown = render_markdown(rows, imports, facts, cluster.render(section) if section else None)
+    md_path, json_path = write_results(
+        args.output, records, rows, imports, facts, markdown, cluster=section
+    )
     print(markdown)
     _log(f"wrote {md_path} and {json_path} in {settings['total_seconds']:g}s")
-    return 1 if any("error" in r for r in records) else 0
+    failed = any("error" in r for r in records)
+    if section is not None:
+        failed = failed or not section["same_results"]
+        failed = failed or any("error" in run for runs in section["runs"].values() for run in runs)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ BACKENDS: dict[str, BackendSpec] = {
 
 #: Our implementation first: the report's ratios are "comm / other".
 IMPLS = ("comm", "dask", "baseline")
-WORKLOADS = ("W1", "W2", "W3", "W4", "import")
+WORKLOADS = ("W1", "W2", "W3", "W4", "import", "cluster")
 MODES = ("one", "two")
 LOOPS = ("asyncio", "uvloop")
 

@@ -209,9 +209,13 @@ def _import_table(imports: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(
-    rows: list[dict[str, Any]], imports: dict[str, Any] | None, facts: dict[str, Any]
+    rows: list[dict[str, Any]],
+    imports: dict[str, Any] | None,
+    facts: dict[str, Any],
+    cluster: list[str] | None = None,
 ) -> str:
-    """The report: machine facts, one table per workload, import time, errors."""
+    """The report: machine facts, one table per workload, the cluster section, import time,
+    errors."""
     versions = ", ".join(f"{name} {ver}" for name, ver in facts["versions"].items() if ver)
     settings = facts["settings"]
     load = facts["load_average_1min"]
@@ -239,6 +243,9 @@ def render_markdown(
             key=lambda r: (r["backend"] != "tcp", r["backend"], r["mode"], r["loop"], r["size"]),
         )
         out += ["", f"## {_TITLES[workload]}", "", *_table(workload, these)]
+    if cluster:
+        out += ["", "## End to end: a Dask cluster over Dask's transports and comm-dask's", ""]
+        out += cluster
     if imports:
         out += ["", "## Import time (fresh interpreter, median of runs)", ""]
         out += _import_table(imports)
@@ -287,6 +294,7 @@ def machine_facts(settings: dict[str, Any]) -> dict[str, Any]:
         "comm-tcp",
         "comm-tls",
         "comm-inproc",
+        "comm-dask",
         "msgpack",
         "distributed",
         "tornado",
@@ -331,11 +339,18 @@ def write_results(
     imports: dict[str, Any] | None,
     facts: dict[str, Any],
     markdown: str,
+    cluster: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``latest.md`` and ``latest.json`` (every repeat's figures) into *directory*."""
     directory.mkdir(parents=True, exist_ok=True)
     md_path, json_path = directory / "latest.md", directory / "latest.json"
     md_path.write_text(markdown)
-    data = {"machine": facts, "cells": records, "summary": rows, "import_time": imports}
+    data = {
+        "machine": facts,
+        "cells": records,
+        "summary": rows,
+        "import_time": imports,
+        "cluster": cluster,
+    }
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     return md_path, json_path

@@ -497,7 +497,7 @@ def test_unknown_scheme(registry: Registry) -> None:
         comm_core.get_backend("nope")
     message = str(info.value)
     assert message == (
-        "no comm backend for scheme 'nope' (scheme 'nope'); installed schemes: memory, "
+        "no comm backend for scheme 'nope'; installed schemes: memory, "
         "memory-local; if a third-party distribution provides nope://, install it (comm "
         "cannot tell which one does)"
     )
@@ -543,8 +543,7 @@ def test_unknown_scheme_advice(registry: Registry, scheme: str, advice: str) -> 
     with pytest.raises(UnknownSchemeError) as info:
         comm_core.get_backend(scheme)
     assert str(info.value) == (
-        f"no comm backend for scheme {scheme!r} (scheme {scheme!r}); installed schemes: "
-        f"memory; {advice}"
+        f"no comm backend for scheme {scheme!r}; installed schemes: memory; {advice}"
     )
 
 

@@ -634,10 +634,10 @@ class Registry:
                 "uninstall one of them"
             )
         known = tuple(sorted(infos))
-        subject = f"address {address!r}" if address else f"scheme {scheme!r}"
+        subject = f" (address {address!r})" if address else ""
         installed = ", ".join(known) if known else "none"
         raise UnknownSchemeError(
-            f"no comm backend for scheme {scheme!r} ({subject}); installed schemes: "
+            f"no comm backend for scheme {scheme!r}{subject}; installed schemes: "
             f"{installed}; {scheme_advice(scheme, known)}",
             scheme=scheme,
             known=known,
