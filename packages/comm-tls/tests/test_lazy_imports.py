@@ -28,6 +28,8 @@ PUBLIC = {
     "TLSConnector": "comm_tls._connector",
     "TLSListener": "comm_tls._listener",
     "__version__": "comm_tls._version",
+    "context_for": "comm_tls._security",
+    "describe_failure": "comm_tls._errors",
 }
 
 

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     from comm_tls._backend import TLSBackend
     from comm_tls._comm import TLSComm
     from comm_tls._connector import TLSConnector
-    from comm_tls._errors import TLSConfigurationError
+    from comm_tls._errors import TLSConfigurationError, describe_failure
     from comm_tls._listener import TLSListener
-    from comm_tls._security import Security
+    from comm_tls._security import Security, context_for
 
 __all__ = [
     "Security",
@@ -38,6 +38,8 @@ __all__ = [
     "TLSConnector",
     "TLSListener",
     "__version__",
+    "context_for",
+    "describe_failure",
 ]
 
 #: The module that defines each public name.
@@ -48,6 +50,9 @@ _MODULES = {
     "TLSConfigurationError": "comm_tls._errors",
     "TLSConnector": "comm_tls._connector",
     "TLSListener": "comm_tls._listener",
+    # For other transports over TLS (comm-ws's wss://): the same options, the same errors.
+    "context_for": "comm_tls._security",
+    "describe_failure": "comm_tls._errors",
 }
 
 
