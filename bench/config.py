@@ -50,6 +50,9 @@ BACKENDS: dict[str, BackendSpec] = {
     "tcp": BackendSpec("tcp://127.0.0.1:0", baseline=True, raw=True),
     "tls": BackendSpec("tls://127.0.0.1:0", baseline=True),
     "inproc": BackendSpec("inproc://", cross_process=False),
+    # Dask's ws:// and wss:// are distributed.comm.ws (tornado's WebSocket).
+    "ws": BackendSpec("ws://127.0.0.1:0"),
+    "wss": BackendSpec("wss://127.0.0.1:0"),
 }
 
 #: Our implementation first: the report's ratios are "comm / other".

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import sys
+from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from comm_core import (
@@ -46,6 +48,16 @@ def protocol_kwargs(args: dict[str, Any]) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
     return kwargs
+
+
+async def _within(aw: Coroutine[Any, Any, None], timeout: float) -> None:
+    """Await *aw*; :class:`TimeoutError` after *timeout* seconds (no task of its own where
+    asyncio has ``timeout()``)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            await aw
+    else:  # pragma: no cover - Python 3.10
+        await asyncio.wait_for(aw, timeout)
 
 
 class WSConnector(Connector):
@@ -118,7 +130,7 @@ class WSConnector(Connector):
         protocol = self.make_protocol(upgrade, options, connection_args)
         hostname = connection_args.get("server_hostname") or host
         try:
-            await asyncio.wait_for(
+            await _within(
                 self._open(protocol, host, port, context, hostname), options.handshake_timeout
             )
         except CommError as exc:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import struct
 import sys
@@ -82,12 +83,27 @@ _CLOSE_NAMES: Final = {
     1013: "try again later",
 }
 
-#: The read buffer: frame headers, control frames and small payloads are cut from it.
+#: The read buffer: frame headers, control frames and small payloads are cut from it. It
+#: starts at INITIAL bytes (cheap to make, per connection) and grows to SCRATCH when full.
 SCRATCH: Final = 256 * 1024
+INITIAL: Final = 16 * 1024
 #: A payload longer than this that is not in the read buffer yet is received in place.
 DIRECT: Final = 64 * 1024
 #: The most frames one message may come in (its bytes are bounded by the size limit).
 MAX_FRAGMENTS: Final = 1024
+#: Messages of this size or more are sent in slices of SLICE bytes (see WSProtocol.send).
+LARGE: Final = 1024 * 1024
+SLICE: Final = 256 * 1024
+#: A payload received in place goes to a buffer of at most FIRST_CAPACITY bytes (or what
+#: arrived with its header), unless the peer sent one as long before; the buffer grows
+#: GROWTH times each time it is full. Buffers of MAPPED_FROM bytes or more are anonymous
+#: mappings (they grow in place), with transparent huge pages from HUGE_FROM bytes.
+FIRST_CAPACITY: Final = 32 * 1024
+GROWTH: Final = 4
+MAPPED_FROM: Final = 1024 * 1024
+HUGE_FROM: Final = 4 * 1024 * 1024
+#: A payload received in place is unmasked in slices of this many bytes.
+UNMASK: Final = 64 * 1024
 #: Messages shorter than this are sent as one joined buffer (one system call).
 _JOIN: Final = 64 * 1024
 #: Seconds close() waits for what is queued to leave before it aborts.
@@ -115,6 +131,44 @@ def frame_header(opcode: int, size: int, mask: bytes | None) -> bytes:
     else:
         header = _H64.pack(first, bit | 127, size)
     return header if mask is None else header + mask
+
+
+def _allocate(size: int) -> Any:
+    """A zeroed buffer of *size* bytes: an anonymous private mapping from MAPPED_FROM bytes
+    on (zero pages, touched once by recv, huge pages from HUGE_FROM), else a bytearray."""
+    if size < MAPPED_FROM or sys.platform == "win32":
+        return bytearray(size)
+    import mmap
+
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    _advise(buffer)
+    return buffer
+
+
+def _advise(buffer: Any) -> None:
+    if len(buffer) >= HUGE_FROM:
+        import mmap
+
+        # Transparent huge pages, where the OS has them: one page fault per 2 MiB.
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            buffer.madvise(mmap.MADV_HUGEPAGE)
+
+
+def _grown(buffer: Any, filled: int, length: int) -> Any:
+    """*buffer*, full with *filled* bytes of a payload of *length*, made GROWTH times
+    longer (at most *length*): resized in place where it can be, else copied."""
+    capacity = min(length, max(len(buffer) * GROWTH, FIRST_CAPACITY))
+    if type(buffer) is not bytearray:
+        try:
+            buffer.resize(capacity)
+        except (BufferError, OSError, ValueError, SystemError):
+            pass
+        else:
+            _advise(buffer)
+            return buffer
+    new = _allocate(capacity)
+    new[:filled] = memoryview(buffer)[:filled]
+    return new
 
 
 def _rotated(mask: bytes, offset: int) -> bytes:
@@ -181,11 +235,13 @@ class WSProtocol(asyncio.BufferedProtocol):
         #: The client's upgrade: done once the server switched protocols, or failed.
         self.opened: asyncio.Future[None] | None = None
         # reading
-        self._buf = bytearray(SCRATCH)
+        self._buf = bytearray(INITIAL)
         self._start = 0
         self._end = 0
-        self._target: bytearray | None = None  # a payload received in place
+        self._target: Any = None  # a payload received in place (a bytearray or an mmap)
+        self._target_len = 0  # its length (the buffer may be shorter for now)
         self._filled = 0
+        self._largest = 0  # the longest payload the peer sent
         self._target_mask: bytes | None = None
         self._target_opcode = 0
         self._target_fin = True
@@ -207,6 +263,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._held: list[Any] | None = None  # written with the upgrade's response
         self._close_sent = False
         self._closed_here = False  # close() or abort() was called
+        self._sending = False  # a large message's frame is going out in slices
+        self._after: list[bytes] = []  # control frames that wait for it
         self._reported = False  # a read was told that the connection ended
         self._lost: asyncio.Future[None] | None = None
         # keepalive
@@ -233,9 +291,13 @@ class WSProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> Any:
         target = self._target
         if target is not None:
-            return memoryview(target)[self._filled :]
+            if self._filled == len(target):
+                target = self._target = _grown(target, self._filled, self._target_len)
+            return memoryview(target)[self._filled : self._target_len]
         if self._end == len(self._buf):
             self._compact()
+            if self._end == len(self._buf):
+                self._grow(SCRATCH)
         return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -246,11 +308,17 @@ class WSProtocol(asyncio.BufferedProtocol):
             end = self._filled = start + nbytes
             mask = self._target_mask
             if mask is not None:
+                # In slices: each unmasked copy is small (in the cache, on the heap).
                 view = memoryview(target)
-                view[start:end] = apply_mask(view[start:end], _rotated(mask, start))
+                pos = start
+                while pos < end:
+                    stop = min(pos + UNMASK, end)
+                    view[pos:stop] = apply_mask(view[pos:stop], _rotated(mask, pos))
+                    pos = stop
                 del view
-            if end == len(target):
+            if end == self._target_len:
                 self._target = None
+                self._largest = max(self._largest, end)
                 self._frame(self._target_opcode, self._target_fin, target)
             return
         self._end += nbytes
@@ -399,6 +467,14 @@ class WSProtocol(asyncio.BufferedProtocol):
 
     # -- reading frames --------------------------------------------------------------------------
 
+    def _grow(self, size: int) -> None:
+        # A new buffer, not a resized one: the transport may still hold a view of the old.
+        old = self._buf
+        if len(old) < size:
+            new = bytearray(size)
+            new[: self._end] = memoryview(old)[: self._end]
+            self._buf = new
+
     def _compact(self) -> None:
         start, end = self._start, self._end
         if start:
@@ -458,9 +534,16 @@ class WSProtocol(asyncio.BufferedProtocol):
                 self._frame(opcode, fin, payload)
                 continue
             if length > DIRECT and opcode in _DATA:
-                # Received in place: a buffer of the payload's size, which the rest goes to.
-                target = bytearray(length)
+                # Received in place, into a buffer that becomes the message. It starts
+                # small unless the peer sent as much before, and grows with what arrives:
+                # a header alone reserves little.
                 here = avail - size
+                if length <= self._largest:
+                    capacity = length
+                else:
+                    capacity = min(length, max(FIRST_CAPACITY, here))
+                target = _allocate(capacity)
+                self._target_len = length
                 if here:
                     view = memoryview(buf)[offset : offset + here]
                     target[:here] = apply_mask(view, mask) if mask is not None else view
@@ -474,6 +557,8 @@ class WSProtocol(asyncio.BufferedProtocol):
                 break
             if start + size + length > len(buf):
                 self._compact()
+                if size + length > len(buf):
+                    self._grow(SCRATCH)
             break
         if self._start == self._end:
             self._start = self._end = 0
@@ -706,10 +791,64 @@ class WSProtocol(asyncio.BufferedProtocol):
     async def send(self, buffers: Sequence[Any], size: int) -> None:
         """Send one message; wait while the transport holds too much (backpressure).
 
+        A large message goes out in slices of :data:`SLICE` bytes, each handed to
+        the transport once it has room: a client masks each slice just before (a copy
+        that stays in the CPU's cache, never one of the whole message), and no
+        transport copies more than a slice of what it could not send at once.
+
         Raises:
             CommClosedError: the connection is closing or closed.
         """
-        self.write_message(buffers, size)
+        if size < LARGE or (not self.client and _GATHERS):
+            self.write_message(buffers, size)
+            await self._drained()
+            return
+        if self.state is not OPEN:
+            raise self.closed_error()
+        transport = self.transport
+        assert transport is not None
+        mask = os.urandom(4) if self.client else None
+        self._sending = True
+        # Each slice waits until the transport sent all before it: asyncio's transports
+        # copy what the socket does not take at once, so a slice then goes straight to
+        # the kernel, and at most one slice is copied.
+        transport.set_write_buffer_limits(high=SLICE, low=0)
+        try:
+            transport.write(frame_header(OP_BINARY, size, mask))
+            offset = 0
+            for buffer in buffers:
+                view = memoryview(_bytes_view(buffer))
+                total = view.nbytes
+                pos = 0
+                while pos < total:
+                    end = min(pos + SLICE, total)
+                    piece: Any = view[pos:end]
+                    if mask is not None:
+                        piece = apply_mask(piece, _rotated(mask, offset))
+                    elif end - pos < _JOIN:
+                        piece = bytes(piece)
+                    transport.write(piece)
+                    offset += end - pos
+                    pos = end
+                    if self._write_paused:
+                        await self._drained()
+                    if self.state is not OPEN:
+                        raise self.closed_error()
+        finally:
+            self._sending = False
+            if self.state is OPEN:
+                transport.set_write_buffer_limits(high=self.write_high_water)
+            held, self._after = self._after, []
+            for frame in held:
+                if self.state is OPEN or frame[:1] == b"\x88":
+                    transport.write(frame)
+
+    async def _drained(self) -> None:
+        """Wait while the transport holds more than ``write_high_water`` bytes.
+
+        Raises:
+            CommClosedError: the connection is closed.
+        """
         while self._write_paused and self.state is OPEN:
             assert self._loop is not None
             drain = self._drain
@@ -731,6 +870,8 @@ class WSProtocol(asyncio.BufferedProtocol):
             frame = frame_header(opcode, len(payload), None) + payload
         if self._held is not None:
             self._held.append(frame)
+        elif self._sending:
+            self._after.append(frame)  # not inside the payload of the frame being sent
         else:
             self.transport.write(frame)
 
