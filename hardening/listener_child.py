@@ -1,6 +1,6 @@
 """A listener in a process of its own, for attacks that could kill the process.
 
-``python listener_child.py tcp|tls [--credentials FILE] [--handshake-timeout S]
+``python listener_child.py tcp|tls|ws [--credentials FILE] [--handshake-timeout S]
 [--read-high-water BYTES]`` listens on 127.0.0.1 (port 0) with an echo
 handler, prints ``{"port": ..., "pid": ...}`` as one JSON line, and serves
 until its stdin closes; then it stops the listener and exits with status 0.
@@ -130,7 +130,7 @@ def _security(path: str) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scheme", choices=["tcp", "tls"])
+    parser.add_argument("scheme", choices=["tcp", "tls", "ws"])
     parser.add_argument("--credentials")
     parser.add_argument("--handshake-timeout", type=float, default=1.0)
     parser.add_argument("--read-high-water", type=int, default=0)

@@ -87,8 +87,13 @@ _CLOSE_NAMES: Final = {
 #: starts at INITIAL bytes (cheap to make, per connection) and grows to SCRATCH when full.
 SCRATCH: Final = 256 * 1024
 INITIAL: Final = 16 * 1024
-#: A payload longer than this that is not in the read buffer yet is received in place.
-DIRECT: Final = 64 * 1024
+#: A payload longer than this that is not in the read buffer yet is received in place
+#: (into a buffer that grows with what arrives): what a frame header alone makes a reader
+#: reserve stays small.
+DIRECT: Final = 4 * 1024
+#: What a message waiting unread costs besides its bytes, counted against read_high_water
+#: (CPython's objects that hold it, as comm_core.stream.held_bytes counts them).
+HELD: Final = 160
 #: The most frames one message may come in (its bytes are bounded by the size limit).
 MAX_FRAGMENTS: Final = 1024
 #: Messages of this size or more are sent in slices of SLICE bytes (see WSProtocol.send).
@@ -644,7 +649,7 @@ class WSProtocol(asyncio.BufferedProtocol):
         if self.state is not OPEN:
             return  # after our close, the peer's messages are not read
         self._queue.append(message)
-        self._queued += len(message)
+        self._queued += len(message) + HELD
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -725,7 +730,7 @@ class WSProtocol(asyncio.BufferedProtocol):
             queue = self._queue
             if queue:
                 message = queue.popleft()
-                self._queued -= len(message)
+                self._queued -= len(message) + HELD
                 if self._reading_paused and self._queued <= self.read_high_water // 4:
                     self._reading_paused = False
                     if self.transport is not None and self.state is not CLOSED:
