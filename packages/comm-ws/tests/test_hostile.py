@@ -376,3 +376,20 @@ async def test_handshake_errors_name_the_peer() -> None:
         exc = await _read_after(address)
     assert isinstance(exc, ProtocolError)
     assert "127.0.0.1" in str(exc)
+
+
+async def test_peers_that_hang_up_mid_upgrade_do_not_fill_the_pending_slots() -> None:
+    """Connections lost during their HTTP upgrade free their place among the
+    ``max_pending_handshakes``: the listener then still accepts others."""
+    async with _listener(max_pending_handshakes=4, handshake_timeout=30) as listener:
+        for _ in range(12):
+            _, writer = await _raw_client(listener.contact_address)
+            writer.write(b"GET / HTTP/1.1\r\n")
+            await writer.drain()
+            writer.transport.abort()
+        pending = listener._pending  # type: ignore[attr-defined]
+        for _ in range(500):  # bounded: until the listener has seen every one of them go
+            if all(p.state == "closed" for p in pending):
+                break
+            await asyncio.sleep(0.01)
+        # _listener's exit connects a good client through the listener: it must get in.

@@ -17,7 +17,7 @@ from comm_core.sockets import AcceptLoop, bind_listening, contact_host
 from comm_ws._address import join_location, parse_location
 from comm_ws._comm import WSComm
 from comm_ws._connector import protocol_kwargs
-from comm_ws._protocol import UPGRADING, WSProtocol
+from comm_ws._protocol import CLOSED, UPGRADING, WSProtocol
 from comm_ws._upgrade import ServerUpgrade, refusal
 
 if TYPE_CHECKING:
@@ -78,7 +78,8 @@ class WSListener(Listener):
         self._session = handle_comm if isinstance(handle_comm, ServerSession) else None
         self.ssl_context = connector.server_context(connection_args, self.listen_address)
         self._upgrade = ServerUpgrade(self.path)
-        self._accept_loops: list[AcceptLoop] = []
+        self._accept_loops: list[AcceptLoop] = []  # wss: ours, to look before TLS
+        self._servers: list[asyncio.AbstractServer] = []  # ws: asyncio's
         self._bound: list[Any] = []
         self._stopped = False
         #: Connections not done with their handshakes yet, oldest first, with their deadline.
@@ -117,7 +118,7 @@ class WSListener(Listener):
         Raises:
             ConnectError: the address cannot be bound, naming it and the OS's reason.
         """
-        if self._accept_loops or self._stopped:
+        if self._accept_loops or self._servers or self._stopped:
             return
         loop = asyncio.get_running_loop()
         try:
@@ -128,6 +129,14 @@ class WSListener(Listener):
             ) from exc
         try:
             for sock in socks:
+                if self.ssl_context is None:
+                    # asyncio's server makes each transport in its accept callback: no
+                    # task, no extra loop iteration per connection.
+                    server = await loop.create_server(
+                        self._new_protocol, sock=sock, backlog=self.backlog
+                    )
+                    self._servers.append(server)
+                    continue
                 self._accept_loops.append(
                     AcceptLoop(
                         loop,
@@ -140,9 +149,7 @@ class WSListener(Listener):
                     )
                 )
         except BaseException:
-            for accept_loop in self._accept_loops:
-                accept_loop.close()
-            self._accept_loops = []
+            self._close_sockets()
             for sock in socks:
                 sock.close()
             raise
@@ -154,10 +161,16 @@ class WSListener(Listener):
         if self._stopped:
             return
         self._stopped = True
+        self._close_sockets()
+        super().stop()
+
+    def _close_sockets(self) -> None:
         accept_loops, self._accept_loops = self._accept_loops, []
         for accept_loop in accept_loops:
             accept_loop.close()
-        super().stop()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
 
     # -- accepting ---------------------------------------------------------------------------
 
@@ -170,8 +183,8 @@ class WSListener(Listener):
         """Whether one more connection may start its handshakes; drops the oldest one still
         in its HTTP upgrade to make room if need be."""
         pending = self._pending
-        for protocol in [p for p in pending if p.is_closed()]:
-            del pending[protocol]
+        for protocol in [p for p in pending if p.state is CLOSED or p.is_closed()]:
+            del pending[protocol]  # lost (during its upgrade, say) or closed
         if len(pending) < self.max_pending_handshakes:
             return True
         for protocol in pending:
@@ -194,6 +207,20 @@ class WSListener(Listener):
         deadline = self._deadline(loop)
         self._pending[protocol] = deadline
         self._spawn(self._connect(conn, protocol, deadline))
+
+    def _new_protocol(self) -> WSProtocol:
+        """The protocol of a connection asyncio's server accepted (ws)."""
+        loop = asyncio.get_running_loop()
+        protocol = self.connector.make_protocol(self._upgrade, self._options, self.connection_args)
+        if self._stopped or not self._make_room():
+            protocol.refused = True
+            return protocol
+        protocol.on_open = self._opened
+        protocol.on_failed = self._failed
+        deadline = self._deadline(loop)
+        self._pending[protocol] = deadline
+        protocol.deadline = deadline
+        return protocol
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -233,6 +233,10 @@ class WSProtocol(asyncio.BufferedProtocol):
         self.on_open = on_open
         self.on_failed = on_failed
         self.state = UPGRADING
+        #: Set by a listener that refuses the connection before its transport comes.
+        self.refused = False
+        #: Set by a listener: when (the loop's clock) a connection still upgrading is dropped.
+        self.deadline: float | None = None
         self.transport: asyncio.Transport | None = None
         self.local = f"{scheme}://"
         self.peer = f"{scheme}://"
@@ -267,6 +271,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._drain: asyncio.Future[None] | None = None
         self._held: list[Any] | None = None  # written with the upgrade's response
         self._close_sent = False
+        self._keys = b""  # masking keys to come (a client's)
+        self._key_at = 0
         self._closed_here = False  # close() or abort() was called
         self._sending = False  # a large message's frame is going out in slices
         self._after: list[bytes] = []  # control frames that wait for it
@@ -283,11 +289,17 @@ class WSProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not derive from asyncio's classes
         self.transport = transport = cast("asyncio.Transport", transport)
+        if self.refused:  # by the listener, before its transport came
+            self.state = CLOSING
+            transport.abort()
+            return
         loop = self._loop = asyncio.get_running_loop()
         self._lost = loop.create_future()
         self.local = format_sockaddr(self.scheme, transport.get_extra_info("sockname"))
         self.peer = format_sockaddr(self.scheme, transport.get_extra_info("peername"))
         transport.set_write_buffer_limits(high=self.write_high_water)
+        if self.deadline is not None and self.state is UPGRADING:
+            self._deadline = loop.call_at(self.deadline, self.expire)
         if self.client:
             self.opened = loop.create_future()
             assert isinstance(self.upgrade, ClientUpgrade)
@@ -758,7 +770,13 @@ class WSProtocol(asyncio.BufferedProtocol):
         if self.state is not OPEN:
             raise self.closed_error()
         if self.client:
-            mask = os.urandom(4)
+            mask = self._mask()
+            if len(buffers) == 1 and size < _JOIN and self._held is None:
+                # The common case: one small buffer, one write.
+                header = frame_header(OP_BINARY, size, mask)
+                assert self.transport is not None
+                self.transport.write(header + apply_mask(buffers[0], mask))
+                return
             parts: list[Any] = [frame_header(OP_BINARY, size, mask)]
             offset = 0
             for buffer in buffers:
@@ -806,13 +824,14 @@ class WSProtocol(asyncio.BufferedProtocol):
         """
         if size < LARGE or (not self.client and _GATHERS):
             self.write_message(buffers, size)
-            await self._drained()
+            if self._write_paused or self.state is CLOSED:
+                await self._drained()
             return
         if self.state is not OPEN:
             raise self.closed_error()
         transport = self.transport
         assert transport is not None
-        mask = os.urandom(4) if self.client else None
+        mask = self._mask() if self.client else None
         self._sending = True
         # Each slice waits until the transport sent all before it: asyncio's transports
         # copy what the socket does not take at once, so a slice then goes straight to
@@ -845,7 +864,7 @@ class WSProtocol(asyncio.BufferedProtocol):
                 transport.set_write_buffer_limits(high=self.write_high_water)
             held, self._after = self._after, []
             for frame in held:
-                if self.state is OPEN or frame[:1] == b"\x88":
+                if not transport.is_closing():
                     transport.write(frame)
 
     async def _drained(self) -> None:
@@ -863,13 +882,23 @@ class WSProtocol(asyncio.BufferedProtocol):
         if self.state is CLOSED:
             raise self.closed_error()
 
+    def _mask(self) -> bytes:
+        """A fresh masking key: 4 bytes of the OS's random source, read 1024 keys at a time."""
+        keys = self._keys
+        at = self._key_at
+        if at >= len(keys):
+            keys = self._keys = os.urandom(4096)
+            at = 0
+        self._key_at = at + 4
+        return keys[at : at + 4]
+
     def _send_control(self, opcode: int, payload: bytes) -> None:
         if self.transport is None or self._close_sent:
             return
         if opcode == OP_CLOSE:
             self._close_sent = True
         if self.client:
-            mask = os.urandom(4)
+            mask = self._mask()
             frame = frame_header(opcode, len(payload), mask) + apply_mask(payload, mask)
         else:
             frame = frame_header(opcode, len(payload), None) + payload
@@ -908,10 +937,12 @@ class WSProtocol(asyncio.BufferedProtocol):
         transport.close()
         lost = self._lost
         if lost is not None and not lost.done():
+            assert self._loop is not None
+            timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
             try:
-                await asyncio.wait_for(asyncio.shield(lost), CLOSE_TIMEOUT)
-            except asyncio.TimeoutError:
-                self.abort()
+                await asyncio.shield(lost)  # a cancelled close() leaves the closing alone
+            finally:
+                timer.cancel()
 
     def abort(self) -> None:
         """Close at once, dropping what is queued."""
