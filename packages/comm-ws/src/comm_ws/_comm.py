@@ -47,6 +47,10 @@ class WSComm(MessageComm):
         #: The WebSocket connection.
         self.protocol = protocol
         self.path = path
+        # The protocol's own methods, bound once: one coroutine frame fewer per message.
+        self.send_message = protocol.send  # type: ignore[method-assign]
+        self.receive_message = protocol.receive  # type: ignore[method-assign]
+        self.closed = protocol.is_closed  # type: ignore[method-assign]
 
     async def send_message(self, buffers: Sequence[Any], size: int) -> None:
         await self.protocol.send(buffers, size)

@@ -510,6 +510,25 @@ class WSProtocol(asyncio.BufferedProtocol):
                 break
             first = buf[start]
             second = buf[start + 1]
+            if first == 0x82 and self._fragments is None and self.state is OPEN:
+                # The common case, a whole small binary message: no checks can fail (it
+                # is below every limit), no allocation but the message's.
+                if client:
+                    end = start + 2 + second
+                    if second < 126 and end <= self._end:
+                        self._start = end
+                        self._deliver(bytes(memoryview(buf)[start + 2 : end]))
+                        continue
+                elif 0x80 <= second < 0x80 + 126:
+                    end = start + 6 + second - 0x80
+                    if end <= self._end:
+                        self._start = end
+                        view = memoryview(buf)
+                        self._deliver(
+                            apply_mask(view[start + 6 : end], view[start + 2 : start + 6])
+                        )
+                        del view
+                        continue
             length = second & 0x7F
             masked = second & 0x80
             size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if masked else 0)
