@@ -524,9 +524,8 @@ class WSProtocol(asyncio.BufferedProtocol):
                     if end <= self._end:
                         self._start = end
                         view = memoryview(buf)
-                        self._deliver(
-                            apply_mask(view[start + 6 : end], view[start + 2 : start + 6])
-                        )
+                        key = buf[start + 2 : start + 6]
+                        self._deliver(apply_mask(view[start + 6 : end], key))
                         del view
                         continue
             length = second & 0x7F
