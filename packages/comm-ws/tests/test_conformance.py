@@ -1,5 +1,6 @@
 """comm-core's backend conformance kit against ws and wss, on IPv4 and IPv6, on asyncio and
-uvloop, with listeners on the root path and on a path of their own.
+uvloop, with listeners on the root path and on a path of their own; wss over comm-tls's own
+TLS transport and (IPv4) over asyncio's TLS layer, the fallback.
 
 ``distribution`` makes the kit check that the backends are found through comm-ws's entry
 point. ``stream_transport = True``: a WebSocket message carries comm's wire format and
@@ -72,3 +73,21 @@ class TestWSSv4Uvloop(WSSConformance):
 @pytest.mark.comm_loop("asyncio")
 class TestWSSv6Asyncio(WSSConformance):
     listen_address = f"wss://[{IPV6}]:0/comm"
+
+
+class _OverAsyncioTLS(WSSConformance):
+    """wss over asyncio's TLS layer, the fallback where comm-tls's own transport is off."""
+
+    @pytest.fixture(autouse=True)
+    def _asyncio_tls(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("COMM_TLS_TRANSPORT", "asyncio")
+
+
+@pytest.mark.comm_loop("asyncio")
+class TestWSSv4AsyncioOverAsyncioTLS(_OverAsyncioTLS):
+    listen_address = f"wss://{IPV4}:0/comm"
+
+
+@pytest.mark.comm_loop("uvloop")
+class TestWSSv4UvloopOverAsyncioTLS(_OverAsyncioTLS):
+    listen_address = f"wss://{IPV4}:0"

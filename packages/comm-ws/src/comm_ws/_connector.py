@@ -24,7 +24,7 @@ from comm_ws._comm import WSComm, message_limit
 from comm_ws._protocol import WSProtocol
 from comm_ws._upgrade import ClientUpgrade
 
-__all__ = ["WSConnector", "WSSConnector", "protocol_kwargs"]
+__all__ = ["WSConnector", "WSSConnector", "protocol_kwargs", "tls_socket_transport"]
 
 #: Connection arguments that configure a connection's WebSocket protocol.
 _PROTOCOL_ARGS = ("read_high_water", "write_high_water", "ping_interval", "ping_timeout")
@@ -48,6 +48,14 @@ def protocol_kwargs(args: dict[str, Any]) -> dict[str, Any]:
         if value is not None and (isinstance(value, bool) or not value > 0):
             raise ValueError(f"{name} must be a positive number of seconds or None, got {value!r}")
     return kwargs
+
+
+def tls_socket_transport(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether wss comms on *loop* run over comm-tls's own TLS transport (as tls comms do,
+    and unless ``COMM_TLS_TRANSPORT=asyncio``), rather than over asyncio's TLS layer."""
+    from comm_tls import available
+
+    return available(loop)
 
 
 async def _within(aw: Coroutine[Any, Any, None], timeout: float) -> None:
@@ -171,6 +179,16 @@ class WSConnector(Connector):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if context is None:
                 await loop.create_connection(lambda: protocol, sock=sock)
+            elif tls_socket_transport(loop):
+                # comm-tls's own TLS transport: OpenSSL reads and writes the socket.
+                from comm_tls import TLSTransport, handshake
+
+                tls = context.wrap_socket(
+                    sock, server_hostname=hostname, do_handshake_on_connect=False
+                )
+                sock = tls
+                await handshake(tls, loop.time() + 3600.0)  # bounded by connect()'s timeout
+                TLSTransport(loop, tls, protocol).start()
             else:
                 await loop.create_connection(
                     lambda: protocol, sock=sock, ssl=context, server_hostname=hostname

@@ -16,7 +16,7 @@ from comm_core.session import ServerSession, options_of
 from comm_core.sockets import AcceptLoop, bind_listening, contact_host
 from comm_ws._address import join_location, parse_location
 from comm_ws._comm import WSComm
-from comm_ws._connector import protocol_kwargs
+from comm_ws._connector import protocol_kwargs, tls_socket_transport
 from comm_ws._protocol import CLOSED, UPGRADING, WSProtocol
 from comm_ws._upgrade import ServerUpgrade, refusal
 
@@ -239,12 +239,20 @@ class WSListener(Listener):
                 if not await self._speaks_tls(conn, deadline):
                     self._pending.pop(protocol, None)
                     return
-                await loop.connect_accepted_socket(
-                    lambda: protocol,
-                    conn,
-                    ssl=context,
-                    ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
-                )
+                if tls_socket_transport(loop):
+                    from comm_tls import TLSTransport, handshake
+
+                    tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                    conn = tls
+                    await handshake(tls, deadline)
+                    TLSTransport(loop, tls, protocol).start()
+                else:
+                    await loop.connect_accepted_socket(
+                        lambda: protocol,
+                        conn,
+                        ssl=context,
+                        ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+                    )
         except asyncio.CancelledError:
             conn.close()
             raise

@@ -356,9 +356,9 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._stop_timers()
         if previous is UPGRADING and self.opened is not None and not self.opened.done():
             reason = f"the connection was lost: {exc}" if exc else "the listener closed it"
-            self.opened.set_exception(
-                ConnectError(f"WebSocket upgrade at {self.peer} failed: {reason}")
-            )
+            error = ConnectError(f"WebSocket upgrade at {self.peer} failed: {reason}")
+            error.__cause__ = exc  # a TLS alert (the listener refused this side), say
+            self.opened.set_exception(error)
         if not self._ended:
             self._ended = True
             if self._error is None:
