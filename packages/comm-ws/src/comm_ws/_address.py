@@ -7,6 +7,7 @@ no socket, no asyncio.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from comm_core import AddressError, parse_host_port, unparse_host_port
@@ -15,7 +16,14 @@ __all__ = ["join_location", "parse_location", "split_location"]
 
 #: The characters of an absolute path in a URI (RFC 3986: pchar and "/"), percent
 #: escapes included; no query, no fragment, no space.
-_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
+_PATH = r"/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*"
+
+
+@functools.cache
+def _path_pattern() -> re.Pattern[str]:
+    return re.compile(_PATH)  # compiled on first use: looking the backend up stays cheap
+
+
 #: The longest path accepted (a request line holds it).
 MAX_PATH = 1024
 
@@ -30,7 +38,7 @@ def split_location(loc: str, scheme: str) -> tuple[str, str]:
     if cut < 0:
         return loc, "/"
     host_port, path = loc[:cut], loc[cut:]
-    if len(path) > MAX_PATH or not _PATH.fullmatch(path):
+    if len(path) > MAX_PATH or not _path_pattern().fullmatch(path):
         raise AddressError(
             f"{scheme}://{loc}: {path[:80]!r} is not a valid HTTP path (write it as in a "
             f"URL: ASCII letters, digits, -._~!$&'()*+,;=:@%/, at most {MAX_PATH} characters, "

@@ -5,14 +5,15 @@ connection, from its first byte to its last, over any asyncio transport
 (asyncio's own socket or TLS transports, uvloop's):
 
 * the upgrade: the client sends its request and checks the response, the
-  server checks the request and answers it (both through
-  :mod:`comm_ws._upgrade`, that is websockets' sans-I/O objects), each head
-  bounded by :data:`~comm_ws._upgrade.MAX_HEAD` bytes and, on the listener,
-  by the handshake's deadline;
+  server checks the request and answers it (both in :mod:`comm_ws._upgrade`),
+  each head bounded by :data:`~comm_ws._upgrade.MAX_HEAD` bytes and, on the
+  listener, by the handshake's deadline; a listener's comm handshake leaves
+  with its answer;
 * then frames, parsed here: one binary WebSocket message per comm message.
-  A payload that is not in the read buffer already is received in place,
-  into a buffer of its own size, which becomes the message (nothing copied
-  after the kernel's copy). A frame's length is checked against the limit
+  A payload of more than :data:`DIRECT` bytes that is not in the read buffer
+  already is received in place, into a buffer that becomes the message
+  (nothing copied after the kernel's copy); it starts small unless the peer
+  sent as large before, and grows with what arrives. A frame's length is checked against the limit
   before anything is allocated for it; control frames must be short and
   whole; a message in fragments may have at most :data:`MAX_FRAGMENTS` of
   them and the limit's bytes in all; text frames, reserved bits and unknown
@@ -22,7 +23,8 @@ connection, from its first byte to its last, over any asyncio transport
   are still in the CPU's cache; both with websockets' C ``apply_mask``.
 * flow control both ways: reading pauses while the messages received and
   not yet read take more than ``read_high_water`` bytes; :meth:`send` waits
-  while the transport holds more than ``write_high_water`` bytes unsent.
+  while the transport holds more than ``write_high_water`` bytes unsent, and
+  sends a large message in slices, each once the one before has left.
 * keepalive: every ``ping_interval`` seconds without a byte from the peer, a
   ping; a peer that then stays silent ``ping_timeout`` seconds more is dead.
   A side whose reading is paused (its reader is slow) cannot hear pongs: it
