@@ -109,7 +109,9 @@ FIRST_CAPACITY: Final = 32 * 1024
 GROWTH: Final = 4
 MAPPED_FROM: Final = 1024 * 1024
 HUGE_FROM: Final = 4 * 1024 * 1024
-#: A payload received in place is unmasked in slices of this many bytes.
+#: A masked payload received in place is received RECV_SLICE bytes at a time at most (each
+#: unmasked while in the cache), and unmasked in slices of UNMASK bytes.
+RECV_SLICE: Final = 256 * 1024
 UNMASK: Final = 64 * 1024
 #: Messages shorter than this are sent as one joined buffer (one system call).
 _JOIN: Final = 64 * 1024
@@ -310,9 +312,14 @@ class WSProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> Any:
         target = self._target
         if target is not None:
-            if self._filled == len(target):
-                target = self._target = _grown(target, self._filled, self._target_len)
-            return memoryview(target)[self._filled : self._target_len]
+            filled = self._filled
+            if filled == len(target):
+                target = self._target = _grown(target, filled, self._target_len)
+            if self._target_mask is not None:
+                # A masked payload is received a slice at a time, and unmasked while it
+                # is still in the CPU's cache.
+                return memoryview(target)[filled : min(self._target_len, filled + RECV_SLICE)]
+            return memoryview(target)[filled : self._target_len]
         if self._end == len(self._buf):
             self._compact()
             if self._end == len(self._buf):
