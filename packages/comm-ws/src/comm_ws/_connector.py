@@ -178,6 +178,14 @@ class WSConnector(Connector):
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if context is None:
+                # The request goes at once, on the socket: the listener reads it while
+                # asyncio makes the transport (a fresh socket's buffer takes it whole).
+                request = protocol.upgrade_request()
+                try:
+                    sent = sock.send(request)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                protocol.request_sent(sent)
                 await loop.create_connection(lambda: protocol, sock=sock)
             elif tls_socket_transport(loop):
                 # comm-tls's own TLS transport: OpenSSL reads and writes the socket.

@@ -237,6 +237,7 @@ class WSProtocol(asyncio.BufferedProtocol):
         self.on_open = on_open
         self.on_failed = on_failed
         self.state = UPGRADING
+        self._request_sent = 0  # bytes of the upgrade request a connector sent itself
         #: Set by a listener that refuses the connection before its transport comes.
         self.refused = False
         #: Set by a listener: when (the loop's clock) a connection still upgrading is dropped.
@@ -307,7 +308,20 @@ class WSProtocol(asyncio.BufferedProtocol):
         if self.client:
             self.opened = loop.create_future()
             assert isinstance(self.upgrade, ClientUpgrade)
-            transport.write(self.upgrade.request)
+            rest = self.upgrade.request[self._request_sent :]
+            if rest:
+                transport.write(rest)
+
+    def upgrade_request(self) -> bytes:
+        """The client's upgrade request, for a connector that sends it before the
+        transport is made (see :meth:`request_sent`)."""
+        assert isinstance(self.upgrade, ClientUpgrade)
+        return self.upgrade.request
+
+    def request_sent(self, nbytes: int) -> None:
+        """The connector sent the first *nbytes* of the request itself; the rest goes
+        once the transport is made."""
+        self._request_sent = nbytes
 
     def get_buffer(self, sizehint: int) -> Any:
         target = self._target
