@@ -43,7 +43,13 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
-from comm_core import CommClosedError, ConnectError, MessageTooLargeError, ProtocolError
+from comm_core import (
+    CommClosedError,
+    ConnectError,
+    FatalCommClosedError,
+    MessageTooLargeError,
+    ProtocolError,
+)
 from comm_core.stream import format_sockaddr
 from comm_ws._upgrade import (
     MAX_HEAD,
@@ -473,8 +479,6 @@ class WSProtocol(asyncio.BufferedProtocol):
             assert isinstance(self.upgrade, ClientUpgrade)
             self.state = CLOSED
             if not opened.done():
-                from comm_core import FatalCommClosedError
-
                 opened.set_exception(
                     FatalCommClosedError(
                         f"WebSocket upgrade at {self.upgrade.address} failed: {reason}"
