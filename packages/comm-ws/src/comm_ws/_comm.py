@@ -66,6 +66,9 @@ class WSComm(MessageComm):
         oversized handshake, say): then the handshake's read says why, not this write."""
         if self.protocol.broken():
             return
+        # Held to the end of this loop iteration: it leaves with the first message written
+        # by then (a dialer writes right after connect() returns), in one segment.
+        self.protocol.cork()
         await super().send_handshake(info)
 
     async def close(self) -> None:

@@ -318,6 +318,18 @@ class WSProtocol(asyncio.BufferedProtocol):
             if rest:
                 transport.write(rest)
 
+    def cork(self) -> None:
+        """Hold what is written until the end of this loop iteration, then send it in one
+        write: a client's comm handshake leaves with its first message."""
+        if self._held is None and self._loop is not None and self.state is OPEN:
+            self._held = []
+            self._loop.call_soon(self._uncork)
+
+    def _uncork(self) -> None:
+        held, self._held = self._held, None
+        if held and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(held))
+
     def upgrade_request(self) -> bytes:
         """The client's upgrade request, for a connector that sends it before the
         transport is made (see :meth:`request_sent`)."""
@@ -876,6 +888,8 @@ class WSProtocol(asyncio.BufferedProtocol):
             raise self.closed_error()
         transport = self.transport
         assert transport is not None
+        if self._held is not None:
+            self._uncork()  # what is held goes first
         mask = self._mask() if self.client else None
         self._sending = True
         # Each slice waits until the transport sent all before it: asyncio's transports
