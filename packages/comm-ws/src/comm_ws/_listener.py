@@ -18,7 +18,7 @@ from comm_ws._address import join_location, parse_location
 from comm_ws._comm import WSComm
 from comm_ws._connector import protocol_kwargs, tls_socket_transport
 from comm_ws._protocol import CLOSED, UPGRADING, WSProtocol
-from comm_ws._upgrade import ServerUpgrade, refusal
+from comm_ws._upgrade import MAX_HEAD, ServerUpgrade, refusal
 
 if TYPE_CHECKING:
     from comm_ws._connector import WSConnector
@@ -129,14 +129,6 @@ class WSListener(Listener):
             ) from exc
         try:
             for sock in socks:
-                if self.ssl_context is None:
-                    # asyncio's server makes each transport in its accept callback: no
-                    # task, no extra loop iteration per connection.
-                    server = await loop.create_server(
-                        self._new_protocol, sock=sock, backlog=self.backlog
-                    )
-                    self._servers.append(server)
-                    continue
                 self._accept_loops.append(
                     AcceptLoop(
                         loop,
@@ -206,21 +198,21 @@ class WSListener(Listener):
         protocol.on_failed = self._failed
         deadline = self._deadline(loop)
         self._pending[protocol] = deadline
+        if self.ssl_context is None:
+            # The client sends its request as it connects: it is usually here already.
+            # Answered now, the client has the answer (and the comm handshake) while
+            # asyncio makes the transport.
+            try:
+                early = conn.recv(MAX_HEAD + 4)
+            except (BlockingIOError, InterruptedError):
+                early = b""
+            except OSError:
+                conn.close()
+                self._pending.pop(protocol, None)
+                return
+            if early:
+                protocol.preload(early, conn)
         self._spawn(self._connect(conn, protocol, deadline))
-
-    def _new_protocol(self) -> WSProtocol:
-        """The protocol of a connection asyncio's server accepted (ws)."""
-        loop = asyncio.get_running_loop()
-        protocol = self.connector.make_protocol(self._upgrade, self._options, self.connection_args)
-        if self._stopped or not self._make_room():
-            protocol.refused = True
-            return protocol
-        protocol.on_open = self._opened
-        protocol.on_failed = self._failed
-        deadline = self._deadline(loop)
-        self._pending[protocol] = deadline
-        protocol.deadline = deadline
-        return protocol
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

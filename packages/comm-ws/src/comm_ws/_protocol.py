@@ -244,6 +244,7 @@ class WSProtocol(asyncio.BufferedProtocol):
         self.on_failed = on_failed
         self.state = UPGRADING
         self._request_sent = 0  # bytes of the upgrade request a connector sent itself
+        self._unsent = b""  # the rest of an answer a listener sent before the transport
         #: Set by a listener that refuses the connection before its transport comes.
         self.refused = False
         #: Set by a listener: when (the loop's clock) a connection still upgrading is dropped.
@@ -311,6 +312,11 @@ class WSProtocol(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=self.write_high_water)
         if self.deadline is not None and self.state is UPGRADING:
             self._deadline = loop.call_at(self.deadline, self.expire)
+        if self._unsent:
+            transport.write(self._unsent)  # the rest of an answer sent before (preload)
+            self._unsent = b""
+        if not self.client and self._end > self._start:
+            self._process()  # bytes read before the transport came (preload)
         if self.client:
             self.opened = loop.create_future()
             assert isinstance(self.upgrade, ClientUpgrade)
@@ -380,6 +386,10 @@ class WSProtocol(asyncio.BufferedProtocol):
                 self._frame(self._target_opcode, self._target_fin, target)
             return
         self._end += nbytes
+        self._process()
+
+    def _process(self) -> None:
+        """Handle what the read buffer holds: the upgrade's head, then frames."""
         try:
             if self.state is UPGRADING:
                 self._upgrade()
@@ -387,6 +397,40 @@ class WSProtocol(asyncio.BufferedProtocol):
                 self._parse()
         except ProtocolError as exc:
             self._fail(exc)
+
+    def preload(self, data: bytes, sock: Any) -> None:
+        """(Listener) *data*, read from the accepted *sock* before it has a transport: if it
+        holds a whole upgrade request that is accepted, answer it now on *sock* (the
+        listener's comm handshake with it), before asyncio makes the transport; anything
+        else is handled once the transport comes."""
+        self._loop = asyncio.get_running_loop()
+        if len(data) > len(self._buf):
+            self._grow(max(len(data), SCRATCH))
+        self._buf[: len(data)] = data
+        self._end = len(data)
+        end = head_end(self._buf, min(self._end, MAX_HEAD + 4))
+        if end < 0 or not_http(bytes(data[:8]), "client") is not None:
+            return
+        assert isinstance(self.upgrade, ServerUpgrade)
+        response, refused = self.upgrade.respond(bytes(self._buf[:end]))
+        if refused is not None:
+            return  # answered once the transport comes, as any refusal
+        self.local = format_sockaddr(self.scheme, sock.getsockname())
+        self.peer = format_sockaddr(self.scheme, sock.getpeername())
+        self._start = end
+        self._held = [response]
+        self._open()
+        if self.on_open is not None:
+            self.on_open(self)
+        held, self._held = self._held, None
+        if held is None or self.state is not OPEN:
+            return
+        answer = b"".join(held)
+        try:
+            sent = sock.send(answer)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        self._unsent = answer[sent:]
 
     def eof_received(self) -> bool | None:
         return False  # close the transport: WebSocket has no half-close
