@@ -438,6 +438,11 @@ class WSProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         previous = self.state
         self.state = CLOSED
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            # Python 3.10's TLS transport is not marked closed when its connection is
+            # lost, and warns when collected; closing it now does nothing else.
+            transport.close()
         self._stop_timers()
         if previous is UPGRADING and self.opened is not None and not self.opened.done():
             reason = f"the connection was lost: {exc}" if exc else "the listener closed it"
