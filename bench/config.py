@@ -52,6 +52,9 @@ BACKENDS: dict[str, BackendSpec] = {
     "inproc": BackendSpec("inproc://", cross_process=False),
     # A fresh socket path in a private directory per listener; Dask has no unix scheme.
     "unix": BackendSpec("unix://", raw=True, dask=False),
+    # Dask's ws:// and wss:// are distributed.comm.ws (tornado's WebSocket).
+    "ws": BackendSpec("ws://127.0.0.1:0"),
+    "wss": BackendSpec("wss://127.0.0.1:0"),
 }
 
 #: Our implementation first: the report's ratios are "comm / other".

@@ -74,7 +74,7 @@ class CommImpl:
         return await self._comm_core.connect(address, **self._tls_args(address))
 
     def _tls_args(self, address: str) -> dict[str, Any]:
-        if not address.startswith("tls://"):
+        if not address.startswith(("tls://", "wss://")):
             return {}
         if self._security is None:
             from comm_tls import Security
@@ -106,7 +106,7 @@ class DaskImpl:
 
     def _tls_args(self, address: str, side: str) -> dict[str, Any]:
         """What a Dask cluster configured with the run's files passes for *side*."""
-        if not address.startswith("tls://"):
+        if not address.startswith(("tls://", "wss://")):
             return {}
         if self._security is None:
             import distributed

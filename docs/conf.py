@@ -50,6 +50,8 @@ from comm_core import *
 
 # The tls examples run where comm-tls is installed (the docs session installs it).
 HAVE_TLS = importlib.util.find_spec("comm_tls") is not None
+# The ws examples run where comm-ws is installed.
+HAVE_WS = importlib.util.find_spec("comm_ws") is not None
 """
 # Run `>>>` blocks everywhere, those of the docstrings pulled in by autodoc included.
 doctest_test_doctest_blocks = "default"

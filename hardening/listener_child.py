@@ -1,6 +1,6 @@
 """A listener in a process of its own, for attacks that could kill the process.
 
-``python listener_child.py tcp|tls|unix [--credentials FILE] [--handshake-timeout S]
+``python listener_child.py tcp|tls|unix|ws [--credentials FILE] [--handshake-timeout S]
 [--read-high-water BYTES]`` listens on 127.0.0.1 (port 0), or for unix on a
 fresh socket path, with an echo handler, prints ``{"address": ..., "pid":
 ...}`` (the contact address) as one JSON line, and serves
@@ -132,7 +132,7 @@ def _security(path: str) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scheme", choices=["tcp", "tls", "unix"])
+    parser.add_argument("scheme", choices=["tcp", "tls", "unix", "ws"])
     parser.add_argument("--credentials")
     parser.add_argument("--handshake-timeout", type=float, default=1.0)
     parser.add_argument("--read-high-water", type=int, default=0)

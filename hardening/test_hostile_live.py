@@ -1,9 +1,10 @@
-"""Every class of hostile input against live tcp and tls listeners in a child process.
+"""Every class of hostile input against live tcp, tls and ws listeners in a child process.
 
 For each attack class of :mod:`hostile_msgpack` and each transport, a
 listener runs in a process of its own (``listener_child.py``, an echo
 handler) and the test, over raw sockets (inside a TLS session with valid
-credentials, for tls), sends the class's bytes:
+credentials, for tls; after a valid HTTP upgrade, each comm message in a WebSocket
+message of its own, for ws), sends the class's bytes:
 
 1. *before the handshake*: right after the preamble, as the first message;
 2. *after a valid handshake*: once the listener has echoed a probe message.
@@ -35,10 +36,15 @@ A dialer faces the same payloads: ``test_dialer_survives_hostile_greetings``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import importlib.util
 import json
+import os
+import re
 import signal
+import struct
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -71,7 +77,7 @@ BLOCK_WAIT = 1.0
 #: The child's peak RSS may grow by MEMORY_PER_BYTE x bytes sent + PER_CONNECTION x
 #: connections + LIVE_BASE (see test_hostile_decoding for the factor).
 MEMORY_PER_BYTE = 64
-PER_CONNECTION = {"tcp": 96 * KiB, "tls": 640 * KiB, "unix": 96 * KiB}
+PER_CONNECTION = {"tcp": 96 * KiB, "tls": 640 * KiB, "unix": 96 * KiB, "ws": 320 * KiB}
 LIVE_BASE = 24 * MiB
 #: A peer that announces bytes it does not send may cost at most this much more than a
 #: peer that completed the handshake and sent nothing (measured once per transport).
@@ -159,6 +165,85 @@ EXPECT: dict[str, Expect] = {
 
 def test_every_class_has_expectations() -> None:
     assert set(EXPECT) == set(CLASSES)
+
+
+@pytest.fixture(params=["tcp", "tls", "ws"])
+def transport(request: pytest.FixtureRequest) -> Transport:
+    """Each test of this module runs over tcp, tls and ws (where comm-ws is installed)."""
+    if request.param == "ws":
+        pytest.importorskip("comm_ws", reason="comm-ws is not installed")
+        return Transport("ws")
+    if request.param == "tcp":
+        return Transport("tcp")
+    tls: Transport = request.getfixturevalue("tls_transport")
+    return tls
+
+
+# -- WebSocket framing, for a raw ws peer ------------------------------------------------------
+
+_ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
+    b"Sec-WebSocket-Protocol: %s\r\n\r\n"
+)
+
+
+def ws_request() -> bytes:
+    """A valid upgrade request of comm's WebSocket subprotocol."""
+    from comm_ws import SUBPROTOCOL
+
+    return _UPGRADE % (base64.b64encode(os.urandom(16)), SUBPROTOCOL.encode())
+
+
+def ws_response(request: bytes) -> bytes:
+    """The listener's side: the 101 answer to *request*."""
+    from comm_ws import SUBPROTOCOL
+
+    key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.I)
+    assert key is not None
+    accept = base64.b64encode(hashlib.sha1(key[1] + _ACCEPT_GUID).digest())
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: "
+        + SUBPROTOCOL.encode() + b"\r\n\r\n"
+    )  # fmt: skip
+
+
+def _ws_header(length: int, masked: bool) -> bytes:
+    bit = 0x80 if masked else 0
+    if length < 126:
+        header = struct.pack("!BB", 0x82, bit | length)
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x82, bit | 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x82, bit | 127, length)
+    return header + (b"\0\0\0\0" if masked else b"")  # a zero mask key: the bytes as they are
+
+
+def ws_messages(stream: bytes, *, masked: bool = True) -> bytes:
+    """*stream*, comm messages as a stream transport carries them, as WebSocket messages:
+    one binary message per comm message. A message the stream breaks off (a claim of
+    bytes never sent) becomes a frame that announces the whole message and carries what
+    the stream has of it."""
+    out = []
+    view = memoryview(stream)
+    pos = 0
+    while pos < len(view):
+        rest = len(view) - pos
+        if rest < 4:
+            out += [_ws_header(4, masked), view[pos:]]
+            break
+        (count,) = struct.unpack_from("<I", view, pos)
+        head = 4 + 8 * count
+        if rest < head:
+            out += [_ws_header(head, masked), view[pos:]]
+            break
+        lengths = struct.unpack_from(f"<{count}Q", view, pos + 4) if count else ()
+        size = head + sum(lengths)
+        out += [_ws_header(size, masked), view[pos : pos + min(size, rest)]]
+        pos += size
+    return b"".join(out)
 
 
 # -- the listener child ----------------------------------------------------------------------
@@ -347,9 +432,10 @@ async def _read_until(
 class Attacker:
     """One raw connection that sends a class's bytes and sees what the listener does."""
 
-    def __init__(self, address: str, tls: Any, nonce: str) -> None:
+    def __init__(self, address: str, tls: Any, nonce: str, ws: bool = False) -> None:
         self.address = address
         self.tls = tls
+        self.ws = ws
         self.nonce = nonce
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -372,22 +458,38 @@ class Attacker:
                 ssl=self.tls,
                 server_hostname="127.0.0.1" if self.tls else None,
             )
+        start = PREAMBLE
+        if self.ws:
+            self.writer.write(ws_request())
+            head = await within(self.reader.readuntil(b"\r\n\r\n"), "the HTTP upgrade")
+            assert head.startswith(b"HTTP/1.1 101 "), head
+            start = b""
         if not after_handshake:
-            self.writer.write(PREAMBLE)
+            self.writer.write(start)
             return
         probe = self._probe(0)
-        self.writer.write(PREAMBLE + one_frame(handshake(PROTOCOL_VERSION)) + probe)
+        self.writer.write(start + self._wrap(one_frame(handshake(PROTOCOL_VERSION)) + probe))
         how, _ = await _read_until(self.reader, probe, RESOLVE_BOUND)
         if how != "found":
             raise AssertionError(f"the listener did not accept a valid handshake ({how})")
 
     def send(self, payload: bytes) -> None:
+        """Send *payload* (already wrapped for ws: see :meth:`wrap`), then the probe."""
         assert self.writer is not None
-        data = payload + self._probe(1)
+        data = payload + self._wrap(self._probe(1))
         self.sent = len(data)
         self._start = asyncio.get_running_loop().time()
         self.writer.write(data)
         self.sender = asyncio.ensure_future(self.writer.drain())
+
+    def _wrap(self, stream: bytes) -> bytes:
+        return self.wrap(stream, self.ws)
+
+    @staticmethod
+    def wrap(stream: bytes, ws: bool) -> bytes:
+        """*stream* as this transport carries it: as it is, or in WebSocket messages (a
+        message that the stream breaks off swallows what follows, as on a stream)."""
+        return ws_messages(stream) if ws else stream
 
     async def outcome(self, wait: float) -> str:
         assert self.reader is not None
@@ -435,8 +537,10 @@ async def run_phase(
     phase = Phase("after" if after_handshake else "before")
     base = child.reset_peak()
     loop = asyncio.get_running_loop()
+    ws = transport.scheme == "ws"
+    payload = Attacker.wrap(payload, ws)  # before the good client times anything
     attackers = [
-        Attacker(child.address, transport.client_context, f"{i}") for i in range(connections)
+        Attacker(child.address, transport.client_context, f"{i}", ws) for i in range(connections)
     ]
     start = loop.time()
     try:
@@ -507,10 +611,13 @@ def good_bound(base_p99: float, largest_message: int) -> float:
     return max(GOOD_FACTOR * base_p99, GOOD_FLOOR + GOOD_PER_BYTE * largest_message)
 
 
-@pytest.fixture(params=["tcp", "tls", "unix"])
+@pytest.fixture(params=["tcp", "tls", "unix", "ws"])
 def live_transport(request: pytest.FixtureRequest) -> Transport:
-    """The transports of the rest of the suite (tcp, tls), and unix (a socket path in a
-    private directory), where comm-unix is installed."""
+    """The transports of the rest of the suite (tcp, tls), unix (a socket path in a
+    private directory) where comm-unix is installed, and ws where comm-ws is."""
+    if request.param == "ws":
+        pytest.importorskip("comm_ws", reason="comm-ws is not installed")
+        return Transport("ws")
     if request.param == "unix":
         if importlib.util.find_spec("comm_unix") is None:
             pytest.skip("comm-unix is not installed")
@@ -645,9 +752,16 @@ async def test_dialer_survives_hostile_greetings(transport: Transport, tmp_path:
     ``OSError`` (the contract of connect failures)."""
     security = transport.args.get("security")
 
+    ws = transport.scheme == "ws"
+
     def greeter(payload: bytes) -> Callable[[Any, Any], Any]:
         async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(payload)
+            if ws:  # answer the upgrade, then the class's bytes as WebSocket messages
+                with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
+                    request = await reader.readuntil(b"\r\n\r\n")
+                    writer.write(ws_response(request) + ws_messages(payload, masked=False))
+            else:
+                writer.write(payload)
             with contextlib.suppress(ConnectionError, OSError):
                 await reader.read()  # until the dialer gives up
             writer.transport.abort()
@@ -656,7 +770,7 @@ async def test_dialer_survives_hostile_greetings(transport: Transport, tmp_path:
 
     servers = [
         await asyncio.start_server(
-            greeter(PREAMBLE + CLASSES[name].framed(PRE_SIZE)),
+            greeter((b"" if ws else PREAMBLE) + CLASSES[name].framed(PRE_SIZE)),
             "127.0.0.1",
             0,
             ssl=security.server_context if security else None,

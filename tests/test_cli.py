@@ -598,7 +598,6 @@ def test_doctor_wrong_scheme(closed_port: int) -> None:
         (["ping", "tpc://127.0.0.1:8786"], "; did you mean tcp://?\n"),
         (["serve", "tsl://127.0.0.1:0"], "; did you mean tls://?\n"),
         (["bench", "inprc"], "; did you mean inproc://?\n"),
-        (["ping", "ws://127.0.0.1:8786"], "; comm-ws provides ws://: pip install comm-ws\n"),
         (
             ["ping", "quic://127.0.0.1:8786"],
             "; if a third-party distribution provides quic://, install it (comm cannot tell "
@@ -612,6 +611,21 @@ def test_unknown_scheme_suggests_only_what_exists(args: list[str], expected: str
     assert result.stderr.startswith("comm: error: no comm backend for scheme ")
     assert result.stderr.endswith(expected), result.stderr
     assert result.stderr.count("pip install") == expected.count("pip install")
+
+
+def test_a_missing_transport_of_comm_is_named_with_its_distribution() -> None:
+    from comm_core._registry import COMM_DISTRIBUTIONS
+
+    missing = sorted(set(COMM_DISTRIBUTIONS) - set(comm_core.backends()))
+    if not missing:
+        pytest.skip("every transport of comm is installed here (comm-core's tests cover it)")
+    scheme = missing[0]
+    distribution = COMM_DISTRIBUTIONS[scheme]
+    result = comm("ping", f"{scheme}://127.0.0.1:8786")
+    assert result.returncode == 2
+    assert result.stderr.endswith(
+        f"; {distribution} provides {scheme}://: pip install {distribution}\n"
+    ), result.stderr
 
 
 def test_doctor_suggests_the_scheme_meant(closed_port: int) -> None:

@@ -28,6 +28,11 @@ PUBLIC = {
     "TLSConnector": "comm_tls._connector",
     "TLSListener": "comm_tls._listener",
     "__version__": "comm_tls._version",
+    "TLSTransport": "comm_tls._transport",
+    "available": "comm_tls._transport",
+    "context_for": "comm_tls._security",
+    "describe_failure": "comm_tls._errors",
+    "handshake": "comm_tls._transport",
 }
 
 

@@ -26,9 +26,10 @@ if TYPE_CHECKING:
     from comm_tls._backend import TLSBackend
     from comm_tls._comm import TLSComm
     from comm_tls._connector import TLSConnector
-    from comm_tls._errors import TLSConfigurationError
+    from comm_tls._errors import TLSConfigurationError, describe_failure
     from comm_tls._listener import TLSListener
-    from comm_tls._security import Security
+    from comm_tls._security import Security, context_for
+    from comm_tls._transport import TLSTransport, available, handshake
 
 __all__ = [
     "Security",
@@ -37,7 +38,12 @@ __all__ = [
     "TLSConfigurationError",
     "TLSConnector",
     "TLSListener",
+    "TLSTransport",
     "__version__",
+    "available",
+    "context_for",
+    "describe_failure",
+    "handshake",
 ]
 
 #: The module that defines each public name.
@@ -48,6 +54,13 @@ _MODULES = {
     "TLSConfigurationError": "comm_tls._errors",
     "TLSConnector": "comm_tls._connector",
     "TLSListener": "comm_tls._listener",
+    # For other transports over TLS (comm-ws's wss://): the same options, the same errors,
+    # the same transport.
+    "TLSTransport": "comm_tls._transport",
+    "available": "comm_tls._transport",
+    "context_for": "comm_tls._security",
+    "describe_failure": "comm_tls._errors",
+    "handshake": "comm_tls._transport",
 }
 
 
