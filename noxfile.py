@@ -165,17 +165,30 @@ def _local_dependencies(name: str) -> list[str]:
     return [package for package in PACKAGES if package in required]
 
 
+def _required_locally(names: tuple[str, ...] | list[str]) -> list[str]:
+    """comm-core and the packages of this repository that *names* require, directly or
+    through one another (comm-ws: comm-tls, hence comm-tcp), in ``PACKAGES`` order."""
+    local = {CORE}
+    todo = list(names)
+    while todo:
+        for dep in _local_dependencies(todo.pop()):
+            if dep not in local:
+                local.add(dep)
+                todo.append(dep)
+    return [package for package in PACKAGES if package in local]
+
+
 def _install_packages(session: nox.Session, *names: str, extras: str | None = "test") -> None:
     """Install local packages ``names`` (non-editable) with ``extras``, in one call.
 
     comm-core is always installed, since every package depends on it; listing it
     first as a local path lets the resolver use it for the others' ``comm-core``
     requirement instead of looking it up on the index. The same goes for other
-    local packages that one of *names* requires (comm-tls requires comm-tcp).
+    local packages that one of *names* requires, directly or not (comm-tls requires
+    comm-tcp; comm-ws requires comm-tls, hence comm-tcp).
     """
     suffix = f"[{extras}]" if extras else ""
-    local = {CORE, *(dep for name in names for dep in _local_dependencies(name))}
-    requirements = [f"./packages/{dep}" for dep in PACKAGES if dep in local and dep not in names]
+    requirements = [f"./packages/{dep}" for dep in _required_locally(names) if dep not in names]
     requirements += [f"./packages/{name}{suffix}" for name in names]
     session.install(*requirements)
 

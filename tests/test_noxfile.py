@@ -131,3 +131,11 @@ def test_the_summary_names_skipped_sessions_their_reason_and_how_to_run_them(
     assert "* skipped (needs Unix domain sockets): example-3.11" in text
     assert "`COMM_LARGE_TESTS=1 nox -s tests`" in text
     assert "lint" not in text
+
+
+def test_a_package_gets_what_its_requirements_require() -> None:
+    # comm-ws requires comm-tls, which requires comm-tcp: all three come from the tree.
+    report = _import_noxfile(
+        dict(os.environ), "out = noxfile._required_locally(['comm-ws', 'comm-tcp'])"
+    )
+    assert report["out"] == ["comm-core", "comm-tcp", "comm-tls"]
