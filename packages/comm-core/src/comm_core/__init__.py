@@ -40,7 +40,7 @@ from comm_core._api import (
 )
 from comm_core._config import SETTINGS, Setting, configure, get_setting
 from comm_core._families import serializer_families
-from comm_core._hostport import HostPortBackend
+from comm_core._hostport import ComposedBackend, HostPortBackend
 from comm_core._lazy import imported_on_use, lazy_exports
 from comm_core._options import Options
 from comm_core._registry import (
@@ -94,6 +94,7 @@ __all__ = [
     "CommClosedError",
     "CommError",
     "CommHandler",
+    "ComposedBackend",
     "ConnectError",
     "ConnectTimeoutError",
     "Connector",

@@ -1,4 +1,5 @@
-"""HostPortBackend: the address functions of a backend whose locations are ``host:port``.
+"""HostPortBackend: the address functions of a backend whose locations are ``host:port``;
+ComposedBackend: its connector and listeners made from two classes.
 
 Light, as a backend's module must be: the socket module is imported by the
 functions that need it (resolving, finding a route), not here.
@@ -6,12 +7,12 @@ functions that need it (resolving, finding a route), not here.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from comm_core._addressing import parse_host_port, unparse_host_port
 from comm_core.exceptions import AddressError
 
-__all__ = ["HostPortBackend"]
+__all__ = ["ComposedBackend", "HostPortBackend"]
 
 
 def _has_port(loc: str) -> bool:
@@ -93,3 +94,46 @@ class HostPortBackend:
                     f"no local address reaches {self.scheme}://{loc}: {exc}"
                 ) from exc
             return unparse_host_port(str(probe.getsockname()[0]))
+
+
+class ComposedBackend:
+    """A mixin for a :class:`~comm_core.Backend` whose connector and listeners are
+    instances of two classes it names.
+
+    It gives ``get_connector()``, one instance of :attr:`connector_class` made
+    on first use and kept (connectors hold no per-connection state), and
+    ``get_listener()``, an instance of :attr:`listener_class` made with the
+    backend's arguments and ``connector=``, the backend's connector (which
+    makes the comms of the listener too)::
+
+        class TCPBackend(comm_core.HostPortBackend, comm_core.ComposedBackend, comm_core.Backend):
+            scheme = "tcp"
+            connector_class = comm_core.imported_on_use("comm_tcp._connector", "TCPConnector")
+            listener_class = comm_core.imported_on_use("comm_tcp._listener", "TCPListener")
+
+    Name the classes with :func:`~comm_core.imported_on_use`, so that the
+    backend's module stays light. comm-tcp's, comm-tls's and comm-ws's
+    backends are built so. List it before ``Backend``.
+    """
+
+    #: The class of the backend's connector, made with no arguments.
+    connector_class: ClassVar[type[Any]]
+    #: The class of the backend's listeners: ``listener_class(loc, handle_comm,
+    #: deserialize, connector=..., **connection_args)``.
+    listener_class: ClassVar[type[Any]]
+    _connector: Any = None
+
+    def get_connector(self) -> Any:
+        """The backend's connector, made on first call."""
+        connector = self._connector
+        if connector is None:  # connectors are stateless: a race makes a spare one, harmlessly
+            connector = self._connector = self.connector_class()
+        return connector
+
+    def get_listener(
+        self, loc: str, handle_comm: Any, deserialize: bool, **connection_args: Any
+    ) -> Any:
+        """A new, unstarted listener on *loc* (see :meth:`comm_core.Backend.get_listener`)."""
+        return self.listener_class(
+            loc, handle_comm, deserialize, connector=self.get_connector(), **connection_args
+        )

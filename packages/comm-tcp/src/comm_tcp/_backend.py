@@ -8,10 +8,10 @@ and listener classes, and what they import, are imported by the first
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from comm_core import HostPortBackend, imported_on_use
-from comm_core.abc import Backend, CommHandler, Connector, Listener
+from comm_core import ComposedBackend, HostPortBackend, imported_on_use
+from comm_core.abc import Backend
 
 if TYPE_CHECKING:
     from comm_tcp._connector import TCPConnector
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["TCPBackend"]
 
 
-class TCPBackend(HostPortBackend, Backend):
+class TCPBackend(HostPortBackend, ComposedBackend, Backend):
     """The ``tcp://`` backend: ``host:port`` locations, IPv4 and IPv6.
 
     Its address functions are comm-core's :class:`~comm_core.HostPortBackend`.
@@ -35,22 +35,3 @@ class TCPBackend(HostPortBackend, Backend):
     listener_class: ClassVar[type[TCPListener]] = imported_on_use(
         "comm_tcp._listener", "TCPListener"
     )
-
-    def __init__(self) -> None:
-        self._connector: TCPConnector | None = None
-
-    def get_connector(self) -> Connector:
-        return self._get_connector()
-
-    def _get_connector(self) -> TCPConnector:
-        connector = self._connector
-        if connector is None:  # connectors are stateless: a race makes a spare one, harmlessly
-            connector = self._connector = self.connector_class()
-        return connector
-
-    def get_listener(
-        self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
-    ) -> Listener:
-        return self.listener_class(
-            loc, handle_comm, deserialize, connector=self._get_connector(), **connection_args
-        )

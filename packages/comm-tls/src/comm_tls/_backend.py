@@ -8,10 +8,10 @@ classes, and ssl with them, are imported by the first ``connect()`` or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from comm_core import Capability, HostPortBackend, imported_on_use
-from comm_core.abc import Backend, CommHandler, Connector, Listener
+from comm_core import Capability, ComposedBackend, HostPortBackend, imported_on_use
+from comm_core.abc import Backend
 
 if TYPE_CHECKING:
     from comm_tls._connector import TLSConnector
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["TLSBackend"]
 
 
-class TLSBackend(HostPortBackend, Backend):
+class TLSBackend(HostPortBackend, ComposedBackend, Backend):
     """The ``tls://`` backend: ``host:port`` locations (comm-core's
     :class:`~comm_core.HostPortBackend`), TLS on every connection."""
 
@@ -34,22 +34,3 @@ class TLSBackend(HostPortBackend, Backend):
     listener_class: ClassVar[type[TLSListener]] = imported_on_use(
         "comm_tls._listener", "TLSListener"
     )
-
-    def __init__(self) -> None:
-        self._connector: TLSConnector | None = None
-
-    def get_connector(self) -> Connector:
-        return self._get_connector()
-
-    def _get_connector(self) -> TLSConnector:
-        connector = self._connector
-        if connector is None:  # connectors are stateless: a race makes a spare one, harmlessly
-            connector = self._connector = self.connector_class()
-        return connector
-
-    def get_listener(
-        self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
-    ) -> Listener:
-        return self.listener_class(
-            loc, handle_comm, deserialize, connector=self._get_connector(), **connection_args
-        )

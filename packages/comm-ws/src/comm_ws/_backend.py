@@ -8,10 +8,10 @@ connector and listener classes are imported by the first ``connect()`` or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from comm_core import AddressError, Capability, HostPortBackend, imported_on_use
-from comm_core.abc import Backend, CommHandler, Connector, Listener
+from comm_core import AddressError, Capability, ComposedBackend, HostPortBackend, imported_on_use
+from comm_core.abc import Backend
 from comm_ws._address import split_location
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 __all__ = ["WSBackend", "WSSBackend"]
 
 
-class WSBackend(HostPortBackend, Backend):
+class WSBackend(HostPortBackend, ComposedBackend, Backend):
     """The ``ws://`` backend: ``host:port[/path]`` locations, comm's messages over WebSocket.
 
     The address functions are comm-core's :class:`~comm_core.HostPortBackend`'s
@@ -36,25 +36,6 @@ class WSBackend(HostPortBackend, Backend):
     )
     #: :class:`~comm_ws.WSListener` (imported when first read).
     listener_class: ClassVar[type[WSListener]] = imported_on_use("comm_ws._listener", "WSListener")
-
-    def __init__(self) -> None:
-        self._connector: WSConnector | None = None
-
-    def get_connector(self) -> Connector:
-        return self._get_connector()
-
-    def _get_connector(self) -> WSConnector:
-        connector = self._connector
-        if connector is None:  # connectors are stateless: a race makes a spare one, harmlessly
-            connector = self._connector = self.connector_class()
-        return connector
-
-    def get_listener(
-        self, loc: str, handle_comm: CommHandler, deserialize: bool, **connection_args: Any
-    ) -> Listener:
-        return self.listener_class(
-            loc, handle_comm, deserialize, connector=self._get_connector(), **connection_args
-        )
 
     # -- addresses: host:port as HostPortBackend, then the path ----------------------------
 
