@@ -120,8 +120,10 @@ async def test_a_proxy_that_comes_up_is_retried_until_it_does() -> None:
                 dst.close()
 
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+            piped.set()
 
         count = [0]
+        piped = asyncio.Event()
         server = await asyncio.start_server(proxy, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         try:
@@ -130,6 +132,7 @@ async def test_a_proxy_that_comes_up_is_retried_until_it_does() -> None:
                 await comm.write({"via": "proxy"})
                 assert await comm.read() == {"via": "proxy"}
             assert count[0] == 3
+            await asyncio.wait_for(piped.wait(), LONG)  # the proxy saw both ends close
         finally:
             server.close()
             await server.wait_closed()

@@ -16,7 +16,12 @@ from comm_core.session import ServerSession, options_of
 from comm_core.sockets import AcceptLoop, bind_listening, contact_host
 from comm_ws._address import join_location, parse_location
 from comm_ws._comm import WSComm
-from comm_ws._connector import protocol_kwargs, tls_socket_transport
+from comm_ws._connector import (
+    WSTransport,
+    plain_socket_transport,
+    protocol_kwargs,
+    tls_socket_transport,
+)
 from comm_ws._protocol import CLOSED, UPGRADING, WSProtocol
 from comm_ws._upgrade import MAX_HEAD, ServerUpgrade, refusal
 
@@ -36,9 +41,10 @@ class WSListener(Listener):
     Built from comm-core's blocks, as a third party's transport would be:
     :func:`~comm_core.sockets.bind_listening` (an empty host listens on every
     interface of both families on one port), an
-    :class:`~comm_core.sockets.AcceptLoop` per socket, asyncio's transports
-    (with TLS for wss), and :func:`~comm_core.sockets.contact_host` for the
-    contact address.
+    :class:`~comm_core.sockets.AcceptLoop` per socket, comm-core's
+    :class:`~comm_core.transport.SocketTransport` on selector loops (else the
+    loop's own; comm-tls's TLS transport for wss), and
+    :func:`~comm_core.sockets.contact_host` for the contact address.
 
     A connection must finish, within the handshake timeout counted from its
     accept, the TLS handshake (wss), the HTTP upgrade (a request for the
@@ -212,6 +218,11 @@ class WSListener(Listener):
                 return
             if early:
                 protocol.preload(early, conn)
+            if plain_socket_transport(loop):
+                WSTransport(loop, conn, protocol).start()
+                if protocol.state is UPGRADING:
+                    protocol.set_deadline(deadline)
+                return
         self._spawn(self._connect(conn, protocol, deadline))
 
     def _spawn(self, coro: Any) -> None:

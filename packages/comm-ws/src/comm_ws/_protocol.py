@@ -186,6 +186,30 @@ def _grown(buffer: Any, filled: int, length: int) -> Any:
     return new
 
 
+class _KeyPool:
+    """Masking keys read from the OS's random source 1024 at a time, for every connection of
+    the process (reading them per connection cost more than the rest of its set-up); a
+    forked child reads its own."""
+
+    keys = b""
+    at = 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: setattr(_KeyPool, "at", len(_KeyPool.keys)))
+
+
+def _mask_key() -> bytes:
+    """A fresh masking key: 4 bytes of the OS's random source, never handed out twice."""
+    at = _KeyPool.at
+    keys = _KeyPool.keys
+    if at >= len(keys):
+        keys = _KeyPool.keys = os.urandom(4096)
+        at = 0
+    _KeyPool.at = at + 4
+    return keys[at : at + 4]
+
+
 def _rotated(mask: bytes, offset: int) -> bytes:
     shift = offset & 3
     return mask if not shift else mask[shift:] + mask[:shift]
@@ -282,9 +306,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self._held: list[Any] | None = None  # written with the upgrade's response
+        self._corked: asyncio.Handle | None = None  # sends what cork() held
         self._close_sent = False
-        self._keys = b""  # masking keys to come (a client's)
-        self._key_at = 0
         self._closed_here = False  # close() or abort() was called
         self._sending = False  # a large message's frame is going out in slices
         self._after: list[bytes] = []  # control frames that wait for it
@@ -325,14 +348,18 @@ class WSProtocol(asyncio.BufferedProtocol):
                 transport.write(rest)
 
     def cork(self) -> None:
-        """Hold what is written until the end of this loop iteration, then send it in one
-        write: a client's comm handshake leaves with its first message."""
+        """Hold what is written until the next message is written, or the end of this loop
+        iteration, then send it in one write: a client's comm handshake leaves with its
+        first message."""
         if self._held is None and self._loop is not None and self.state is OPEN:
             self._held = []
-            self._loop.call_soon(self._uncork)
+            self._corked = self._loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
         held, self._held = self._held, None
+        if self._corked is not None:
+            self._corked.cancel()
+            self._corked = None
         if held and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(held))
 
@@ -897,6 +924,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         held = self._held
         if held is not None:
             held.extend(parts)
+            if self._corked is not None:
+                self._uncork()  # the handshake leaves with this first message, now
             return
         transport = self.transport
         assert transport is not None
@@ -991,14 +1020,8 @@ class WSProtocol(asyncio.BufferedProtocol):
             raise self.closed_error()
 
     def _mask(self) -> bytes:
-        """A fresh masking key: 4 bytes of the OS's random source, read 1024 keys at a time."""
-        keys = self._keys
-        at = self._key_at
-        if at >= len(keys):
-            keys = self._keys = os.urandom(4096)
-            at = 0
-        self._key_at = at + 4
-        return keys[at : at + 4]
+        """A fresh masking key (see :func:`_mask_key`)."""
+        return _mask_key()
 
     def _send_control(self, opcode: int, payload: bytes) -> None:
         if self.transport is None or self._close_sent:
@@ -1025,7 +1048,9 @@ class WSProtocol(asyncio.BufferedProtocol):
         return CommClosedError(f"the WebSocket connection with {self.peer} is closed")
 
     async def close(self) -> None:
-        """Say goodbye (a close frame, code 1000), then close once what is queued has left."""
+        """Say goodbye (a close frame, code 1000), then close; wait while the transport
+        sends what is queued (at most :data:`CLOSE_TIMEOUT` seconds) and, over TLS, while
+        it closes."""
         self._closed_here = True
         if self.state is OPEN:
             self._send_control(OP_CLOSE, _U16.pack(NORMAL))
@@ -1042,9 +1067,17 @@ class WSProtocol(asyncio.BufferedProtocol):
         if transport is None:
             self.abort()
             return
+        try:
+            pending = transport.get_write_buffer_size()
+        except AttributeError:  # Python 3.10's TLS transport, once its connection is gone
+            pending = 0
+        tls = transport.get_extra_info("ssl_object") is not None
         transport.close()
         lost = self._lost
-        if lost is not None and not lost.done():
+        # With nothing queued, the close frame is with the kernel, which delivers it before
+        # the FIN: nothing to wait for, unless TLS closes with an exchange of its own (so
+        # that no socket outlives a loop closed after it).
+        if lost is not None and not lost.done() and (pending or tls):
             assert self._loop is not None
             timer = self._loop.call_later(CLOSE_TIMEOUT, self.abort)
             try:
