@@ -9,6 +9,7 @@ listener still serves a good client.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 
@@ -448,3 +449,31 @@ async def test_the_versions_must_overlap(temporary: Security) -> None:
     assert str(exc).endswith("check minimum_version on both sides")
     assert elapsed < PROMPT
     assert "the two sides have no TLS version in common" in record.getMessage()
+
+
+# -- a flood of bad clients ------------------------------------------------------------------
+
+
+async def test_a_flood_of_clients_that_fail_the_handshake_costs_a_few_log_lines(
+    temporary: Security,
+) -> None:
+    """Each client that fails its TLS handshake is a line a stranger can cause: a flood of
+    them gets the first few and one count, not a line each, and the listener serves on."""
+    flood = 12
+    with watching_logs() as logs:
+        async with serving(security=temporary) as served:
+            for _ in range(flood):
+                reader, writer = await asyncio.open_connection(IPV4, served.port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                # The listener logs before it closes the connection: once it is closed,
+                # the line (or the count) is there.
+                await within(reader.read(), "the listener to close the connection")
+                writer.close()
+                await writer.wait_closed()
+            lines = logs.matching("the client does not speak TLS")
+            assert len(lines) == 3
+            await _still_serves(served.address(), temporary)
+        # Stopping the listener says how many lines were left out.
+        summary = logs.matching(f"... and {flood - 3} more TLS handshakes")
+        assert len(summary) == 1
+        assert summary[0].levelno == logging.WARNING

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -393,3 +394,23 @@ async def test_peers_that_hang_up_mid_upgrade_do_not_fill_the_pending_slots() ->
                 break
             await asyncio.sleep(0.01)
         # _listener's exit connects a good client through the listener: it must get in.
+
+
+async def test_a_flood_of_refused_clients_costs_a_few_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A refused upgrade is a line a stranger can cause: a flood of them gets the first few
+    and one count, not a line each."""
+    caplog.set_level(logging.INFO, logger="comm_ws")
+    flood = 12
+    async with _listener() as listener:
+        for _ in range(flood):
+            reader, writer = await _raw_client(listener.contact_address)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # plain HTTP, no upgrade
+            # The listener logs as it answers and closes: with the answer, the line is there.
+            assert (await _answer(reader)).startswith(b"HTTP/1.1 426 ")
+            writer.close()
+        refused = [r for r in caplog.records if "refused the connection from" in r.getMessage()]
+        assert len(refused) == 3
+    summary = [r for r in caplog.records if f"... and {flood - 3} more" in r.getMessage()]
+    assert len(summary) == 1

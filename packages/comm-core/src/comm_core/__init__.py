@@ -79,6 +79,9 @@ from comm_core.exceptions import (
 )
 from comm_core.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from comm_core._ratelimit import LogLimiter
+
 __all__ = [
     "ENTRY_POINT_GROUP",
     "PROTOCOL_VERSION",
@@ -107,6 +110,7 @@ __all__ = [
     "HostPortBackend",
     "IncompatibleProtocolError",
     "Listener",
+    "LogLimiter",
     "MessageTooLargeError",
     "Options",
     "PluginError",
@@ -148,13 +152,22 @@ _SUBMODULES = frozenset({"message", "protocol", "session", "sockets", "stream", 
 
 def _import_submodule(name: str) -> object:
     """``comm_core.message``, ``.protocol``, ``.session``, ``.sockets``, ``.stream`` and
-    ``.transport``, imported on first access."""
+    ``.transport``, imported on first access; so is :class:`LogLimiter` (it needs
+    :mod:`logging`)."""
     if name in _SUBMODULES:
         from importlib import import_module
 
         return import_module(f"{__name__}.{name}")
+    if name == "LogLimiter":
+        from comm_core._ratelimit import LogLimiter
+
+        return LogLimiter
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if not TYPE_CHECKING:  # type checkers see the real submodules, and no catch-all
     __getattr__ = _import_submodule
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

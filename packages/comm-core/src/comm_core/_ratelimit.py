@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["LogLimiter"]
 
@@ -16,7 +19,9 @@ class LogLimiter:
     connection, a failed handshake): a flood of connections then costs a few
     lines, and one summary line per interval says how many were left out.
     The summary goes out at the end of the interval (from the running event
-    loop), or else before the next record let through.
+    loop), or else before the next record let through. A transport logs every
+    line a peer can cause through one: comm's own listeners keep one per kind
+    of line and listener.
 
     Args:
         logger: where the records go.
@@ -67,6 +72,8 @@ class LogLimiter:
         self._suppressed += 1
         self._level = max(self._level, level)
         if self._timer is None:
+            import asyncio
+
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:

@@ -11,7 +11,13 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from comm_core import ConnectError, parse_host_port, unparse_address, unparse_host_port
+from comm_core import (
+    ConnectError,
+    LogLimiter,
+    parse_host_port,
+    unparse_address,
+    unparse_host_port,
+)
 from comm_core.abc import CommHandler, Listener
 from comm_core.protocol import MAGIC
 from comm_core.session import options_of
@@ -135,6 +141,9 @@ class TLSListener(Listener):
         self._servers: list[asyncio.AbstractServer] = []
         self._bound: list[Any] = []
         self._stopped = False
+        #: Every line a client can cause goes through this: a flood of failed handshakes
+        #: costs a few lines and a count.
+        self._failures = LogLimiter(logger, "TLS handshakes that failed or were refused")
 
     async def start(self) -> None:
         """Bind and start accepting (idempotent).
@@ -184,6 +193,7 @@ class TLSListener(Listener):
         self._stopped = True
         self._close_sockets()
         self.acceptor.close()
+        self._failures.flush()  # how many lines were left out, now rather than later
         super().stop()
 
     def _close_sockets(self) -> None:
@@ -362,7 +372,8 @@ class TLSListener(Listener):
             if aborted:
                 return
             if tls is not None:
-                logger.info(
+                self._failures.log(
+                    logging.INFO,
                     "listener %s: %s closed the connection right after the TLS handshake",
                     self._where(),
                     format_sockaddr(self.scheme, raw.get_extra_info("peername")),
@@ -389,7 +400,8 @@ class TLSListener(Listener):
     ) -> None:
         where = f"listener {self._where()}"
         if not watch.speaks_tls:
-            logger.warning(
+            self._failures.log(
+                logging.WARNING,
                 "%s: TLS handshake with client %s failed: the client does not speak TLS: "
                 "it sent %r, %s",
                 where,
@@ -405,7 +417,7 @@ class TLSListener(Listener):
             isinstance(reason, ConnectionAbortedError) and "taking longer" in str(reason)
         ):
             level = logging.INFO if not watch.head else logging.WARNING
-            logger.log(
+            self._failures.log(
                 level,
                 "%s: dropped %s: it did not complete the TLS handshake within %gs",
                 where,
@@ -420,12 +432,15 @@ class TLSListener(Listener):
                 address=f"client {client}",
                 words=words_of(self.connection_args.get("security")),
             )
-            logger.warning("%s: %s", where, message)
+            self._failures.log(logging.WARNING, "%s: %s", where, message)
         else:
-            logger.info("%s: %s closed the connection before the TLS handshake", where, client)
+            self._failures.log(
+                logging.INFO, "%s: %s closed the connection before the TLS handshake", where, client
+            )
 
     def _log_resumed(self, client: str) -> None:
-        logger.warning(
+        self._failures.log(
+            logging.WARNING,
             "listener %s: dropped %s: it resumed an earlier TLS session, which this listener "
             "does not allow (Security(resume_sessions=False)): its certificate was not checked "
             "again",

@@ -9,7 +9,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from comm_core import ConnectError, Options, unparse_host_port
+from comm_core import ConnectError, LogLimiter, Options, unparse_host_port
 from comm_core.abc import CommHandler, Listener
 from comm_core.protocol import encode_message
 from comm_core.session import ServerSession, options_of
@@ -92,6 +92,9 @@ class WSListener(Listener):
         self._pending: dict[WSProtocol, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._greeting: tuple[Any, list[Any], int] | None = None
+        #: Every line a client can cause goes through this: a flood of bad connections
+        #: costs a few lines and a count.
+        self._refusals = LogLimiter(logger, "connections refused or failed")
 
     # -- addresses ---------------------------------------------------------------------------
 
@@ -160,6 +163,7 @@ class WSListener(Listener):
             return
         self._stopped = True
         self._close_sockets()
+        self._refusals.flush()  # how many lines were left out, now rather than later
         super().stop()
 
     def _close_sockets(self) -> None:
@@ -297,7 +301,8 @@ class WSListener(Listener):
                         "This is a comm wss:// listener: it speaks TLS first; dial wss://.\n",
                     )
                 )
-            logger.info(
+            self._refusals.log(
+                logging.INFO,
                 "listener %s: a client from %s does not speak TLS (it sent %r): is it dialling "
                 "ws:// instead of wss://?",
                 self._where(),
@@ -314,9 +319,14 @@ class WSListener(Listener):
             from comm_tls import describe_failure
 
             message = describe_failure(exc, peer="client", address=client)
-            logger.warning("listener %s: %s", self._where(), message)
+            self._refusals.log(logging.WARNING, "listener %s: %s", self._where(), message)
         else:
-            logger.warning("listener %s: could not set up a connection: %r", self._where(), exc)
+            self._refusals.log(
+                logging.WARNING,
+                "listener %s: could not set up a connection: %r",
+                self._where(),
+                exc,
+            )
 
     # -- the protocol's callbacks ------------------------------------------------------------
 
@@ -347,8 +357,12 @@ class WSListener(Listener):
 
     def _failed(self, protocol: WSProtocol, reason: str) -> None:
         self._pending.pop(protocol, None)
-        logger.info(
-            "listener %s: refused the connection from %s: %s", self._where(), protocol.peer, reason
+        self._refusals.log(
+            logging.INFO,
+            "listener %s: refused the connection from %s: %s",
+            self._where(),
+            protocol.peer,
+            reason,
         )
 
 
