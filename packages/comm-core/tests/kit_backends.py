@@ -27,7 +27,7 @@ from comm_core import (
     unparse_host_port,
 )
 from comm_core.abc import Backend, Comm, CommHandler, Connector, Listener, OnError
-from comm_core.protocol import FrameDecoder
+from comm_core.protocol import Encoders, FrameDecoder
 from comm_core.stream import StreamAcceptor, StreamComm
 
 #: The connection arguments that configure a comm; the others are ignored.
@@ -257,6 +257,19 @@ class NoFirstLimitBackend(KitBackend):
     comm_class: ClassVar[type[StreamComm]] = _NoFirstLimitComm
 
 
+class _NoDepthLimitComm(StreamComm):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._encoders = Encoders(self.families, self.max_message_size)  # no max_depth
+
+
+class NoDepthLimitBackend(KitBackend):
+    """Sends messages nested deeper than max_message_depth (which the peer refuses)."""
+
+    scheme: ClassVar[str] = "kit-no-depth-limit"
+    comm_class: ClassVar[type[StreamComm]] = _NoDepthLimitComm
+
+
 class _PicklingComm(StreamComm):
     async def read(self, deserializers: Collection[str] | None = None) -> Any:
         return await super().read(["pickle"] if deserializers is None else deserializers)
@@ -373,6 +386,11 @@ BROKEN: dict[type[KitBackend], dict[str, str]] = {
         "test_reader_drops_a_message_above_max_message_size": "should raise MessageTooLargeError"
     },
     NoFirstLimitBackend: {"test_first_message_limit": "first message takes 65537 bytes"},
+    NoDepthLimitBackend: {
+        "test_writer_refuses_a_message_nested_deeper_than_max_message_depth": (
+            "(max_message_depth=100): returned"
+        )
+    },
     PicklingBackend: {"test_pickle_only_where_named": "must refuse a pickled value"},
     UnboundedBackend: {"test_writer_waits_for_a_peer_that_does_not_read": "write() never waited"},
     AbortsHandshakesBackend: {

@@ -22,10 +22,12 @@ import comm_core
 from comm_core import ProtocolError, SerializationError, _bounds
 from comm_core.protocol import (
     Decoder,
+    Encoders,
     Serialized,
     SerializerFamily,
     decode_message,
     encode_message,
+    split_message,
 )
 from hostile_msgpack import (
     KINDS,
@@ -527,3 +529,27 @@ def test_peer_text_in_errors_is_escaped_and_bounded() -> None:
     assert "\n" not in message
     assert "CRITICAL: forged" in message  # escaped, on one line
     assert len(message) < 600
+
+
+def _python_nested(kind: str, levels: int) -> Any:
+    value: Any = []
+    for level in range(levels - 1):
+        wrap = kind if kind != "mixed" else ("list", "dict", "tuple")[level % 3]
+        value = [value] if wrap == "list" else {"k": value} if wrap == "dict" else (value,)
+    return value
+
+
+@pytest.mark.parametrize("kind", ["list", "dict", "tuple", "mixed"])
+def test_the_encoder_refuses_what_a_peer_with_its_limit_would(kind: str) -> None:
+    """A writer checks max_message_depth before sending: a message its peer (with the
+    same setting) would refuse, dropping the connection, fails the write instead."""
+    encoder = Encoders({}, None, 100).get(None, "raise")
+    buffers, _ = encoder.encode(_python_nested(kind, 100))
+    frames = split_message(b"".join(buffers), max_message_size=1 << 20)
+    assert Decoder(max_depth=100).decode(frames) == _python_nested(kind, 100)
+    with pytest.raises(SerializationError, match="more than 100 deep"):
+        encoder.encode(_python_nested(kind, 101))
+    with comm_core.configure(max_message_depth=10):
+        shallow = Encoders({}, None, comm_core.get_setting("max_message_depth")).get(None, "raise")
+    with pytest.raises(SerializationError, match="more than 10 deep"):
+        shallow.encode(_python_nested(kind, 11))

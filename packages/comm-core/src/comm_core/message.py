@@ -90,7 +90,7 @@ class MessageComm(Comm):
             max_message_size = options.max_message_size
         self._first_message_limit = first_message_limit
         families = REGISTERED_FAMILIES if options.families is None else options.families
-        self._encoders = Encoders(families, max_message_size)
+        self._encoders = Encoders(families, max_message_size, options.max_message_depth)
         self._max_message_size = max_message_size
         self._decoder = Decoder(
             families,

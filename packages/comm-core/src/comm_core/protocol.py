@@ -149,6 +149,7 @@ EXT_UNSERIALIZABLE: Final = 4
 
 _U32 = struct.Struct("<I")
 _WALKED = frozenset({bytes, bytearray, memoryview, dict, list, tuple})  # types walk() inspects
+_NO_DEPTH_LIMIT: Final = 1 << 62
 _ONE_FRAME = struct.Struct("<IQ")
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 
@@ -301,6 +302,9 @@ class Encoder:
             <comm_core.Comm.write>`).
         max_size: refuse messages larger than this, before sending anything.
         threshold: bytes-like values at least this long travel out of band.
+        max_depth: refuse messages whose dicts, lists and tuples nest deeper than
+            this, before sending anything (``max_message_depth``: a peer with the
+            same setting would refuse them, and drop the connection).
     """
 
     __slots__ = (
@@ -308,6 +312,7 @@ class Encoder:
         "_packer",
         "families",
         "frames",
+        "max_depth",
         "max_size",
         "on_error",
         "threshold",
@@ -320,11 +325,13 @@ class Encoder:
         *,
         max_size: int | None = None,
         threshold: int = OOB_THRESHOLD,
+        max_depth: int | None = None,
     ) -> None:
         self.families = families
         self.on_error = on_error
         self.max_size = max_size
         self.threshold = threshold
+        self.max_depth = _NO_DEPTH_LIMIT if max_depth is None else max_depth
         self.frames: list[Any] = []
         self._packer = self._new_packer()
 
@@ -349,7 +356,8 @@ class Encoder:
         buffer is one out-of-band frame, the caller's own object (not copied).
 
         Raises:
-            SerializationError: a value cannot be serialized (with ``on_error="raise"``).
+            SerializationError: a value cannot be serialized (with ``on_error="raise"``),
+                or dicts, lists and tuples nest deeper than ``max_depth``.
             MessageTooLargeError: the message exceeds ``max_size``.
         """
         frames = self.frames = []
@@ -391,13 +399,19 @@ class Encoder:
         self.frames.append(value)
         return msgpack.ExtType(EXT_OOB, _U32.pack(len(self.frames)))
 
-    def walk(self, obj: Any) -> Any:
+    def walk(self, obj: Any, depth: int = 1) -> Any:
         """Replace long bytes-like values in containers by out-of-band references.
 
         Containers are copied only where something inside them was replaced.
+        *depth* is the nesting level of *obj* (1: the message itself).
+
+        Raises:
+            SerializationError: containers nest deeper than ``max_depth``.
         """
         kind = type(obj)
         if kind is dict:
+            if depth > self.max_depth:
+                raise self._too_deep()
             out: Any = None
             threshold = self.threshold
             for key, value in obj.items():
@@ -405,17 +419,19 @@ class Encoder:
                 if vtype is bytes and len(value) < threshold:
                     continue  # the common case, without a call
                 if vtype in _WALKED:
-                    new = self.walk(value)
+                    new = self.walk(value, depth + 1)
                     if new is not value:
                         if out is None:
                             out = dict(obj)
                         out[key] = new
             return obj if out is None else out
         if kind is list or kind is tuple:
+            if depth > self.max_depth:
+                raise self._too_deep()
             out = None
             for index, value in enumerate(obj):
                 if type(value) in _WALKED:
-                    new = self.walk(value)
+                    new = self.walk(value, depth + 1)
                     if new is not value:
                         if out is None:
                             out = list(obj)
@@ -426,6 +442,13 @@ class Encoder:
         if kind in _BYTES_TYPES and _nbytes(obj) >= self.threshold:
             return self.oob(obj)
         return obj
+
+    def _too_deep(self) -> SerializationError:
+        return SerializationError(
+            f"cannot serialize message: it nests lists, dicts or tuples more than "
+            f"{self.max_depth} deep (max_message_depth): a peer with that setting would "
+            "refuse it and drop the connection"
+        )
 
     def default(self, obj: Any) -> Any:
         kind = type(obj)
@@ -511,13 +534,20 @@ class Encoders:
         families: the families known, by name (a comm's
             :attr:`Options.families <comm_core.Options>`, or the registry's).
         max_size: messages above this size are refused (``max_message_size``).
+        max_depth: messages that nest deeper are refused (``max_message_depth``).
     """
 
-    __slots__ = ("_default", "families", "max_size")
+    __slots__ = ("_default", "families", "max_depth", "max_size")
 
-    def __init__(self, families: Mapping[str, SerializerFamily], max_size: int | None) -> None:
+    def __init__(
+        self,
+        families: Mapping[str, SerializerFamily],
+        max_size: int | None,
+        max_depth: int | None = None,
+    ) -> None:
         self.families = families
         self.max_size = max_size
+        self.max_depth = max_depth
         self._default: Encoder | None = None
 
     def set_max_size(self, max_size: int | None) -> None:
@@ -532,14 +562,16 @@ class Encoders:
             encoder = self._default
             if encoder is None:
                 trusted = [f for f in self.families.values() if f.trusted_by_default]
-                encoder = self._default = Encoder(trusted, max_size=self.max_size)
+                encoder = self._default = Encoder(
+                    trusted, max_size=self.max_size, max_depth=self.max_depth
+                )
             return encoder
         known = self.families
         if serializers is None:
             families = [f for f in known.values() if f.trusted_by_default]
         else:
             families = [known[name] for name in serializers if name in known]
-        return Encoder(families, on_error, max_size=self.max_size)
+        return Encoder(families, on_error, max_size=self.max_size, max_depth=self.max_depth)
 
 
 def _safe_repr(obj: Any) -> str:

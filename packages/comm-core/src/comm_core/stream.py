@@ -907,7 +907,7 @@ class StreamComm(Comm):
         #: The serializer families values of other types may use: those of *options*,
         #: else the registry's.
         self.families = REGISTERED_FAMILIES if options.families is None else options.families
-        self._encoders = Encoders(self.families, max_message_size)
+        self._encoders = Encoders(self.families, max_message_size, options.max_message_depth)
         self._encoder: Encoder | None = None  # for writes with the default families
         self._decoder = Decoder(
             self.families,

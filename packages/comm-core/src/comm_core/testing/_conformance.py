@@ -81,6 +81,15 @@ _CLEANUP_TIMEOUT = 1.0
 #: The max_message_size that the size checks give one end (the other keeps its default).
 _SIZE_LIMIT = 100_000
 
+
+def _nested(levels: int) -> Any:
+    """Lists, dicts and tuples nested *levels* deep."""
+    value: Any = []
+    for level in range(levels - 1):
+        value = (value,) if level % 3 == 0 else {"k": value} if level % 3 == 1 else [value]
+    return value
+
+
 #: How long a write may take before the backpressure check deems it waiting.
 _STALL = 0.5
 
@@ -1509,6 +1518,27 @@ class BackendConformance:
             # Nothing was sent: the next reply is the echo of the next message.
             await self._ping(comm)
             await self._ping(comm, b"\1" * (limit // 2))
+
+    @_bounded
+    async def test_writer_refuses_a_message_nested_deeper_than_max_message_depth(self) -> None:
+        """A write whose dicts, lists and tuples nest deeper than max_message_depth raises
+        SerializationError and sends nothing (a peer with that setting would drop the
+        connection); one exactly that deep goes through."""
+        self._skip_unless(self.serializes, "it does not serialize messages (serializes=False)")
+        depth = comm_core.get_setting("max_message_depth")
+        async with (
+            self.echo_server() as listener,
+            await self.connect(listener.contact_address) as comm,
+        ):
+            await self._expect(
+                comm.write(_nested(depth + 1)),
+                SerializationError,
+                f"write() of a message nested {depth + 1} deep (max_message_depth={depth})",
+            )
+            # Nothing was sent: the echo server is still there, and takes the deepest.
+            await self._ping(comm)
+            deepest = _nested(depth - 1)  # inside _ping's dict: depth levels in all
+            await self._ping(comm, deepest)
 
     @_bounded
     async def test_reader_drops_a_message_above_max_message_size(self) -> None:
