@@ -179,6 +179,8 @@ class UnixListener(Listener):
         if self._accepting is not None:
             self._accepting.close()
         self.acceptor.close()
+        if self._refused is not None:
+            self._refused.flush()  # how many lines were left out, now rather than later
         self._remove_files()
         super().stop()  # connections accepted before are still served (see Listener.stop)
 

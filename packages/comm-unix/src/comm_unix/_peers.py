@@ -11,11 +11,10 @@ and a dialer refuses a listener of another user before sending anything.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
-from comm_core import CommError, ConnectError
+from comm_core import CommError, ConnectError, LogLimiter
 from comm_unix._credentials import PeerCredentials, credentials_supported, own_uid
 
 __all__ = ["RefusalLog", "UserCheck"]
@@ -74,23 +73,21 @@ class UserCheck:
 
 
 class RefusalLog:
-    """Logs the peers a listener refuses: a warning at most every *interval* seconds,
-    saying how many were refused since the last (a local peer must not flood the log)."""
+    """Logs the peers a listener refuses through a :class:`comm_core.LogLimiter`: a
+    warning at most every *interval* seconds, then how many more (a local peer must not
+    flood the log); :attr:`total` counts them all."""
 
     def __init__(self, check: UserCheck, interval: float = 10.0) -> None:
         self.check = check
-        self.interval = interval
-        self.count = 0  # refused since the last warning
         self.total = 0
-        self._next = 0.0
+        self._lines = LogLimiter(
+            logger, "peers of another user refused", burst=1, interval=interval
+        )
 
     def __call__(self, credentials: PeerCredentials | None) -> None:
-        self.count += 1
         self.total += 1
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.interval
-        more = f" ({self.count - 1} more since the last such line)" if self.count > 1 else ""
-        logger.warning("%s%s", self.check.refusal("a peer", credentials), more)
-        self.count = 0
+        self._lines.log(logging.WARNING, "%s", self.check.refusal("a peer", credentials))
+
+    def flush(self) -> None:
+        """Log how many were left out since the last line, if any."""
+        self._lines.flush()
