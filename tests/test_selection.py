@@ -21,7 +21,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -543,3 +543,73 @@ def test_comm_doctor_says_why_an_offer_was_not_taken() -> None:
     with child_listener(same_host=False) as (_, address, _stderr):
         line = _doctor(address)
     assert "offers no same-host path" in line, line
+
+
+# -- a plugin that gets it wrong never stops a listener -----------------------------------------
+
+
+class _BadOffer(selection.Offer):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.stopped = False
+
+    async def start(self) -> dict[str, Any]:
+        if self.mode == "start fails":
+            raise OSError("no room for a socket")
+        return {"not_prefixed": 1}
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class _BadPlugin:
+    """Misbehaves only for listeners whose handshake_overrides name a mode."""
+
+    made: ClassVar[list[_BadOffer]] = []
+
+    @comm_core.hookimpl
+    def comm_same_host_offer(self, session: Any) -> selection.Offer | None:
+        mode = (session.overrides or {}).get("bad_offer_mode")
+        if mode is None:
+            return None
+        if mode == "hook raises":
+            raise RuntimeError("a bug in the plugin")
+        offer = _BadOffer(mode)
+        self.made.append(offer)
+        return offer
+
+
+@pytest.fixture(scope="module")
+def bad_plugin() -> type[_BadPlugin]:
+    registry = comm_core.get_registry()
+    if not any(
+        impl.plugin == "bad-offer-plugin"
+        for impl in registry.implementations("comm_same_host_offer")
+    ):
+        comm_core.register_plugin(_BadPlugin(), name="bad-offer-plugin")
+    return _BadPlugin
+
+
+@pytest.mark.parametrize("mode", ["hook raises", "start fails", "entries without prefix"])
+async def test_a_failing_offer_is_logged_and_the_listener_serves(
+    bad_plugin: type[_BadPlugin], mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(comm: comm_core.Comm) -> None:
+        async for msg in comm:
+            await comm.write(msg)
+
+    bad_plugin.made.clear()
+    with caplog.at_level("WARNING", logger="comm_core.selection"):
+        listener = comm_core.listen(
+            "tcp://127.0.0.1:0", handler, handshake_overrides={"bad_offer_mode": mode}
+        )
+        async with listener:
+            comm = await comm_core.connect(listener.contact_address, timeout=10)
+            try:
+                assert "not_prefixed" not in comm.handshake_info
+                await round_trip(comm, mode)
+            finally:
+                await comm.close()
+    assert [r.getMessage() for r in caplog.records if "bad-offer-plugin" in r.getMessage()]
+    # An offer that started (or half started) is stopped again.
+    assert all(offer.stopped for offer in bad_plugin.made)

@@ -30,6 +30,7 @@ Only comm-core calls these functions; plugins implement :class:`Offer` and
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -63,6 +64,7 @@ OFFER_PREFIX = "same_host_"
 #: Most requested addresses whose verified offers are remembered.
 _CACHE_SIZE = 1024
 _cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+_cache_lock = threading.Lock()  # connect() may run on loops of several threads
 
 
 class Offer(ABC):
@@ -189,23 +191,26 @@ def offer_of(info: Mapping[str, Any]) -> dict[str, Any]:
 
 def known_offer(requested: str) -> dict[str, Any] | None:
     """The offer remembered for *requested*, if a path to it was verified before."""
-    return _cache.get(requested)
+    with _cache_lock:
+        return _cache.get(requested)
 
 
 def remember_offer(requested: str, offer: dict[str, Any]) -> None:
     """Remember *offer*, which led to a verified path, for the next ``connect()`` to *requested*."""
-    _cache[requested] = offer
-    _cache.move_to_end(requested)
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+    with _cache_lock:
+        _cache[requested] = offer
+        _cache.move_to_end(requested)
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
 
 
 def forget_paths(requested: str | None = None) -> None:
     """Forget the offer remembered for *requested* (``None``: every one)."""
-    if requested is None:
-        _cache.clear()
-    else:
-        _cache.pop(requested, None)
+    with _cache_lock:
+        if requested is None:
+            _cache.clear()
+        else:
+            _cache.pop(requested, None)
 
 
 def choose_path(

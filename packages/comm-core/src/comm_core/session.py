@@ -411,7 +411,8 @@ async def _take_path(
     try:
         async with timeout_after(budget):
             comm = await path.open(addr, deserialize, options, connection_args)
-        await handshake(comm, overrides, deadline - loop.time(), who)
+        left = min(deadline - loop.time(), options.handshake_timeout)
+        await handshake(comm, overrides, left, who)
     except Exception as exc:
         if comm is None:
             path.discard()
@@ -505,6 +506,7 @@ class ServerSession:
         self.connection_args: Mapping[str, Any] = dict(connection_args or {})
         #: The same-host paths offered, started with the listener (:meth:`starting`).
         self.offers: list[Offer] = []
+        self._offering = False  # starting() ran for the listener, stopped() not yet
         # What every handshake message of this session's comms says: the offers'
         # entries, then the overrides (None: the overrides alone).
         self._announced: Mapping[str, Any] | None = overrides
@@ -534,10 +536,11 @@ class ServerSession:
         off, nor if the offers run already. Never raises for a plugin's failure
         (see :func:`comm_core.selection.start_offers`).
         """
-        if listener is not self.listener or self.offers or self.backend is None:
+        if listener is not self.listener or self._offering or self.backend is None:
             return
         if not self.options.same_host:
             return
+        self._offering = True
         from comm_core.selection import start_offers
 
         backend = self.backend
@@ -551,6 +554,8 @@ class ServerSession:
         """*listener* stopped: stop the paths offered for it. Never raises."""
         if listener is not self.listener:
             return
+        self._offering = False
+        self._announced = self.overrides
         offers, self.offers = self.offers, []
         for offer in offers:
             try:
