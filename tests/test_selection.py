@@ -414,6 +414,8 @@ def two_namespaces() -> Iterator[tuple[str, str, str]]:
         for ns, veth in ((ns_a, veth_a), (ns_b, veth_b)):
             run("-n", ns, "link", "set", veth, "up")
             run("-n", ns, "link", "set", "lo", "up")
+            # A default route, as a host has: its primary address is then the veth's.
+            run("-n", ns, "route", "add", "default", "dev", veth)
     except (subprocess.CalledProcessError, OSError) as exc:
         for ns in made:
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=30)
@@ -504,6 +506,81 @@ def test_another_network_namespace_is_dialled_over_tcp() -> None:
             _, err = listener.communicate(timeout=30)  # closes its stdin: it stops
             assert listener.returncode == 0, err
         assert not [ln for ln in err.splitlines() if "WARNING" in ln or "ERROR" in ln], err
+
+
+TLS_LISTENER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import comm_core
+    from comm_tls import Security
+
+    async def main():
+        security = Security.temporary()  # names this namespace's primary address too
+
+        async def handler(comm):
+            async for msg in comm:
+                await comm.write(msg)
+
+        listener = comm_core.listen(sys.argv[1], handler, security=security)
+        async with listener:
+            creds = {"ca": security.ca, "cert": security.cert, "key": security.key}
+            print(json.dumps([listener.contact_address, creds]), flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+    asyncio.run(main())
+    """
+)
+
+TLS_DIALER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    import comm_core
+    from comm_tls import Security
+
+    async def main():
+        address, creds = json.loads(sys.stdin.read())
+        comm = await comm_core.connect(address, timeout=10, security=Security(**creds))
+        await comm.write("hello")
+        print(json.dumps([await comm.read(), comm.extra_info.get("path", "tls")]))
+        await comm.close()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(NS_REASON is not None, reason=NS_REASON or "")
+def test_temporary_credentials_work_from_another_host() -> None:
+    """``Security.temporary()`` names the host's own addresses (issue 19, point 4's aside):
+    a dialer in another network namespace verifies the listener's certificate by the
+    listener's primary address; and a tls:// listener offers no same-host path."""
+    pytest.importorskip("comm_tls")
+    with two_namespaces() as (ns_a, ip_a, ns_b):
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", ns_a, sys.executable, "-c", TLS_LISTENER, "tls://:0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert listener.stdout is not None
+            line = listener.stdout.readline()
+            assert line, listener.stderr.read() if listener.stderr else "no listener"
+            address, creds = json.loads(line)
+            assert address.startswith(f"tls://{ip_a}:")  # the wildcard's contact address
+            dialer = subprocess.run(
+                ["ip", "netns", "exec", ns_b, sys.executable, "-c", TLS_DIALER],
+                input=json.dumps([address, creds]),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert dialer.returncode == 0, dialer.stderr
+            assert json.loads(dialer.stdout) == ["hello", "tls"]
+        finally:
+            _, err = listener.communicate(timeout=30)  # closes its stdin: it stops
+            assert listener.returncode == 0, err
 
 
 def test_socket_module_has_abstract_namespace() -> None:
