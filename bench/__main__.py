@@ -86,12 +86,17 @@ def discover_backends(wanted: list[str]) -> list[str]:
     import comm_core
 
     installed = set(comm_core.backends())
-    for scheme in sorted(installed - set(BACKENDS)):
+    for scheme in sorted(installed - {spec.scheme for spec in BACKENDS.values()}):
         _log(f"note: backend {scheme!r} is installed but has no entry in bench.config.BACKENDS")
-    chosen = [s for s in BACKENDS if s in installed and (not wanted or s in wanted)]
-    for scheme in wanted:
-        if scheme not in installed:
-            _log(f"note: backend {scheme!r} is not installed; skipped")
+
+    def usable(name: str) -> bool:
+        spec = BACKENDS[name]
+        return spec.scheme in installed and installed.issuperset(spec.needs)
+
+    chosen = [s for s in BACKENDS if usable(s) and (not wanted or s in wanted)]
+    for name in wanted:
+        if not usable(name):
+            _log(f"note: backend {name!r} is not installed; skipped")
     return chosen
 
 

@@ -36,6 +36,10 @@ class BackendSpec:
         baseline: the hand-written asyncio baseline speaks this transport.
         raw: the blocking-socket reference applies (W3's "% of raw socket").
         dask: Dask's ``distributed.comm`` has this scheme.
+        same_host: comm's same-host selection is on (``COMM_SAME_HOST``): a ``tcp://``
+            listener in another process of this host is reached over its Unix socket.
+            Off for every other row, so that ``tcp`` measures TCP.
+        needs: the comm transports (schemes) that must be installed besides the address's.
     """
 
     listen: str
@@ -43,11 +47,21 @@ class BackendSpec:
     baseline: bool = False
     raw: bool = False
     dask: bool = True
+    same_host: bool = False
+    needs: tuple[str, ...] = ()
+
+    @property
+    def scheme(self) -> str:
+        """The scheme of :attr:`listen`."""
+        return self.listen.partition("://")[0]
 
 
 #: One line per backend. A backend is benchmarked when comm_core.backends() has it too.
 BACKENDS: dict[str, BackendSpec] = {
     "tcp": BackendSpec("tcp://127.0.0.1:0", baseline=True, raw=True),
+    # tcp:// addresses with same-host selection on (issue 19): two processes take the
+    # listener's Unix socket; one process stays on TCP.
+    "tcp+select": BackendSpec("tcp://127.0.0.1:0", dask=False, same_host=True, needs=("unix",)),
     "tls": BackendSpec("tls://127.0.0.1:0", baseline=True),
     "inproc": BackendSpec("inproc://", cross_process=False),
     # A fresh socket path in a private directory per listener; Dask has no unix scheme.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import traceback
 from typing import Any
@@ -63,6 +64,9 @@ def measure(cell: Cell) -> dict[str, Any]:
 
 def main() -> int:
     cell = Cell.from_json(json.loads(sys.argv[1]))
+    # comm's same-host selection only where the row asks for it (tcp+select), here and
+    # in the server process, which inherits the environment.
+    os.environ["COMM_SAME_HOST"] = "1" if BACKENDS[cell.backend].same_host else "0"
     try:
         with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the result
             metrics = measure(cell)

@@ -556,7 +556,9 @@ def test_doctor_healthy(serve: type[Served]) -> None:
         "name resolution": "✓",
         "TCP connect": "✓",
         "comm handshake": "✓",
+        "same host": "✓",  # comm-unix's step: the listener's Unix socket is taken
     }
+    assert "the listener's own Unix socket" in result.stdout
     assert f"{served.address} is healthy" in result.stdout
     assert f"comm-core {comm_core.__version__} (protocol {comm_core.PROTOCOL_VERSION})" in (
         result.stdout
@@ -575,6 +577,7 @@ def test_doctor_refused(closed_port: int, ascii_only: bool) -> None:
         "name resolution": ok,
         "TCP connect": fail,
         "comm handshake": skip,
+        "same host": skip,
     }
     assert "The TCP connect step failed" in result.stdout
     assert (
@@ -877,6 +880,7 @@ def test_a_third_party_plugin_extends_serve_and_doctor(
         "TCP connect",  # comm-tcp's, then the plugin's in the same stage
         "audit",
         "comm handshake",
+        "same host",
     ]
     assert "tag red for 127.0.0.1" in result.stdout
     assert served.stop() == 0

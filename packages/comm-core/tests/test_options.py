@@ -18,6 +18,8 @@ FIELDS = {
     "retry_delay_min": 0.01,
     "retry_delay_max": 1.0,
     "require_encryption": False,
+    "same_host": True,
+    "same_process": False,
     "max_message_size": 2**30,
     "max_message_depth": 100,
     "max_message_expansion": 64.0,

@@ -672,3 +672,18 @@ def test_fake_distributions_are_gone_after_their_test(
     assert not [p for p in sys.path if Path(p).is_relative_to(base)]
     assert not [m for m in sys.modules if m.startswith("fake")]
     assert not {"foo", "wide", "lazy"} & set(Registry().backends())
+
+
+class _MisspelledSameHostPlugin:
+    @comm_core.hookimpl
+    def comm_same_host_offers(self, session: object) -> None:  # the hook is ..._offer
+        return None
+
+
+def test_a_misspelled_same_host_hook_is_refused(registry: Registry) -> None:
+    with pytest.raises(PluginError) as info:
+        comm_core.register_plugin(_MisspelledSameHostPlugin(), name="typo-same-host")
+    message = str(info.value)
+    assert "comm_same_host_offers" in message
+    # The error lists the real hooks, the same-host ones included.
+    assert "comm_same_host_offer, comm_same_host_path" in message

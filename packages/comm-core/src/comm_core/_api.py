@@ -109,6 +109,7 @@ async def connect(
     *,
     handshake_timeout: float | None = None,
     require_encryption: bool | None = None,
+    same_host: bool | None = None,
     options: Options | None = None,
     **connection_args: Any,
 ) -> Comm:
@@ -130,6 +131,11 @@ async def connect(
             default: the ``handshake_timeout`` setting (10 s).
         require_encryption: refuse backends that do not encrypt; default: the
             ``require_encryption`` setting.
+        same_host: take a faster path that a listener on this host (or in
+            this process) offers in its greeting, such as a Unix socket, after
+            proving it leads to the same listener; default: the ``same_host``
+            setting (on). ``comm.extra_info["path"]`` says which was taken
+            (see :doc:`paths`).
         options: the settings to use, instead of those in force now; the
             arguments above win over it. The connector receives the result as
             ``options=`` and hands it to the comm.
@@ -157,12 +163,14 @@ async def connect(
             connect_timeout=timeout,
             handshake_timeout=handshake_timeout,
             require_encryption=require_encryption,
+            same_host=same_host,
         )
     else:
         options = options.replace(
             connect_timeout=timeout,
             handshake_timeout=handshake_timeout,
             require_encryption=require_encryption,
+            same_host=same_host,
         )
     _check_encryption(backend, addr, options.require_encryption)
     connector = backend.get_connector()
@@ -186,6 +194,7 @@ def listen(
     handshake_timeout: float | None = None,
     max_pending_handshakes: int | None = None,
     require_encryption: bool | None = None,
+    same_host: bool | None = None,
     options: Options | None = None,
     **connection_args: Any,
 ) -> Listener:
@@ -212,6 +221,11 @@ def listen(
             is done; one more drops the oldest silent one first (tcp, tls);
             default: the ``max_pending_handshakes`` setting.
         require_encryption: refuse backends that do not encrypt.
+        same_host: offer dialers on this host (or in this process) a faster
+            path in the greeting, such as a Unix socket serving the same
+            *handle_comm*, if an installed plugin provides one; default: the
+            ``same_host`` setting (on). Encrypting listeners (tls://) offer
+            none (see :doc:`paths`).
         options: the settings to use, instead of those in force now; the
             arguments above win over it. The listener reads the result from
             its session and hands it to each comm it accepts.
@@ -232,17 +246,27 @@ def listen(
             handshake_timeout=handshake_timeout,
             max_pending_handshakes=max_pending_handshakes,
             require_encryption=require_encryption,
+            same_host=same_host,
         )
     else:
         options = options.replace(
             handshake_timeout=handshake_timeout,
             max_pending_handshakes=max_pending_handshakes,
             require_encryption=require_encryption,
+            same_host=same_host,
         )
     _check_encryption(backend, addr, options.require_encryption)
     from comm_core.session import ServerSession  # asyncio, on the first listen()
 
-    session = ServerSession(addr, handle_comm, handshake_overrides, options)
+    session = ServerSession(
+        addr,
+        handle_comm,
+        handshake_overrides,
+        options,
+        backend=backend,
+        deserialize=deserialize,
+        connection_args=connection_args,
+    )
     listener = backend.get_listener(loc, session, deserialize, **connection_args)
     session.attach(listener)
     return listener

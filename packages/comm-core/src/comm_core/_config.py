@@ -138,6 +138,16 @@ SETTINGS: Mapping[str, Setting] = _settings(
         "Refuse backends that neither encrypt nor stay inside the process.",
     ),
     Setting(
+        "same_host", "COMM_SAME_HOST", True, _parse_bool,
+        "Let connect() to a listener on this host (or in this process) take a faster "
+        "path the listener offers (a Unix socket) instead of the address given.",
+    ),
+    Setting(
+        "same_process", "COMM_SAME_PROCESS", False, _parse_bool,
+        "With same_host: let connect() to a listener in this process use inproc, whose "
+        "messages are shared, not copied or serialized (off: not transparent).",
+    ),
+    Setting(
         "max_message_size", "COMM_MAX_MESSAGE_SIZE", 2**30, _parse_size,
         "Largest message, in bytes, that stream transports send or accept (1 GiB).",
     ),

@@ -68,13 +68,18 @@ class Options(Record):
             of the process-wide registry (comm-core's ``pickle`` and those
             plugins register, :func:`comm_core.serializer_families`), which a
             comm looks up when it first needs them.
+        same_host: a listener offers, and a dialer takes, a faster path to a
+            listener on the same host (a Unix socket; see :doc:`paths`).
+        same_process: with *same_host*, a dialer in the listener's own
+            process takes inproc (messages shared, not serialized: off by
+            default, since that is not transparent).
 
     Raises:
         ValueError: *max_pending_handshakes* is below 1, or a setting left
             out has a malformed environment value (naming the variable).
     """
 
-    __slots__ = (*_FIELDS, "families")
+    __slots__ = (*_FIELDS, "families", "same_host", "same_process")
 
     connect_timeout: float
     handshake_timeout: float
@@ -86,6 +91,8 @@ class Options(Record):
     max_message_depth: int
     max_message_expansion: float
     families: Mapping[str, SerializerFamily] | None
+    same_host: bool
+    same_process: bool
 
     def __init__(
         self,
@@ -99,6 +106,8 @@ class Options(Record):
         max_message_depth: int | None = None,
         max_message_expansion: float | None = None,
         families: Mapping[str, SerializerFamily] | None = None,
+        same_host: bool | None = None,
+        same_process: bool | None = None,
     ) -> None:
         def setting(name: str, value: Any) -> Any:
             return get_setting(name) if value is None else value
@@ -117,6 +126,8 @@ class Options(Record):
             max_message_depth=int(setting("max_message_depth", max_message_depth)),
             max_message_expansion=float(setting("max_message_expansion", max_message_expansion)),
             families=families,
+            same_host=bool(setting("same_host", same_host)),
+            same_process=bool(setting("same_process", same_process)),
         )
 
     def replace(self, **changes: Any) -> Options:

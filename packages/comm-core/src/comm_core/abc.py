@@ -62,7 +62,15 @@ def _track_start(
 
     @functools.wraps(start)
     async def tracked(self: Listener) -> None:
-        await start(self)
+        session = self.session
+        if session is not None and not self._running:
+            await session.starting(self)  # the same-host paths it offers, if any
+        try:
+            await start(self)
+        except BaseException:
+            if session is not None and not self._running:
+                session.stopped(self)
+            raise
         if not self._stopped_by_base:
             self._running = True
             _live_listeners.add(self)
@@ -81,6 +89,12 @@ class ListenerSession(Protocol):
     @property
     def options(self) -> Options:
         """The settings of the listener and of the comms it accepts."""
+
+    async def starting(self, listener: Listener) -> None:
+        """*listener* is about to start (called by the base class's ``start()``)."""
+
+    def stopped(self, listener: Listener) -> None:
+        """*listener* stopped (called by the base class's ``stop()``); never raises."""
 
 
 class Capability:
@@ -395,6 +409,8 @@ class Listener(ABC):
         self._stopped_by_base = True
         self._running = False
         _live_listeners.discard(self)
+        if self.session is not None:
+            self.session.stopped(self)
 
     @property
     def handshake_timeout(self) -> float:

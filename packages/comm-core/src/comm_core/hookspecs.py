@@ -30,6 +30,11 @@ options and its certificate diagnosis this way; the command itself knows no
 transport. The command calls these hooks only when it runs, one plugin at a
 time (so that it can name the plugin in its messages), in pluggy's order.
 
+The ``comm_same_host_*`` hooks let ``connect("tcp://host:port")`` take a
+faster path to a listener on the same host (comm-unix: a Unix socket) or in
+the same process (comm-inproc) without an address change; see
+:mod:`comm_core.selection` and :doc:`/paths`.
+
 A hook implementation with a name not listed here makes the registry fail with
 :class:`~comm_core.exceptions.PluginError`, so a misspelled hook never goes
 unnoticed; so does an entry point that names something with no hook
@@ -44,11 +49,14 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 # The command-line hooks take and return comm_core.cli's types (a Parser, DoctorSteps),
-# annotated Any here: comm_core.cli imports the registry, which imports this module.
+# annotated Any here: comm_core.cli imports the registry, which imports this module. So do
+# the same-host hooks (comm_core.session's ServerSession, comm_core.selection's Offer and
+# Path): comm_core.selection asks the registry for their implementations.
 if TYPE_CHECKING:
     import argparse
 
-    from comm_core.abc import Backend
+    from comm_core._options import Options
+    from comm_core.abc import Backend, Listener
     from comm_core.protocol import SerializerFamily
 
 __all__ = [
@@ -58,6 +66,8 @@ __all__ = [
     "comm_cli_doctor_steps",
     "comm_register_backends",
     "comm_register_serializers",
+    "comm_same_host_offer",
+    "comm_same_host_path",
     "hookimpl",
     "hookspec",
 ]
@@ -203,4 +213,75 @@ def comm_cli_doctor_steps(
     :param backend: the address's backend.
     :param options: the parsed command line.
     :return: the steps (may be empty), or ``None`` for none.
+    """
+
+
+# -- same-host paths ----------------------------------------------------------------------
+
+
+@hookspec
+def comm_same_host_offer(
+    listener: Listener, session: Any, scheme: str, encrypted: bool
+) -> Any | None:
+    """Return a faster path this plugin offers to dialers of *listener*, or ``None``.
+
+    Called when a listener made by :func:`comm_core.listen` starts, before it
+    accepts anything, if the ``same_host`` setting is on for it; not for a
+    listener made otherwise. The :class:`~comm_core.selection.Offer` returned
+    (unstarted) typically listens on an address of its own transport and
+    serves the same handler, *session*; its ``start()`` returns the
+    handshake entries (names starting with ``same_host_``) that every
+    greeting of the listener then carries. comm-core stops it when the
+    listener stops. An offer that fails to start is logged and left out; the
+    listener starts all the same.
+
+    Return ``None`` for a listener whose guarantees the path would not keep:
+    comm's own plugins offer nothing to a listener whose backend encrypts
+    (*encrypted*: tls://), since their paths neither encrypt nor authenticate
+    as TLS does.
+
+    Not ``firstresult``: each plugin may offer its own path (comm-inproc and
+    comm-unix both do).
+
+    :param listener: the listener about to start (its address is known, its
+        contact address not yet).
+    :param session: the listener's :class:`~comm_core.session.ServerSession`:
+        the handler to serve (and its ``options``, ``deserialize`` flag and
+        ``connection_args``).
+    :param scheme: the scheme of the listener's address, such as ``"tcp"``.
+    :param encrypted: whether the listener's backend encrypts.
+    :return: an :class:`~comm_core.selection.Offer`, or ``None``.
+    """
+
+
+@hookspec
+def comm_same_host_path(
+    requested: str,
+    offer: Mapping[str, Any],
+    options: Options,
+    connection_args: Mapping[str, Any],
+) -> Any | None:
+    """Open and verify a connection to an offered path, synchronously, or return ``None``.
+
+    Called by :func:`comm_core.connect` (if the ``same_host`` setting is on
+    for it) once the listener at *requested* has sent its greeting holding
+    *offer* (its ``same_host_*`` entries), before this side has sent
+    anything on that connection; or, when a path to *requested* was verified
+    before, with the offer remembered then, before dialling at all. Must not
+    block: an implementation connects a non-blocking socket (a listener on
+    this host answers at once, or refuses) and checks what proves it reached
+    *the same* listener (comm-unix: the kernel's peer credentials against the
+    offer's process and user id), and returns ``None`` on any doubt, logging
+    why at debug level. ``None`` keeps the dialled connection; nothing is lost.
+
+    Not ``firstresult``: comm-core takes the returned
+    :class:`~comm_core.selection.Path` of lowest ``rank`` and calls
+    ``discard()`` on the others.
+
+    :param requested: the address given to ``connect()``.
+    :param offer: the listener's ``same_host_*`` handshake entries (a peer's
+        values: check their types).
+    :param options: the settings of this connect.
+    :param connection_args: the connection arguments given to ``connect()``.
+    :return: a :class:`~comm_core.selection.Path`, or ``None``.
     """

@@ -35,7 +35,7 @@ from comm_core._options import Options
 from comm_core._ratelimit import LogLimiter
 from comm_core._text import peer_text
 from comm_core._version import PROTOCOL_VERSION, __version__
-from comm_core.abc import Comm, Connector, Listener
+from comm_core.abc import Backend, Capability, Comm, Connector, Listener
 from comm_core.exceptions import (
     CommClosedError,
     ConnectError,
@@ -47,6 +47,15 @@ from comm_core.exceptions import (
     IncompatibleProtocolError,
     ProtocolError,
     SerializationError,
+)
+from comm_core.selection import (
+    Offer,
+    Path,
+    choose_path,
+    forget_paths,
+    known_offer,
+    offer_of,
+    remember_offer,
 )
 
 __all__ = [
@@ -294,6 +303,22 @@ async def connect_until(
     attempts = 0
     last_exc: BaseException | None = None
     who = f"connect to {addr!r}"
+    # Same-host selection (comm_core.selection): a path verified before is tried first.
+    select = options.same_host
+    if select:
+        known = known_offer(addr)
+        if known is not None:
+            path = choose_path(addr, known, options, connection_args)
+            if path is None:
+                forget_paths(addr)
+                logger.debug("connect to %r: the same-host path used before is gone", addr)
+            else:
+                chosen = await _take_path(
+                    path, addr, known, options, deserialize, handshake_overrides,
+                    connection_args, deadline, who,
+                )  # fmt: skip
+                if chosen is not None:
+                    return chosen
     while True:
         attempts += 1
         try:
@@ -322,7 +347,26 @@ async def connect_until(
             except CommClosedError as exc:  # the peer went away during the handshake
                 last_exc = exc
             else:
-                return comm
+                offer = offer_of(comm.handshake_info) if select else None
+                if not offer:
+                    return comm
+                # In the step the handshake ended in: this side's handshake message has
+                # not left yet (it waits for the end of the loop iteration).
+                path = choose_path(addr, offer, options, connection_args)
+                if path is None:
+                    logger.debug("connect to %r: no same-host path offered is usable", addr)
+                    return comm
+                # Nothing of ours went out on it: the listener sees a connection close
+                # before its preamble, and never hands it to its handler.
+                comm.abort()
+                chosen = await _take_path(
+                    path, addr, offer, options, deserialize, handshake_overrides,
+                    connection_args, deadline, who,
+                )  # fmt: skip
+                if chosen is not None:
+                    return chosen
+                select = False
+                continue  # dial the address again, at once: nothing was lost
 
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -347,6 +391,48 @@ async def connect_until(
         elapsed=elapsed,
         attempts=attempts,
     ) from last_exc
+
+
+async def _take_path(
+    path: Path,
+    addr: str,
+    offer: dict[str, Any],
+    options: Options,
+    deserialize: bool,
+    overrides: Mapping[str, Any] | None,
+    connection_args: dict[str, Any],
+    deadline: float,
+    who: str,
+) -> Comm | None:
+    """The comm over *path*, handshake done; ``None`` (logged at debug level) if it fails."""
+    loop = asyncio.get_running_loop()
+    budget = max(min(deadline - loop.time(), options.handshake_timeout), 0.0)
+    comm: Comm | None = None
+    try:
+        async with timeout_after(budget):
+            comm = await path.open(addr, deserialize, options, connection_args)
+        left = min(deadline - loop.time(), options.handshake_timeout)
+        await handshake(comm, overrides, left, who)
+    except Exception as exc:
+        if comm is None:
+            path.discard()
+        else:
+            comm.abort()
+        forget_paths(addr)
+        logger.debug(
+            "connect to %r: the %s path %s failed (%s: %s); dialling %r instead",
+            addr, path.name, path.address, type(exc).__name__, exc, addr,
+        )  # fmt: skip
+        return None
+    except BaseException:
+        if comm is None:
+            path.discard()
+        else:
+            comm.abort()
+        raise
+    remember_offer(addr, offer)
+    logger.debug("connect to %r: took the %s path %s", addr, path.name, path.address)
+    return comm
 
 
 # -- listen ----------------------------------------------------------------------------
@@ -402,11 +488,28 @@ class ServerSession:
         handler: UserHandler,
         overrides: Mapping[str, Any] | None = None,
         options: Options | None = None,
+        *,
+        backend: Backend | None = None,
+        deserialize: bool = True,
+        connection_args: Mapping[str, Any] | None = None,
     ) -> None:
         check_overrides(overrides)
         self.address = address
         self.handler = handler
         self.overrides = overrides
+        #: The listener's backend, if known: with it (and ``options.same_host``), the
+        #: listener offers same-host paths (see :mod:`comm_core.selection`).
+        self.backend = backend
+        #: The ``deserialize`` flag and the connection arguments given to ``listen()``,
+        #: for the listeners of the same-host paths offered, which serve this session too.
+        self.deserialize = deserialize
+        self.connection_args: Mapping[str, Any] = dict(connection_args or {})
+        #: The same-host paths offered, started with the listener (:meth:`starting`).
+        self.offers: list[Offer] = []
+        self._offering = False  # starting() ran for the listener, stopped() not yet
+        # What every handshake message of this session's comms says: the offers'
+        # entries, then the overrides (None: the overrides alone).
+        self._announced: Mapping[str, Any] | None = overrides
         #: The settings of the listener and of every comm it accepts
         #: (:func:`options_of` gives them to a listener).
         self.options = Options() if options is None else options
@@ -422,6 +525,43 @@ class ServerSession:
         """
         self.listener = listener
         listener.session = self
+
+    async def starting(self, listener: Listener) -> None:
+        r"""*listener* is about to start: start the same-host paths the plugins offer for it.
+
+        Called by the :class:`~comm_core.Listener` base class before the
+        listener's own ``start()``; does nothing for another listener than the
+        one :meth:`attach`\ ed (a companion listener that serves this session
+        too), nor without a :attr:`backend`, nor if ``options.same_host`` is
+        off, nor if the offers run already. Never raises for a plugin's failure
+        (see :func:`comm_core.selection.start_offers`).
+        """
+        if listener is not self.listener or self._offering or self.backend is None:
+            return
+        if not self.options.same_host:
+            return
+        self._offering = True
+        from comm_core.selection import start_offers
+
+        backend = self.backend
+        self.offers, entries = await start_offers(
+            listener, self, backend.scheme, Capability.ENCRYPTED in backend.capabilities
+        )
+        if entries:
+            self._announced = {**entries, **(self.overrides or {})}
+
+    def stopped(self, listener: Listener) -> None:
+        """*listener* stopped: stop the paths offered for it. Never raises."""
+        if listener is not self.listener:
+            return
+        self._offering = False
+        self._announced = self.overrides
+        offers, self.offers = self.offers, []
+        for offer in offers:
+            try:
+                offer.stop()
+            except Exception:
+                logger.exception("stopping the same-host path %r failed", offer)
 
     @property
     def timeout(self) -> float:
@@ -463,7 +603,7 @@ class ServerSession:
         (:meth:`~comm_core.Comm.handshake_options`), so that a listener may
         encode it once.
         """
-        return local_handshake(comm, self.overrides)
+        return local_handshake(comm, self._announced)
 
     async def __call__(self, comm: Comm) -> None:
         """:meth:`serve` *comm*, with :attr:`timeout` from now."""
@@ -493,7 +633,7 @@ class ServerSession:
         try:
             await handshake(
                 comm,
-                self.overrides,
+                self._announced,
                 deadline - loop.time(),
                 lambda: self._who(comm),
                 limit=self.timeout,

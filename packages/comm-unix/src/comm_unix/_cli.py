@@ -1,4 +1,5 @@
-"""comm-unix's part of the ``comm`` command: the ``unix connect`` step of ``comm doctor``.
+"""comm-unix's part of the ``comm`` command: the ``unix connect`` and ``same host`` steps
+of ``comm doctor``.
 
 Reached through the ``comm_cli_doctor_steps`` hook of :mod:`comm_unix._plugin`;
 socket is imported only when the step runs.
@@ -13,7 +14,7 @@ from comm_core.cli import DoctorStep, Stage, StepFailed
 if TYPE_CHECKING:
     from comm_core.cli import DoctorContext
 
-__all__ = ["doctor_steps"]
+__all__ = ["SAME_HOST", "UNIX_CONNECT", "doctor_steps"]
 
 
 def _connect(context: DoctorContext) -> str:
@@ -75,6 +76,66 @@ def _connect(context: DoctorContext) -> str:
 UNIX_CONNECT = DoctorStep("unix connect", _connect, Stage.CONNECT)
 
 
+def _same_host(context: DoctorContext) -> str:
+    """Which path a ``connect()`` to a tcp:// address takes from here, and why."""
+    import asyncio
+    import logging
+
+    import comm_core
+    from comm_core import selection
+
+    reasons: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            reasons.append(record.getMessage())
+
+    if not comm_core.get_setting("same_host"):
+        return "off here (the same_host setting, COMM_SAME_HOST): connect() dials the address"
+    args = context.connection_args()
+
+    async def probe() -> tuple[str, dict[str, object], dict[str, object]]:
+        comm = await comm_core.connect(context.address, timeout=context.timeout, **args)
+        try:
+            return comm.peer_address, dict(comm.extra_info), dict(comm.handshake_info)
+        finally:
+            await comm.close()
+
+    logger = logging.getLogger("comm_unix.select")
+    handler = Collect(logging.DEBUG)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    selection.forget_paths(context.address)  # judge afresh, not from memory
+    try:
+        peer, info, handshake = asyncio.run(probe())
+    except comm_core.CommError as exc:
+        raise StepFailed(f"connect() failed: {exc}", "see the comm handshake step") from exc
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    if info.get("path") == "unix":
+        return f"{context.arrow} {peer}: the listener's own Unix socket (pid {info['peer_pid']})"
+    if not any(key.startswith("same_host_") for key in handshake):
+        return (
+            "the listener offers no same-host path (another comm version, a tls:// or "
+            "same_host=False listener): TCP"
+        )
+    why = reasons[-1].split(": kept: ", 1)[-1] if reasons else "another host"
+    return f"TCP: the listener's Unix socket was not taken: {why}"
+
+
+#: Which path ``connect()`` takes to a tcp:// address (after the comm handshake step).
+SAME_HOST = DoctorStep("same host", _same_host, Stage.HANDSHAKE + 50)
+
+
 def doctor_steps(scheme: str) -> list[DoctorStep] | None:
-    """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``."""
-    return [UNIX_CONNECT] if scheme == "unix" else None
+    """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``, ``same
+    host`` for ``tcp://``."""
+    if scheme == "unix":
+        return [UNIX_CONNECT]
+    if scheme == "tcp":
+        return [SAME_HOST]
+    return None

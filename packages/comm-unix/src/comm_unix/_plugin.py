@@ -6,14 +6,16 @@ light: the backend's own modules are imported inside the hook.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import comm_core
 from comm_core.abc import Backend
 
 if TYPE_CHECKING:
     from comm_core.cli import DoctorStep
+    from comm_core.selection import Offer, Path
+    from comm_core.session import ServerSession
 
 
 @comm_core.hookimpl
@@ -30,3 +32,21 @@ def comm_cli_doctor_steps(scheme: str, backend: Backend) -> Sequence[DoctorStep]
     from comm_unix._cli import doctor_steps
 
     return doctor_steps(scheme)
+
+
+@comm_core.hookimpl
+def comm_same_host_offer(session: ServerSession, scheme: str, encrypted: bool) -> Offer | None:
+    """A tcp:// listener also listens on a fresh Unix socket serving the same handler."""
+    from comm_unix._select import offer_for
+
+    return offer_for(session, scheme, encrypted)
+
+
+@comm_core.hookimpl
+def comm_same_host_path(requested: str, offer: Mapping[str, Any]) -> Path | None:
+    """The offered Unix socket, connected and verified by its peer credentials."""
+    if "same_host_unix" not in offer:
+        return None
+    from comm_unix._select import find_path
+
+    return find_path(requested, offer)
