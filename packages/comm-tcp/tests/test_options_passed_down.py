@@ -34,16 +34,33 @@ async def test_listen_options_reach_the_accepted_comms_decoder() -> None:
             await within(server.read(), "a message 6 deep")
 
 
+async def nests(comm: comm_core.Comm) -> None:
+    """Answers each number *n* with a message *n* deep."""
+    while True:
+        await comm.write(nested(await comm.read()))
+
+
 async def test_connect_options_reach_the_dialled_comms_decoder() -> None:
+    async with (
+        serving(nests) as served,
+        connected(served.address(), options=Options(max_message_depth=4)) as client,
+    ):
+        await client.write(4)
+        assert await within(client.read(), "a message 4 deep") == nested(4)
+        await client.write(5)  # the server sends it (its limit is 100), the client refuses it
+        with pytest.raises(ProtocolError, match="more than 4 deep"):
+            await within(client.read(), "a message 5 deep")
+
+
+async def test_connect_options_reach_the_dialled_comms_encoder() -> None:
     async with (
         serving() as served,
         connected(served.address(), options=Options(max_message_depth=4)) as client,
     ):
-        await client.write(nested(4))
+        with pytest.raises(comm_core.SerializationError, match="more than 4 deep"):
+            await client.write(nested(5))
+        await client.write(nested(4))  # nothing was sent: the comm goes on
         assert await within(client.read(), "the echo 4 deep") == nested(4)
-        await client.write(nested(5))  # the server accepts it (100), the client not
-        with pytest.raises(ProtocolError, match="more than 4 deep"):
-            await within(client.read(), "the echo 5 deep")
 
 
 async def test_settings_changed_after_listen_do_not_reach_its_comms() -> None:
