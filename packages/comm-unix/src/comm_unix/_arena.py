@@ -48,7 +48,9 @@ __all__ = [
     "ARENA_SIZE",
     "ARENA_THRESHOLD",
     "CONTROL_ARENA",
+    "ENV_SIZE",
     "Arena",
+    "default_size",
     "descriptors_in",
     "unavailable",
 ]
@@ -64,6 +66,8 @@ CONTROL_ARENA = 0x100
 #: An arena is at least this large (or ``arena_size``, if smaller).
 _SMALLEST = 32 * 1024 * 1024
 _PAGE = mmap.PAGESIZE
+#: A new arena is written (faulted in) in pieces of this many bytes.
+_TOUCH = 1024 * 1024
 #: A reference, and the payload of a release: generation, zero, slot offset. Of an
 #: announcement: generation, zero, size.
 _RECORD = struct.Struct("<IIQ")
@@ -73,6 +77,29 @@ _SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0)
 #: Room for the descriptors of one receive: more than one arrive only from a hostile
 #: peer, and are closed.
 ANCILLARY_SPACE = socket.CMSG_SPACE(4 * array("i").itemsize) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+#: The environment variable that sets the default ``arena_size`` (bytes; 0: no arena).
+ENV_SIZE = "COMM_UNIX_ARENA_SIZE"
+
+
+def default_size() -> int:
+    """``arena_size`` when a connection does not say: :data:`ENV_SIZE`, else
+    :data:`ARENA_SIZE`.
+
+    Raises:
+        ValueError: the variable is not a whole number of bytes, 0 or more.
+    """
+    text = os.environ.get(ENV_SIZE, "").strip()
+    if not text:
+        return ARENA_SIZE
+    try:
+        size = int(text)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise ValueError(f"{ENV_SIZE} must be a number of bytes, 0 or more: {text!r}")
+    return size
 
 
 def unavailable() -> str | None:
@@ -86,6 +113,13 @@ def unavailable() -> str | None:
 
 def _round_up(size: int) -> int:
     return -(-size // _PAGE) * _PAGE
+
+
+def _arena_size(need: int, limit: int) -> int:
+    """The size of a new arena for a buffer of *need* bytes: room for two such, at least
+    32 MiB, at most *limit* (but *need* at least)."""
+    size = min(limit, max(_SMALLEST, 2 * need))
+    return max(need, size - size % _TOUCH)
 
 
 def descriptors_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -109,13 +143,19 @@ class _Outgoing:
         try:
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS | fcntl.F_SEAL_SEAL)
-            # Faulted in now, once: fresh pages cost about as much as the copy itself.
-            self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+            self.map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         except BaseException:
             os.close(fd)
             raise
         self.fd: int | None = fd
-        self.view = memoryview(self.map)
+        self.view = view = memoryview(self.map)
+        # Faulted in now, once, by writing: the first write to fresh pages costs about
+        # as much as the copy itself (MAP_POPULATE maps shared pages read-only, and the
+        # first copy into them then still ran at 60% of the speed of later ones).
+        zeros = memoryview(bytes(_TOUCH))
+        for offset in range(0, size, _TOUCH):
+            end = min(offset + _TOUCH, size)
+            view[offset:end] = zeros[: end - offset]
         self.slots: dict[int, int] = {}
 
     def find(self, need: int) -> int | None:
@@ -224,7 +264,7 @@ class Arena(FrameReferences):
                     await self._room()
                 out.close()
                 self._out = None
-            out = await self._new_arena(min(limit, max(_SMALLEST, 2 * need)))
+            out = await self._new_arena(_arena_size(need, limit))
             if out is None:
                 return None
         offset = out.find(need)

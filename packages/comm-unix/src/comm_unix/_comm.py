@@ -13,7 +13,7 @@ from typing import Any
 from comm_core import ProtocolError
 from comm_core.stream import StreamComm, StreamProtocol
 from comm_unix._address import SCHEME, address_of
-from comm_unix._arena import ARENA_SIZE, ARENA_THRESHOLD, Arena, unavailable
+from comm_unix._arena import ARENA_SIZE, ARENA_THRESHOLD, Arena, default_size, unavailable
 from comm_unix._credentials import PeerCredentials, peer_credentials
 
 __all__ = ["ARENA_OFFER", "SEND_BUFFER", "UnixComm", "UnixProtocol"]
@@ -146,10 +146,14 @@ class UnixComm(StreamComm):
     whether: ``arena`` (``True`` once both ends agreed) and ``arena_off``
     (why not, or ``None``).
 
+    Raises:
+        ValueError: ``COMM_UNIX_ARENA_SIZE`` is malformed.
+
     Args:
         send_buffer: the socket's send buffer (``SO_SNDBUF``) in bytes; 0 keeps
             the OS's default.
         arena_size: the largest arena per direction, in bytes; 0: no arena.
+            Default: ``COMM_UNIX_ARENA_SIZE`` from the environment, else 256 MiB.
         arena_threshold: the smallest buffer that goes through the arena.
         kwargs: as :class:`~comm_core.stream.StreamComm`.
     """
@@ -162,14 +166,14 @@ class UnixComm(StreamComm):
         *,
         on_established: Callable[[StreamComm], None] | None = None,
         send_buffer: int = SEND_BUFFER,
-        arena_size: int = ARENA_SIZE,
+        arena_size: int | None = None,
         arena_threshold: int = ARENA_THRESHOLD,
         **kwargs: Any,
     ) -> None:
         super().__init__(scheme=SCHEME, on_established=on_established, **kwargs)
         protocol = self.protocol
         protocol.send_buffer = send_buffer
-        protocol.arena_size = arena_size
+        protocol.arena_size = default_size() if arena_size is None else arena_size
         protocol.arena_threshold = arena_threshold
         ref = weakref.ref(self)
 
