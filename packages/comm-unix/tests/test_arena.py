@@ -40,7 +40,8 @@ pytestmark = pytest.mark.skipif(
     reason="the arena is Linux's (memfd)",
 )
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 CONTROL_ARENA = 0x100
 
 _CHILD = """
@@ -171,15 +172,19 @@ async def test_a_slot_the_reader_holds_is_never_overwritten() -> None:
             reply = await ask(comm, {"op": "hold", "data": kept})
             assert reply == {"digest": sha(kept), "readonly": True}
             arena = arena_of(comm)
-            # Twice the arena's size more, 4 MiB at a time, while the child holds half
-            # of it: each waits until the child released the one before.
-            for byte in range(2, 2 + 2 * size // (4 * MiB)):
-                data = pattern(byte, 4 * MiB)
-                reply = await ask(comm, {"op": "put", "data": data})
-                assert reply["digest"] == sha(data)
-                assert reply["readonly"]
+            # Twice the arena's size more, 4 MiB at a time, two by two while the child
+            # holds half of it: the second of each two waits until the child released
+            # the first (this process reads nothing in between: no release can be in).
+            for byte in range(2, 2 + 2 * size // (4 * MiB), 2):
+                first, second = pattern(byte, 4 * MiB), pattern(byte + 1, 4 * MiB)
+                await comm.write({"op": "put", "data": first})
+                waited = arena.waited
+                await comm.write({"op": "put", "data": second})
+                assert arena.waited == waited + 1
+                for data in (first, second):
+                    reply = await comm.read()
+                    assert reply == {"digest": sha(data), "readonly": True, "n": len(data)}
             assert arena.placed == 5
-            assert arena.waited >= 1
             assert await ask(comm, {"op": "check"}) == {"digests": [sha(kept)]}
             # Larger than the arena: on the socket, whatever is held.
             big = pattern(42, size + MiB)
@@ -448,24 +453,25 @@ async def test_hostile_announcement_without_descriptor() -> None:
 @pytest.mark.parametrize(
     ("generation", "offset", "length", "refusal"),
     [
-        (2, 0, 4096, "arena 2, which it did not announce"),
-        (1, 4096, 4096, "outside its arena of 8192 bytes"),
-        (1, 0, 3 * 4096, "outside its arena"),
-        (1, 100, 10, "outside its arena"),
+        (2, 0, 64 * KiB, "arena 2, which it did not announce"),
+        (1, 64 * KiB, 64 * KiB, "outside its arena of 131072 bytes"),
+        (1, 0, 3 * 64 * KiB, "outside its arena"),
+        (1, 100, 64 * KiB, "outside its arena"),
         (1, 0, 0, "outside its arena"),
+        (1, 0, 4096, "4096 bytes, fewer than 65536"),
     ],
 )
 async def test_hostile_references_are_refused(
     generation: int, offset: int, length: int, refusal: str
 ) -> None:
     async with hostile_peer() as peer:
-        fd = memfd(8192)
+        fd = memfd(128 * KiB)
         try:
-            peer.send(announce(1, 8192), [fd])
+            peer.send(announce(1, 128 * KiB), [fd])
         finally:
             os.close(fd)
-        if offset == 4096 and length == 4096:  # in bounds: taken; then past the end
-            peer.send(by_reference(1, 4096, 4096) + by_reference(1, 4096, 8192))
+        if offset == length == 64 * KiB:  # in bounds: taken; then past the end
+            peer.send(by_reference(1, offset, length) + by_reference(1, offset, 2 * length))
         else:
             peer.send(by_reference(generation, offset, length))
         error = await peer.error()
@@ -491,17 +497,17 @@ async def test_hostile_reference_to_a_slot_still_held() -> None:
     async with comm_core.listen(address, hostile.handler) as listener:
         sock = await hostile.connect(listener.contact_address)
         try:
-            fd = memfd(8192)
+            fd = memfd(128 * KiB)
             try:
-                hostile.send(announce(1, 8192), [fd])
+                hostile.send(announce(1, 128 * KiB), [fd])
             finally:
                 os.close(fd)
-            hostile.send(by_reference(1, 0, 8192) + by_reference(1, 4096, 4096))
+            hostile.send(by_reference(1, 0, 128 * KiB) + by_reference(1, 64 * KiB, 64 * KiB))
             error = await hostile.error()
         finally:
             sock.close()
-    assert "bytes 4096-8192, which this side still holds" in error
-    assert got[0]["data"].nbytes == 8192
+    assert "bytes 65536-131072, which this side still holds" in error
+    assert got[0]["data"].nbytes == 128 * KiB
 
 
 async def test_hostile_releases_are_refused() -> None:

@@ -39,7 +39,7 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from comm_core import ProtocolError
+from comm_core import CommClosedError, ProtocolError
 from comm_core.protocol import CONTROL_RELEASED, FrameReferences, control_record
 from comm_core.stream import StreamProtocol
 
@@ -49,6 +49,7 @@ __all__ = [
     "ARENA_THRESHOLD",
     "CONTROL_ARENA",
     "ENV_SIZE",
+    "MIN_THRESHOLD",
     "Arena",
     "default_size",
     "descriptors_in",
@@ -61,6 +62,10 @@ logger = logging.getLogger("comm_unix")
 ARENA_SIZE = 256 * 1024 * 1024
 #: The default smallest out-of-band buffer sent through the arena (``arena_threshold``).
 ARENA_THRESHOLD = 1024 * 1024
+#: The shortest buffer that may go through an arena (``arena_threshold`` is raised to
+#: it): a reader refuses references to less, so that a peer cannot make it hold more
+#: than one mapping per 64 KiB of arena.
+MIN_THRESHOLD = 64 * 1024
 #: The control record that announces a new arena; its descriptor comes with it.
 CONTROL_ARENA = 0x100
 #: An arena is at least this large (or ``arena_size``, if smaller).
@@ -208,10 +213,12 @@ class Arena(FrameReferences):
         threshold: int,
         peer_offer: Callable[[], int | None],
     ) -> None:
-        self.protocol = protocol
+        # Weakly: the protocol holds the arena (no cycle, both freed without the GC).
+        self._protocol = weakref.ref(protocol)
+        self.peer = protocol.peer
         self.send_fds = send_fds
         self.size = size
-        self.threshold = threshold
+        self.threshold = max(threshold, MIN_THRESHOLD)
         self.peer_offer = peer_offer
         self._limit: int | None = None  # min(size, the peer's offer), once known
         self.loop = asyncio.get_running_loop()
@@ -237,7 +244,19 @@ class Arena(FrameReferences):
         self._ref = weakref.ref(self)
 
     def __repr__(self) -> str:
-        return f"<Arena {self.protocol.local} -> {self.protocol.peer}>"
+        return f"<Arena with {self.peer}>"
+
+    @property
+    def protocol(self) -> StreamProtocol:
+        """The comm's protocol.
+
+        Raises:
+            CommClosedError: it is gone (so is the comm).
+        """
+        protocol = self._protocol()
+        if protocol is None:
+            raise CommClosedError(f"comm with {self.peer} is gone")
+        return protocol
 
     # -- writing --------------------------------------------------------------------------
 
@@ -297,7 +316,7 @@ class Arena(FrameReferences):
             out = _Outgoing(self._generation + 1, size)
         except (OSError, ValueError) as exc:  # no memory, no descriptors, no memfd...
             self.broken = f"cannot make an arena of {size} bytes: {exc}"
-            logger.info("%s: large buffers go on the socket: %s", self.protocol.peer, self.broken)
+            logger.info("%s: large buffers go on the socket: %s", self.peer, self.broken)
             return None
         self._generation = out.generation
         try:
@@ -336,12 +355,12 @@ class Arena(FrameReferences):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             what = "descriptors it was not asked for" if not truncated else "too many descriptors"
-            raise ProtocolError(f"peer {self.protocol.peer} sent {what} ({len(fds)} received)")
+            raise ProtocolError(f"peer {self.peer} sent {what} ({len(fds)} received)")
         self._pending_fd = fds[0]
 
     def control(self, kind: int, payload: bytes) -> None:
         first, zero, value = _RECORD.unpack(payload)
-        peer = self.protocol.peer
+        peer = self.peer
         if zero:
             raise ProtocolError(f"peer {peer} sent a control record with reserved bytes set")
         if kind == CONTROL_RELEASED:
@@ -355,13 +374,13 @@ class Arena(FrameReferences):
         out = self._out
         if out is None or generation != out.generation or out.slots.pop(offset, None) is None:
             raise ProtocolError(
-                f"peer {self.protocol.peer} released a slot of the arena that it does not "
+                f"peer {self.peer} released a slot of the arena that it does not "
                 f"hold (arena {generation}, offset {offset})"
             )
         self._wake()
 
     def _announced(self, generation: int, size: int) -> None:
-        peer = self.protocol.peer
+        peer = self.peer
         fd, self._pending_fd = self._pending_fd, None
         if fd is None:
             raise ProtocolError(f"peer {peer} announced an arena without its descriptor")
@@ -397,13 +416,15 @@ class Arena(FrameReferences):
             problem = f"arena {generation}, which it did not announce"
         elif offset % _PAGE or length <= 0 or end > self._in_size:
             problem = f"{length} bytes at {offset}, outside its arena of {self._in_size} bytes"
+        elif length < MIN_THRESHOLD:
+            problem = f"{length} bytes, fewer than {MIN_THRESHOLD} (a buffer that short is sent)"
         else:
             for (held_generation, start), held_end in self._held.items():
                 if held_generation == generation and start < end and offset < held_end:
                     problem = f"bytes {offset}-{end}, which this side still holds"
                     break
         if problem is not None:
-            raise ProtocolError(f"peer {self.protocol.peer} sent a reference to {problem}")
+            raise ProtocolError(f"peer {self.peer} sent a reference to {problem}")
         try:
             slot = mmap.mmap(
                 self._fd,  # type: ignore[arg-type]
@@ -414,7 +435,7 @@ class Arena(FrameReferences):
             )
         except (OSError, ValueError) as exc:
             raise ProtocolError(
-                f"cannot map {length} bytes of the arena of peer {self.protocol.peer}: {exc}"
+                f"cannot map {length} bytes of the arena of peer {self.peer}: {exc}"
             ) from exc
         self._held[generation, offset] = end
         finalizer = weakref.finalize(slot, _released, self._ref, generation, offset)

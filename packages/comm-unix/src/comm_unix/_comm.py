@@ -128,6 +128,7 @@ class UnixProtocol(StreamProtocol):
         super().connection_lost(exc)
         if self.arena is not None:
             self.arena.close()
+            self.references = self.decoder.references = None
 
 
 class UnixComm(StreamComm):
