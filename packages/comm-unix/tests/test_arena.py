@@ -267,6 +267,9 @@ async def test_no_arena_with_arena_size_0_or_uvloop() -> None:
         async with await comm_core.connect(contact, timeout=10, arena_size=0) as comm:
             assert comm.extra_info["arena"] is False
             assert comm.extra_info["arena_off"] == "turned off (arena_size=0)"
+            # Its handshake is comm-core's alone (no offer); the child's offers one.
+            assert set(comm.local_handshake_info) == {"protocol", "library", "version"}
+            assert comm.handshake_info["shm_arena"] == 256 * MiB
             # The child offers one, this side does not: bytes on the socket both ways.
             assert (await ask(comm, {"op": "info"}))["arena"] is False
             data = pattern(5, 3 * MiB)
