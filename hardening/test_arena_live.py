@@ -9,6 +9,7 @@ peer sent once its connection is gone (counted in ``/proc/<pid>/fd``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import socket
@@ -78,12 +79,24 @@ ATTACKS: dict[str, Attack] = {
         0,
         True,
     ),
-    "a valid reference, then gone": (_announce(128 * KiB) + _reference(0, 64 * KiB), 1, True),
+    "a valid arena, then gone": (_announce(128 * KiB), 1, True),
 }
+# Not here: a valid reference, which the child's echo handler holds (its write to the
+# closed peer fails, and the traceback keeps the message until the garbage collector
+# runs): a mapping the user holds stays valid, and before Python 3.13 it holds a
+# descriptor of its own. comm-unix's tests check releases.
 
 
 def _descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _what(pid: int) -> list[str]:
+    out = []
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            out.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+    return sorted(out)
 
 
 async def _attack(path: str, data: bytes, count: int, seal: bool, wait: bool) -> None:
@@ -130,6 +143,7 @@ async def test_arena_attacks_cost_no_descriptors(tmp_path: Path) -> None:
             client.start()
             await client.more(20, "warm-up")
             before = _descriptors(child.pid)
+            held = _what(child.pid)
             for name, (data, count, seal) in ATTACKS.items():
                 for _ in range(ROUNDS):
                     await _attack(path, data, count, seal, not name.endswith("gone"))
@@ -140,7 +154,7 @@ async def test_arena_attacks_cost_no_descriptors(tmp_path: Path) -> None:
                 if _descriptors(child.pid) <= before:
                     break
                 await client.more(1, "the descriptors to close")
-            assert _descriptors(child.pid) <= before
+            assert _descriptors(child.pid) <= before, (held, _what(child.pid))
             await large.write({"data": payload})
             echo = await within(large.read(), "the echo of a large message")
             assert echo["data"] == payload

@@ -529,3 +529,37 @@ async def test_hostile_body_by_reference() -> None:
     async with hostile_peer() as peer:
         peer.send(struct.pack("<IQ", 1, 10 | BY_REFERENCE) + bytes(16))
         assert "its message body by reference" in await peer.error()
+
+
+async def test_hostile_references_beyond_the_slots_a_reader_holds() -> None:
+    from comm_unix._arena import MAX_SLOTS
+
+    kept: list[Any] = []
+
+    class Hoarding(Hostile):
+        async def handler(self, comm: comm_core.Comm) -> None:
+            self.ready.set()
+            try:
+                while True:
+                    kept.append(await comm.read())  # every slot stays held
+            except Exception as exc:
+                await self.errors.put(exc)
+
+    hostile = Hoarding()
+    address = f"unix://@comm-unix-hostile-{uuid.uuid4().hex}"
+    size = (MAX_SLOTS + 1) * 64 * KiB
+    async with comm_core.listen(address, hostile.handler) as listener:
+        sock = await hostile.connect(listener.contact_address)
+        try:
+            fd = memfd(size)
+            try:
+                hostile.send(announce(1, size), [fd])
+            finally:
+                os.close(fd)
+            for index in range(MAX_SLOTS + 1):
+                hostile.send(by_reference(1, index * 64 * KiB, 64 * KiB))
+            error = await hostile.error()
+        finally:
+            sock.close()
+    assert f"a slot more than the {MAX_SLOTS} this side holds at most" in error
+    assert len(kept) == MAX_SLOTS

@@ -33,6 +33,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 import threading
 import weakref
 from array import array
@@ -49,6 +50,7 @@ __all__ = [
     "ARENA_THRESHOLD",
     "CONTROL_ARENA",
     "ENV_SIZE",
+    "MAX_SLOTS",
     "MIN_THRESHOLD",
     "Arena",
     "default_size",
@@ -66,6 +68,12 @@ ARENA_THRESHOLD = 1024 * 1024
 #: it): a reader refuses references to less, so that a peer cannot make it hold more
 #: than one mapping per 64 KiB of arena.
 MIN_THRESHOLD = 64 * 1024
+#: The most slots of one arena in use at once: a writer waits for a release past it, a
+#: reader refuses a reference past it. Before Python 3.13 every mapping of a slot holds
+#: a descriptor of its own (mmap duplicates it), so this bounds those too.
+MAX_SLOTS = 256
+#: Python 3.13's mmap can map without duplicating the descriptor.
+_TRACKFD = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 #: The control record that announces a new arena; its descriptor comes with it.
 CONTROL_ARENA = 0x100
 #: An arena is at least this large (or ``arena_size``, if smaller).
@@ -286,12 +294,12 @@ class Arena(FrameReferences):
             out = await self._new_arena(_arena_size(need, limit))
             if out is None:
                 return None
-        offset = out.find(need)
+        offset = out.find(need) if len(out.slots) < MAX_SLOTS else None
         if offset is None:
             self.waited += 1
             while offset is None:
                 await self._room()
-                offset = out.find(need)
+                offset = out.find(need) if len(out.slots) < MAX_SLOTS else None
         out.view[offset : offset + size] = frame
         out.slots[offset] = need
         self.placed += 1
@@ -418,6 +426,8 @@ class Arena(FrameReferences):
             problem = f"{length} bytes at {offset}, outside its arena of {self._in_size} bytes"
         elif length < MIN_THRESHOLD:
             problem = f"{length} bytes, fewer than {MIN_THRESHOLD} (a buffer that short is sent)"
+        elif len(self._held) >= MAX_SLOTS:
+            problem = f"a slot more than the {MAX_SLOTS} this side holds at most"
         else:
             for (held_generation, start), held_end in self._held.items():
                 if held_generation == generation and start < end and offset < held_end:
@@ -432,6 +442,7 @@ class Arena(FrameReferences):
                 flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
                 prot=mmap.PROT_READ,
                 offset=offset,
+                **_TRACKFD,
             )
         except (OSError, ValueError) as exc:
             raise ProtocolError(
