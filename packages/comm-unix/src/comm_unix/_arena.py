@@ -119,8 +119,8 @@ def unavailable() -> str | None:
     """Why this platform cannot have arenas, or ``None`` if it can (Linux: memfd)."""
     if not hasattr(os, "memfd_create") or not hasattr(fcntl, "F_ADD_SEALS"):
         return "no memfd on this platform (Linux only, for now)"
-    if not hasattr(mmap, "MAP_POPULATE") or not hasattr(socket, "SCM_RIGHTS"):
-        return "no MAP_POPULATE or SCM_RIGHTS on this platform"
+    if not hasattr(socket, "SCM_RIGHTS"):
+        return "no SCM_RIGHTS on this platform"
     return None
 
 
@@ -439,7 +439,10 @@ class Arena(FrameReferences):
             slot = mmap.mmap(
                 self._fd,  # type: ignore[arg-type]
                 length,
-                flags=mmap.MAP_SHARED | mmap.MAP_POPULATE,
+                # Not MAP_POPULATE: the pages fault in as the user reads them, which
+                # costs about as much for a reader of every byte (fault-around maps 16
+                # pages at a time) and nothing for one that reads few.
+                flags=mmap.MAP_SHARED,
                 prot=mmap.PROT_READ,
                 offset=offset,
                 **_TRACKFD,
