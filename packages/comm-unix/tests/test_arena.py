@@ -563,3 +563,26 @@ async def test_hostile_references_beyond_the_slots_a_reader_holds() -> None:
             sock.close()
     assert f"a slot more than the {MAX_SLOTS} this side holds at most" in error
     assert len(kept) == MAX_SLOTS
+
+
+async def test_concurrent_writes_keep_their_order_through_the_arena() -> None:
+    received: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(comm: comm_core.Comm) -> None:
+        for _ in range(40):
+            msg = await comm.read()
+            await received.put((msg["i"], bytes(msg["data"][:1]), len(msg["data"])))
+            del msg
+        await comm.close()
+
+    # A small arena: large writes wait for room while small ones queue behind them.
+    async with comm_core.listen("unix://", handler, arena_size=8 * MiB) as listener:
+        comm = await comm_core.connect(listener.contact_address, timeout=10, arena_size=8 * MiB)
+        async with comm:
+            sizes = [3 * MiB if i % 3 == 0 else 100 for i in range(40)]
+            await asyncio.gather(
+                *(comm.write({"i": i, "data": bytes([i]) * size}) for i, size in enumerate(sizes))
+            )
+            got = [await asyncio.wait_for(received.get(), 10) for _ in sizes]
+            assert got == [(i, bytes([i]), size) for i, size in enumerate(sizes)]
+            assert arena_of(comm).placed == 14
