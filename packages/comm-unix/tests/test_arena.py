@@ -586,3 +586,31 @@ async def test_concurrent_writes_keep_their_order_through_the_arena() -> None:
             got = [await asyncio.wait_for(received.get(), 10) for _ in sizes]
             assert got == [(i, bytes([i]), size) for i, size in enumerate(sizes)]
             assert arena_of(comm).placed == 14
+
+
+async def test_a_comm_on_a_socket_that_cannot_receive_descriptors_offers_no_arena() -> None:
+    """A unix comm connected through another transport (asyncio's own, as code that makes
+    its comms itself may do) has no arena, and must not offer one: the listener would send
+    its descriptor and records to a reader that cannot take them."""
+    from comm_core.session import handshake
+    from comm_core.testing import echo_handler
+    from comm_unix import peer_credentials
+
+    async with comm_core.listen("unix://", echo_handler) as listener:
+        path = listener.contact_address.removeprefix("unix://")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        sock.setblocking(False)
+        comm = UnixComm()
+        comm.protocol.credentials = peer_credentials(sock)
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: comm.protocol, sock=sock)
+        async with comm:
+            await handshake(comm, None, 10, "test")
+            assert "shm_arena" not in comm.local_handshake_info
+            assert comm.extra_info["arena"] is False
+            data = pattern(4, 4 * MiB)
+            await comm.write({"data": data})
+            echo = await comm.read()
+            assert echo["data"] == data
+            assert not echo["data"].readonly  # on the socket

@@ -191,10 +191,15 @@ class UnixComm(StreamComm):
         protocol.peer_offer = peer_offer
 
     def handshake_options(self) -> Mapping[str, Any]:
-        """Offers the arena (the largest this side accepts) where it can have one."""
-        if self.protocol.arena_unavailable() is None:
-            return {ARENA_OFFER: self.protocol.arena_size}
-        return {}
+        """Offers the arena (the largest this side accepts) where it can have one: once
+        connected, if it has one (a comm on a socket that cannot receive descriptors has
+        none); before (a listener's greeting), if nothing stands against it."""
+        protocol = self.protocol
+        if protocol.transport is not None:
+            offer = protocol.arena is not None
+        else:
+            offer = protocol.arena_unavailable() is None
+        return {ARENA_OFFER: protocol.arena_size} if offer else {}
 
     @property
     def same_host(self) -> bool:
