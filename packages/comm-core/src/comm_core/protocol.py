@@ -97,21 +97,27 @@ from comm_core.exceptions import MessageTooLargeError, ProtocolError, Serializat
 
 __all__ = [
     "BUILTIN_FAMILIES",
+    "BY_REFERENCE",
+    "CONTROL_RELEASED",
+    "CONTROL_SIZE",
     "MAGIC",
     "MAX_FIRST_MESSAGE",
     "MAX_FRAMES",
     "OOB_THRESHOLD",
     "PREAMBLE",
     "PREAMBLE_SIZE",
+    "REFERENCE_SIZE",
     "WIRE_VERSION",
     "Decoder",
     "Encoder",
     "Encoders",
     "FrameDecoder",
+    "FrameReferences",
     "SerializationFailure",
     "Serialized",
     "SerializerFamily",
     "check_preamble",
+    "control_record",
     "decode_message",
     "encode_message",
     "pickle_family",
@@ -128,6 +134,18 @@ MAX_FRAMES: Final = 65536
 MAX_FIRST_MESSAGE: Final = 64 * 1024
 #: Bytes-like values at least this long travel as their own frame.
 OOB_THRESHOLD: Final = 64 * 1024
+#: Set in a frame's length (bit 63): the frame travels by reference, its bytes elsewhere
+#: (see :class:`FrameReferences`); :data:`REFERENCE_SIZE` bytes stand in for them.
+BY_REFERENCE: Final = 1 << 63
+#: Bytes on the stream of an out-of-band frame sent by reference.
+REFERENCE_SIZE: Final = 16
+#: Bytes of a control record: ``u32 0`` (no frames), ``u32 kind``, then a payload of
+#: :data:`REFERENCE_SIZE` bytes. Never delivered as a message.
+CONTROL_SIZE: Final = 8 + REFERENCE_SIZE
+#: The control record a reader sends once a frame it received by reference is no longer
+#: used; its payload is that frame's reference.
+CONTROL_RELEASED: Final = 1
+_CONTROL = struct.Struct("<II")
 
 
 def _packer_buffer() -> dict[str, Any]:
@@ -1062,6 +1080,78 @@ def split_message(
     return frames
 
 
+# -- frames by reference (a transport's shared memory) ------------------------------------
+
+
+def control_record(kind: int, payload: bytes) -> bytes:
+    """A control record of *kind* with *payload* (:data:`REFERENCE_SIZE` bytes).
+
+    Raises:
+        ValueError: *kind* is 0 or does not fit in 32 bits, or *payload* has the
+            wrong length.
+    """
+    if not 0 < kind < 1 << 32 or len(payload) != REFERENCE_SIZE:
+        raise ValueError(f"not a control record: kind {kind}, {len(payload)} payload bytes")
+    return _CONTROL.pack(0, kind) + payload
+
+
+class FrameReferences:
+    """What a transport supplies to send large out-of-band frames by reference.
+
+    A transport that can share memory with its peer (comm-unix's arena, over
+    one Unix socket) puts a frame's bytes there and sends a reference of
+    :data:`REFERENCE_SIZE` bytes in their place; the peer's decoder hands the
+    reference back to its own :class:`FrameReferences`, which returns the
+    frame. The message's structure (header and body) always travels on the
+    stream and is decoded with every bound of a stream message. Both ends
+    must have agreed (in their comm handshake, say) before one sends a
+    reference: a decoder without references refuses a frame length with
+    :data:`BY_REFERENCE` set (it is above any ``max_message_size``) and a
+    control record (a message header of 0 frames).
+
+    Set an instance as :attr:`FrameDecoder.references` (the reading side) and
+    as :attr:`comm_core.stream.StreamProtocol.references` (the writing side).
+    The base class sends nothing by reference and accepts no reference.
+    """
+
+    #: Out-of-band frames at least this long are offered to :meth:`place`.
+    threshold: int = 1 << 62
+
+    @property
+    def writing(self) -> bool:
+        """Whether the peer accepts references now (:meth:`place` is then called)."""
+        return False
+
+    async def place(self, frame: memoryview) -> bytes | None:
+        """Put *frame* (a flat byte view) where the peer can read it; its reference.
+
+        May wait (for room the peer frees). ``None``: the frame goes on the
+        stream as usual.
+
+        Raises:
+            CommClosedError: the connection ended while waiting.
+        """
+        return None
+
+    def resolve(self, reference: bytes, length: int) -> Any:
+        """The frame of *length* bytes that *reference* (from the peer) names.
+
+        Raises:
+            ProtocolError: the reference is not valid (the decoder's caller
+                drops the connection).
+        """
+        raise ProtocolError(f"a frame of {length} bytes by reference, which is not accepted")
+
+    def control(self, kind: int, payload: bytes) -> None:
+        """A control record from the peer (:data:`CONTROL_RELEASED`, or the transport's own
+        kinds).
+
+        Raises:
+            ProtocolError: the record is not valid here.
+        """
+        raise ProtocolError(f"a control record of kind {kind}, which is not accepted")
+
+
 # -- incremental frame decoding -----------------------------------------------------------
 
 _DIRECT = 64 * 1024  # frames at least this long are received into their own buffer
@@ -1186,6 +1276,12 @@ class FrameDecoder:
         # The longest large frame received so far: one no longer gets its buffer whole.
         self._credit = 0
         self._paused = False
+        #: Resolves frames sent by reference and takes control records (see
+        #: :class:`FrameReferences`); ``None``: neither is accepted.
+        self.references: FrameReferences | None = None
+        # Of the message being received: the index and length of each frame sent by
+        # reference (their length in self._lengths is REFERENCE_SIZE).
+        self._by_reference: dict[int, int] | None = None
 
     @property
     def max_message_size(self) -> int:
@@ -1347,6 +1443,24 @@ class FrameDecoder:
             limit=self._max_size,
         )
 
+    def _references_of(self, lengths: list[int]) -> dict[int, int]:
+        """The frames of a header's *lengths* sent by reference, by index, with their
+        lengths; *lengths* then says :data:`REFERENCE_SIZE` for them.
+
+        Raises:
+            ProtocolError: the body is by reference, or the first message (the
+                handshake) has a frame by reference.
+        """
+        if lengths[0] >= BY_REFERENCE or self._first_limit is not None:
+            where = "its message body" if lengths[0] >= BY_REFERENCE else "its first message"
+            raise ProtocolError(f"peer {self.peer} sent {where} by reference")
+        found = {}
+        for index, length in enumerate(lengths):
+            if length >= BY_REFERENCE:
+                found[index] = length - BY_REFERENCE
+                lengths[index] = REFERENCE_SIZE
+        return found
+
     def _parse(self) -> None:
         buf = self._buf
         while not self._paused:
@@ -1374,6 +1488,15 @@ class FrameDecoder:
                         self.on_message([self._view[start + 12 : self._start].tobytes()])
                         buf = self._buf
                         continue
+                if count == 0 and self.references is not None:
+                    if avail < CONTROL_SIZE:
+                        return
+                    kind = _U32.unpack_from(buf, start + 4)[0]
+                    payload = bytes(buf[start + 8 : start + CONTROL_SIZE])
+                    self._start = start + CONTROL_SIZE
+                    self.references.control(kind, payload)
+                    buf = self._buf
+                    continue
                 if not 1 <= count <= MAX_FRAMES:
                     raise ProtocolError(
                         f"peer {self.peer} sent a message header with {count} frames; "
@@ -1388,7 +1511,13 @@ class FrameDecoder:
                 if avail < header:
                     return
                 lengths = list(struct.unpack_from(f"<{count}Q", buf, start + 4))
-                total = sum(lengths)
+                by_reference = None
+                if self.references is not None and max(lengths) >= BY_REFERENCE:
+                    by_reference = self._references_of(lengths)
+                    total = sum(lengths) - REFERENCE_SIZE * len(by_reference)
+                    total += sum(by_reference.values())
+                else:
+                    total = sum(lengths)
                 if first_limit is not None and header + total > first_limit:
                     size = header + total
                     raise self._too_large(size, f"{size} bytes, header included")
@@ -1396,15 +1525,29 @@ class FrameDecoder:
                     raise self._too_large(total)
                 self._start += header
                 self._lengths = lengths
+                self._by_reference = by_reference
                 self._frames = []
                 continue
             index = len(self._frames)
             if index == len(lengths):
                 frames, self._frames, self._lengths = self._frames, [], None
+                by_reference, self._by_reference = self._by_reference, None
                 self.message_size = sum(lengths)
+                if by_reference is not None:
+                    self.message_size += sum(by_reference.values())
+                    self.message_size -= REFERENCE_SIZE * len(by_reference)
                 self.on_message(frames)
                 continue
             size = lengths[index]
+            if self._by_reference is not None and index in self._by_reference:
+                if avail < REFERENCE_SIZE:
+                    return
+                assert self.references is not None
+                reference = bytes(buf[start : start + REFERENCE_SIZE])
+                self._start += REFERENCE_SIZE
+                self._frames.append(self.references.resolve(reference, self._by_reference[index]))
+                buf = self._buf
+                continue
             if size < _DIRECT:
                 if avail < size:
                     return  # get_buffer() makes room as the frame's bytes arrive

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import sys
 from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Mapping
@@ -34,12 +35,15 @@ from comm_core._ratelimit import LogLimiter
 from comm_core.abc import Comm, CommHandler, Listener, OnError
 from comm_core.exceptions import CommClosedError, CommError, ProtocolError
 from comm_core.protocol import (
+    BY_REFERENCE,
     MAX_FIRST_MESSAGE,
     PREAMBLE,
     Decoder,
     Encoder,
     Encoders,
     FrameDecoder,
+    FrameReferences,
+    control_record,
 )
 from comm_core.session import ServerSession
 from comm_core.transport import StreamTransportBase
@@ -183,6 +187,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
         # Set while a write hands a message to the transport in pieces and waits in
         # between: other writes wait for it, so that no message is cut into.
         self.piecewise: asyncio.Future[None] | None = None
+        #: Sends large out-of-band frames by reference (shared memory), for a transport
+        #: that can: see :class:`~comm_core.protocol.FrameReferences`. ``None``: never.
+        self.references: FrameReferences | None = None
+        # Control records that wait for the message being handed over piecewise.
+        self.controls: list[bytes] = []
         self.closing = False  # close() or abort() was called on this side
         self.peer_gone = False  # EOF, connection lost, or a protocol error
         self.error: BaseException | None = None  # why the comm ended, if not by us
@@ -579,6 +588,11 @@ class StreamProtocol(asyncio.BufferedProtocol):
         buffers, nbytes = encoder.encode(msg)
         cap = self.max_write_chunk
         if self.piecewise is not None or len(buffers) != 1 or (cap is not None and nbytes > cap):
+            references = self.references
+            if references is not None and len(buffers) > 1 and references.writing:
+                threshold = references.threshold
+                if any(memoryview(buf).nbytes >= threshold for buf in buffers[1:]):
+                    return self._write_by_reference(references, buffers, nbytes)
             return self._write_piecewise(buffers, nbytes)
         # As _send(), inline: this is the path of nearly every message.
         out = self.out
@@ -643,6 +657,73 @@ class StreamProtocol(asyncio.BufferedProtocol):
         if self.write_paused:
             await self.drain(whole=True)
         return nbytes
+
+    async def _write_by_reference(
+        self, references: FrameReferences, buffers: list[Any], nbytes: int
+    ) -> int:
+        """:meth:`write_message` for a message whose large out-of-band frames may go by
+        reference: each is offered to *references* (which may wait for room), in
+        order, while other writes wait; then the message goes out as any other."""
+        while self.piecewise is not None:
+            await asyncio.shield(self.piecewise)
+        if self.closing or self.peer_gone:
+            raise self.closed_error() from self.error
+        assert self.loop is not None
+        piecewise = self.piecewise = self.loop.create_future()
+        try:
+            threshold = references.threshold
+            header: bytearray | None = None
+            out = [buffers[0]]
+            for index in range(1, len(buffers)):
+                view = memoryview(buffers[index])
+                size = view.nbytes
+                if size >= threshold:
+                    if view.ndim != 1 or view.itemsize != 1:
+                        view = view.cast("B")
+                    reference = await references.place(view)
+                    if self.closing or self.peer_gone:
+                        raise self.closed_error() from self.error
+                    if reference is not None:
+                        if header is None:
+                            header = bytearray(buffers[0])
+                        struct.pack_into("<Q", header, 4 + 8 * index, size | BY_REFERENCE)
+                        out.append(reference)
+                        continue
+                out.append(buffers[index])
+            if header is not None:
+                out[0] = header
+        finally:
+            self.piecewise = None
+            piecewise.set_result(None)
+            self._send_controls()
+        return await self._write_piecewise(out, nbytes)
+
+    def send_control(self, kind: int, payload: bytes) -> None:
+        """Send a control record (see :class:`~comm_core.protocol.FrameReferences`) between
+        messages: now, or after the message being handed over. Dropped once the comm
+        is closed. For transports; never call it from a transport's own write path.
+
+        Raises:
+            ValueError: as :func:`~comm_core.protocol.control_record`.
+        """
+        record = control_record(kind, payload)
+        if self.closing or self.peer_gone or self.transport is None:
+            return
+        self.controls.append(record)
+        if self.piecewise is None:
+            self._send_controls()
+
+    def _send_controls(self) -> None:
+        controls = self.controls
+        transport = self.transport
+        if not controls or transport is None or self.closing or self.peer_gone:
+            controls.clear()
+            return
+        if self.piecewise is not None:
+            return
+        data = controls[0] if len(controls) == 1 else b"".join(controls)
+        controls.clear()
+        self._send(transport, data, len(data))
 
     def queue_handshake(self, buffers: list[Any], nbytes: int) -> bool:
         """Queue this side's encoded handshake message behind the preamble, to leave
@@ -768,6 +849,8 @@ class StreamProtocol(asyncio.BufferedProtocol):
         finally:
             piecewise, self.piecewise = self.piecewise, None
             piecewise.set_result(None)
+            if self.controls:
+                self._send_controls()
 
     def close(self, timeout: float, wait: bool) -> Coroutine[Any, Any, None] | None:
         """Send what was written, then close; ``None`` if nothing is left to wait for,

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from comm_core import ProtocolError
 from comm_core.stream import StreamComm, StreamProtocol
 from comm_unix._address import SCHEME, address_of
+from comm_unix._arena import ARENA_SIZE, ARENA_THRESHOLD, Arena, default_size, unavailable
 from comm_unix._credentials import PeerCredentials, peer_credentials
 
-__all__ = ["SEND_BUFFER", "UnixComm", "UnixProtocol"]
+__all__ = ["ARENA_OFFER", "SEND_BUFFER", "UnixComm", "UnixProtocol"]
+
+#: The handshake entry that offers the arena: the largest arena this side accepts.
+ARENA_OFFER = "shm_arena"
 
 #: The default send buffer of a unix comm's socket (``SO_SNDBUF``), in bytes. Linux's
 #: default (208 KiB) caps each piece of a large message at half of it and wakes the
@@ -37,6 +44,28 @@ class UnixProtocol(StreamProtocol):
     on_refused: Callable[[PeerCredentials | None], None] | None = None
     #: The socket's send buffer (``SO_SNDBUF``) in bytes; 0: the OS's default.
     send_buffer: int = SEND_BUFFER
+    #: The largest shared-memory arena per direction, in bytes; 0: none (see
+    #: ``comm_unix._arena``).
+    arena_size: int = ARENA_SIZE
+    #: Out-of-band buffers at least this long go through the arena.
+    arena_threshold: int = ARENA_THRESHOLD
+    #: The arena of this connection, once connected, if it may have one.
+    arena: Arena | None = None
+    #: Reads the largest arena the peer accepts from its handshake (set by the comm).
+    peer_offer: Callable[[], int | None] | None = None
+
+    def arena_unavailable(self) -> str | None:
+        """Why this connection cannot use an arena, or ``None`` if it can (given the peer
+        offers one too)."""
+        if self.arena_size <= 0:
+            return "turned off (arena_size=0)"
+        loop = asyncio.get_running_loop()
+        if not isinstance(loop, asyncio.SelectorEventLoop):
+            return f"{type(loop).__name__} drives its own sockets (no descriptor passing)"
+        credentials = self.credentials
+        if credentials is None or credentials.uid != os.getuid():
+            return "the peer is not of this user (or the OS does not say)"
+        return unavailable()
 
     def tune(self, sock: Any) -> None:
         """Set *sock*'s options (its send buffer) before the connection carries anything.
@@ -66,6 +95,40 @@ class UnixProtocol(StreamProtocol):
         self.local = address_of(transport.get_extra_info("sockname"))
         self.peer = address_of(transport.get_extra_info("peername"))
         self.decoder.peer = self.peer
+        if not self.closing and self.arena_unavailable() is None:
+            self._start_arena(transport)
+
+    def _start_arena(self, transport: asyncio.BaseTransport) -> None:
+        from comm_unix._transport import UnixSocket, UnixTransport
+
+        sock = transport.get_extra_info("socket")
+        if not isinstance(transport, UnixTransport) or not isinstance(sock, UnixSocket):
+            return
+        arena = self.arena = Arena(
+            self,
+            transport.send_fds,
+            size=self.arena_size,
+            threshold=self.arena_threshold,
+            peer_offer=self.peer_offer or (lambda: 0),
+        )
+        self.references = self.decoder.references = arena
+        sock.receive_descriptors(self._descriptors)
+
+    def _descriptors(self, fds: list[int], truncated: bool) -> bool:
+        arena = self.arena
+        assert arena is not None
+        try:
+            arena.descriptors(fds, truncated)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return False
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.arena is not None:
+            self.arena.close()
+            self.references = self.decoder.references = None
 
 
 class UnixComm(StreamComm):
@@ -77,9 +140,22 @@ class UnixComm(StreamComm):
     is ``unix://``. ``extra_info`` adds the peer's credentials: ``peer_pid``,
     ``peer_uid`` and ``peer_gid`` (``None`` where the OS does not say).
 
+    Out-of-band buffers of at least *arena_threshold* bytes travel through a
+    shared-memory arena when both ends offer one in their handshake (same
+    user, asyncio's selector loop, Linux): they are read in place, as
+    read-only views (see docs/transports/unix.rst). ``extra_info`` says
+    whether: ``arena`` (``True`` once both ends agreed) and ``arena_off``
+    (why not, or ``None``).
+
+    Raises:
+        ValueError: ``COMM_UNIX_ARENA_SIZE`` is malformed.
+
     Args:
         send_buffer: the socket's send buffer (``SO_SNDBUF``) in bytes; 0 keeps
             the OS's default.
+        arena_size: the largest arena per direction, in bytes; 0: no arena.
+            Default: ``COMM_UNIX_ARENA_SIZE`` from the environment, else 256 MiB.
+        arena_threshold: the smallest buffer that goes through the arena.
         kwargs: as :class:`~comm_core.stream.StreamComm`.
     """
 
@@ -91,10 +167,39 @@ class UnixComm(StreamComm):
         *,
         on_established: Callable[[StreamComm], None] | None = None,
         send_buffer: int = SEND_BUFFER,
+        arena_size: int | None = None,
+        arena_threshold: int = ARENA_THRESHOLD,
         **kwargs: Any,
     ) -> None:
         super().__init__(scheme=SCHEME, on_established=on_established, **kwargs)
-        self.protocol.send_buffer = send_buffer
+        protocol = self.protocol
+        protocol.send_buffer = send_buffer
+        protocol.arena_size = default_size() if arena_size is None else arena_size
+        protocol.arena_threshold = arena_threshold
+        ref = weakref.ref(self)
+
+        def peer_offer() -> int | None:
+            comm = ref()
+            if comm is None:
+                return 0
+            info = comm.handshake_info
+            if not info:
+                return None  # the handshake is not over
+            offer = info.get(ARENA_OFFER)
+            return offer if type(offer) is int and offer > 0 else 0
+
+        protocol.peer_offer = peer_offer
+
+    def handshake_options(self) -> Mapping[str, Any]:
+        """Offers the arena (the largest this side accepts) where it can have one: once
+        connected, if it has one (a comm on a socket that cannot receive descriptors has
+        none); before (a listener's greeting), if nothing stands against it."""
+        protocol = self.protocol
+        if protocol.transport is not None:
+            offer = protocol.arena is not None
+        else:
+            offer = protocol.arena_unavailable() is None
+        return {ARENA_OFFER: protocol.arena_size} if offer else {}
 
     @property
     def same_host(self) -> bool:
@@ -115,4 +220,23 @@ class UnixComm(StreamComm):
             if credentials is not None
             else {"peer_pid": None, "peer_uid": None, "peer_gid": None}
         )
-        return {**super().extra_info, **peer, "send_buffer": self.protocol.send_buffer}
+        protocol = self.protocol
+        arena = protocol.arena
+        if arena is not None and arena.writing:
+            off = None
+        elif arena is not None:
+            off = arena.broken or (
+                "the peer did not offer one" if arena.peer_offer() == 0 else "not agreed yet"
+            )
+        else:
+            try:
+                off = protocol.arena_unavailable() or "not connected"
+            except RuntimeError:  # no running loop
+                off = "not connected"
+        return {
+            **super().extra_info,
+            **peer,
+            "send_buffer": protocol.send_buffer,
+            "arena": off is None,
+            "arena_off": off,
+        }

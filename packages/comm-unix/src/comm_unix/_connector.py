@@ -15,23 +15,32 @@ from comm_unix._peers import UserCheck
 __all__ = ["UnixConnector", "comm_options"]
 
 #: The connection arguments that configure a comm; the others are ignored.
-COMM_OPTIONS = ("max_message_size", "write_high_water", "read_high_water", "send_buffer")
+COMM_OPTIONS = (
+    "max_message_size",
+    "write_high_water",
+    "read_high_water",
+    "send_buffer",
+    "arena_size",
+    "arena_threshold",
+)
 
 
 def comm_options(connection_args: dict[str, Any]) -> dict[str, Any]:
     """Pick the :class:`~comm_unix.UnixComm` options out of *connection_args*.
 
     Raises:
-        ValueError: ``send_buffer`` is not a whole number of bytes, 0 or more.
+        ValueError: ``send_buffer``, ``arena_size`` or ``arena_threshold`` is not a
+            whole number of bytes, 0 or more.
     """
     options = {
         name: connection_args[name]
         for name in COMM_OPTIONS
         if connection_args.get(name) is not None
     }
-    send_buffer = options.get("send_buffer", 0)
-    if type(send_buffer) is not int or send_buffer < 0:
-        raise ValueError(f"send_buffer must be a number of bytes, 0 or more: {send_buffer!r}")
+    for name in ("send_buffer", "arena_size", "arena_threshold"):
+        value = options.get(name, 0)
+        if type(value) is not int or value < 0:
+            raise ValueError(f"{name} must be a number of bytes, 0 or more: {value!r}")
     return options
 
 

@@ -38,7 +38,7 @@ from comm_unix._address import ABSTRACT, ABSTRACT_NAMESPACE, SCHEME, check_path,
 from comm_unix._comm import UnixComm
 from comm_unix._connector import comm_options
 from comm_unix._credentials import PeerCredentials, own_uid, peer_credentials
-from comm_unix._transport import UnixTransport, drives_sockets
+from comm_unix._transport import UnixSocket, UnixTransport, drives_sockets
 
 __all__ = [
     "OFFER_KEYS",
@@ -262,7 +262,8 @@ def find_path(requested: str, offer: Mapping[str, Any]) -> UnixPath | None:
     except Exception as exc:  # an address this side cannot use
         logger.debug("%s: kept: the offered %r is unusable: %s", requested, address, exc)
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Able to receive the arena's descriptor, as comm-unix's own dialled sockets are.
+    sock = UnixSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.connect(sockaddr)  # at once: connected, refused, absent, or a full backlog

@@ -16,24 +16,117 @@ peer (elsewhere :class:`~comm_unix.UnixProtocol` does as the connection is made)
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
+from array import array
 from collections.abc import Callable
 from typing import Any
 
+from comm_core import CommClosedError
 from comm_core.transport import SocketTransport
+from comm_unix._arena import ANCILLARY_SPACE, descriptors_in
 from comm_unix._comm import UnixProtocol
 from comm_unix._credentials import PeerCredentials, peer_credentials
 
-__all__ = ["UnixTransport", "accept_handler", "dial", "drives_sockets"]
+__all__ = ["UnixSocket", "UnixTransport", "accept_handler", "dial", "drives_sockets"]
 
 logger = logging.getLogger("comm_unix")
 
 
+class UnixSocket(socket.socket):
+    """A unix stream socket that can also receive descriptors (``SCM_RIGHTS``).
+
+    After :meth:`receive_descriptors`, its ``recv_into`` (what comm-core's
+    transport reads with) is ``recvmsg_into``: descriptors that arrive are
+    handed to the callback, which keeps or closes them. Until then it is the
+    plain ``recv_into``, and the kernel discards any descriptor sent to it.
+    """
+
+    def receive_descriptors(self, on_fds: Callable[[list[int], bool], bool]) -> None:
+        """Receive descriptors from now on: ``on_fds(fds, truncated)`` gets those of each
+        receive (``truncated``: the kernel dropped some that did not fit) and returns
+        whether the connection goes on; if not, the receive raises
+        :class:`ConnectionAbortedError` (the transport then closes)."""
+        recvmsg_into = self.recvmsg_into
+        flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+        def recv_into(buffer: Any, nbytes: int = 0, _flags: int = 0) -> int:
+            n, ancillary, msg_flags, _ = recvmsg_into([buffer], ANCILLARY_SPACE, flags)
+            if (ancillary or msg_flags & socket.MSG_CTRUNC) and not on_fds(
+                descriptors_in(ancillary), bool(msg_flags & socket.MSG_CTRUNC)
+            ):
+                raise ConnectionAbortedError(
+                    errno.ECONNABORTED, "the peer sent descriptors that were refused"
+                )
+            return n
+
+        self.recv_into = recv_into  # type: ignore[method-assign,assignment]
+
+
 class UnixTransport(SocketTransport):
-    """comm-core's :class:`~comm_core.transport.SocketTransport`, logging as ``comm_unix``."""
+    """comm-core's :class:`~comm_core.transport.SocketTransport`, logging as ``comm_unix``,
+    which can also send descriptors (:meth:`send_fds`)."""
 
     _logger = logger
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(loop, sock, protocol, extra)
+        self._sent_waiters: list[asyncio.Future[None]] = []
+
+    async def send_fds(self, data: bytes, fds: list[int]) -> None:
+        """Send *data* with *fds* attached (``SCM_RIGHTS``), after everything written before.
+
+        Raises:
+            CommClosedError: the connection is closed, or closes while waiting, or
+                the kernel refused (the transport is then closed too).
+        """
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))]
+        while True:
+            if self._queue and not self._closing:  # what was written before goes first
+                await self._sent()
+                continue
+            if self._closing or self._sock is None:
+                raise CommClosedError(f"connection to {self._info.get('peername')!r} is closed")
+            try:
+                sent = self._sock.sendmsg([data], rights)
+                break
+            except (BlockingIOError, InterruptedError):
+                self._update_writer(True)  # _write_ready() wakes us once it is writable
+                await self._sent()
+            except OSError as exc:
+                self._fatal(exc, "sending descriptors failed")
+                raise CommClosedError(
+                    f"connection to {self._info.get('peername')!r} failed: {exc}"
+                ) from exc
+        if sent < len(data):  # the descriptors went with the first byte; queue the rest
+            self.write(data[sent:])
+
+    async def _sent(self) -> None:
+        waiter = self._loop.create_future()
+        self._sent_waiters.append(waiter)
+        await waiter
+
+    def _wake_sent(self) -> None:
+        waiters, self._sent_waiters = self._sent_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _write_ready(self) -> None:
+        super()._write_ready()
+        if self._sent_waiters and not self._queue:
+            self._wake_sent()
+
+    def _finish(self, exc: BaseException | None) -> None:
+        super()._finish(exc)
+        self._wake_sent()
 
 
 def drives_sockets(loop: asyncio.AbstractEventLoop) -> bool:
@@ -58,7 +151,7 @@ async def dial(
         Exception: what *check* raised.
     """
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = UnixSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     transport: Any = None
     try:
         sock.setblocking(False)
@@ -118,6 +211,8 @@ def accept_handler(
         if not allowed(credentials) or not admit(peer):
             conn.close()
             return
+        # One that can receive descriptors (the arena's), should the comm have one.
+        conn = UnixSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=conn.detach())
         conn.setblocking(False)
         early = greeting()
         sent = _send_now(conn, early) if early is not None else None
