@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,9 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKLOADS_FILE = ROOT / "packages" / "comm-dask" / "tests" / "workloads.py"
 
 #: Dask's own first: the report's ratios are "Dask's ÷ comm-dask's" time (above 1: comm faster).
-PROTOCOLS = ("tcp://", "comm+tcp://", "tls://", "comm+tls://")
-#: Protocol -> the one it is compared with.
-COMPARED = {"comm+tcp://": "tcp://", "comm+tls://": "tls://"}
+#: ``comm+tcp+select`` is ``comm+tcp://`` with comm's same-host selection on (the worker
+#: processes and the scheduler take each other's Unix sockets, and large buffers the
+#: shared-memory arena); every other run has it off.
+PROTOCOLS = ("tcp://", "comm+tcp://", "comm+tcp+select", "tls://", "comm+tls://")
+#: Run -> the one it is compared with.
+COMPARED = {"comm+tcp://": "tcp://", "comm+tcp+select": "tcp://", "comm+tls://": "tls://"}
+#: Runs that are not a protocol of their own: the protocol, and whether selection is on.
+VARIANTS = {"comm+tcp+select": ("comm+tcp://", True)}
 #: What each run reports, in the report's order.
 FIGURES = (
     ("start", "cluster start"),
@@ -166,11 +172,15 @@ def run(repeats: int, quick: bool, log: Any) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {protocol: [] for protocol in PROTOCOLS}
     for repeat in range(repeats):
         for protocol in PROTOCOLS:
-            command = [sys.executable, "-m", "bench.cluster", protocol]
+            dialled, same_host = VARIANTS.get(protocol, (protocol, False))
+            command = [sys.executable, "-m", "bench.cluster", dialled]
             if quick:
                 command.append("--quick")
+            env = {**os.environ, "COMM_SAME_HOST": "1" if same_host else "0"}
             begin = time.perf_counter()
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+            done = subprocess.run(
+                command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env
+            )
             lines = done.stdout.strip().splitlines()
             try:
                 figures = json.loads(lines[-1])

@@ -173,6 +173,28 @@ async def test_tcp_to_a_listener_in_another_process_takes_its_unix_socket(loop_n
     assert not [line for line in stderr if "WARNING" in line or "ERROR" in line], stderr
 
 
+@pytest.mark.comm_loop("asyncio")
+async def test_the_unix_path_carries_large_buffers_through_the_arena() -> None:
+    """A selected path is comm-unix's whole transport: its shared-memory arena too (Linux,
+    asyncio's selector loop at both ends)."""
+    with child_listener("asyncio") as (_, address, _stderr):
+        comm = await comm_core.connect(address, timeout=10)
+        try:
+            assert comm.extra_info["path"] == "unix"
+            data = bytes(range(256)) * (3 * 4096)  # 3 MiB: above the arena's threshold
+            await comm.write(data)
+            echo = await comm.read()
+            # Both ways through an arena: the child's echo is a read-only view of the
+            # memory it shares with this process.
+            assert isinstance(echo, memoryview)
+            assert echo.readonly
+            assert echo == data
+            assert comm.extra_info["arena"] is True
+            del echo
+        finally:
+            await comm.close()
+
+
 async def test_later_connects_go_straight_to_unix(
     loop_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
