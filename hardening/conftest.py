@@ -31,6 +31,11 @@ from support import FIGURES, Transport, fd_count
 
 RESULTS = Path(__file__).parent / "results"
 
+# Each test attacks the transport it names: a tcp:// listener's good clients stay on TCP
+# rather than take its same-host Unix socket (selection has tests of its own, and the
+# arena its hostile peers in test_arena_live.py). Child processes inherit it.
+os.environ.setdefault("COMM_SAME_HOST", "0")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hardening")
