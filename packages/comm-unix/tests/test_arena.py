@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import socket
 import struct
@@ -34,6 +35,7 @@ from comm_core.protocol import (
 )
 from comm_core.session import local_handshake
 from comm_unix import ABSTRACT_NAMESPACE, UnixComm
+from comm_unix._connector import comm_options
 
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "memfd_create") or not ABSTRACT_NAMESPACE,
@@ -167,7 +169,9 @@ async def test_large_buffers_are_read_in_place_both_ways() -> None:
 async def test_a_slot_the_reader_holds_is_never_overwritten() -> None:
     size = 8 * MiB
     with child_listener(arena_size=size) as contact:
-        async with await comm_core.connect(contact, timeout=10, arena_size=size) as comm:
+        async with await comm_core.connect(
+            contact, timeout=10, arena_size=size, arena_wait=math.inf
+        ) as comm:
             kept = pattern(1, 4 * MiB)
             reply = await ask(comm, {"op": "hold", "data": kept})
             assert reply == {"digest": sha(kept), "readonly": True}
@@ -196,7 +200,9 @@ async def test_a_slot_the_reader_holds_is_never_overwritten() -> None:
 async def test_a_writer_waits_while_the_arena_is_full() -> None:
     size = 8 * MiB
     with child_listener(arena_size=size) as contact:
-        async with await comm_core.connect(contact, timeout=10, arena_size=size) as comm:
+        async with await comm_core.connect(
+            contact, timeout=10, arena_size=size, arena_wait=math.inf
+        ) as comm:
             arena = arena_of(comm)
             await ask(comm, {"op": "hold", "data": pattern(1, 4 * MiB)})
             await ask(comm, {"op": "hold", "data": pattern(2, 4 * MiB)})
@@ -215,10 +221,42 @@ async def test_a_writer_waits_while_the_arena_is_full() -> None:
             assert arena.waited == 1
 
 
+async def test_a_reader_that_keeps_its_slots_does_not_stall_the_writer() -> None:
+    """A reader may keep what it received for good (a cache): after arena_wait seconds
+    without room, the buffer goes on the socket, and the held bytes stay as they were."""
+    size = 8 * MiB
+    with child_listener(arena_size=size) as contact:
+        async with await comm_core.connect(
+            contact, timeout=10, arena_size=size, arena_wait=0.2
+        ) as comm:
+            arena = arena_of(comm)
+            kept = pattern(1, 8 * MiB)
+            assert await ask(comm, {"op": "hold", "data": kept}) == {
+                "digest": sha(kept),
+                "readonly": True,
+            }
+            data = pattern(3, 4 * MiB)
+            reply = await ask(comm, {"op": "put", "data": data})
+            # On the socket: a writable buffer of the child's own.
+            assert reply == {"digest": sha(data), "readonly": False, "n": len(data)}
+            assert (arena.waited, arena.spilled, arena.placed) == (1, 1, 1)
+            assert await ask(comm, {"op": "check"}) == {"digests": [sha(kept)]}
+            assert comm.extra_info["arena"] is True  # the arena is still there for more
+
+
+def test_arena_wait_must_be_seconds() -> None:
+    for bad in (-1, "1", float("nan"), True):
+        with pytest.raises(ValueError, match="arena_wait"):
+            comm_options({"arena_wait": bad})
+    assert comm_options({"arena_wait": math.inf}) == {"arena_wait": math.inf}
+
+
 async def test_a_write_cancelled_while_waiting_for_room_aborts_the_comm() -> None:
     size = 8 * MiB
     with child_listener(arena_size=size) as contact:
-        async with await comm_core.connect(contact, timeout=10, arena_size=size) as comm:
+        async with await comm_core.connect(
+            contact, timeout=10, arena_size=size, arena_wait=math.inf
+        ) as comm:
             await ask(comm, {"op": "hold", "data": pattern(1, 8 * MiB)})
             write = asyncio.ensure_future(comm.write({"op": "put", "data": pattern(3, 4 * MiB)}))
             await asyncio.sleep(0)

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import math
 import mmap
 import os
 import socket
@@ -64,6 +65,11 @@ logger = logging.getLogger("comm_unix")
 ARENA_SIZE = 256 * 1024 * 1024
 #: The default smallest out-of-band buffer sent through the arena (``arena_threshold``).
 ARENA_THRESHOLD = 1024 * 1024
+#: The default longest a writer waits for room in the arena (``arena_wait``, seconds)
+#: before it sends a buffer on the socket instead: a reader that keeps what it received
+#: (a cache, a worker's results) holds its slots for good, and must not stall the writer
+#: for ever.
+ARENA_WAIT = 1.0
 #: The shortest buffer that may go through an arena (``arena_threshold`` is raised to
 #: it): a reader refuses references to less, so that a peer cannot make it hold more
 #: than one mapping per 64 KiB of arena.
@@ -196,6 +202,11 @@ def _released(ref: weakref.ref[Arena], generation: int, offset: int) -> None:
         arena.released(generation, offset)
 
 
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class Arena(FrameReferences):
     """The arenas of one unix comm, both directions: the reading end's mappings and the
     writing end's memfd. comm-core's stream calls it (see
@@ -210,6 +221,8 @@ class Arena(FrameReferences):
         threshold: the smallest buffer sent through the arena.
         peer_offer: the largest arena the peer accepts, from its handshake:
             ``None`` until the handshake is done, 0 if it accepts none.
+        wait: the longest a write waits for room (the reader to release slots)
+            before the buffer goes on the socket; ``None``: for ever.
     """
 
     def __init__(
@@ -220,6 +233,7 @@ class Arena(FrameReferences):
         size: int,
         threshold: int,
         peer_offer: Callable[[], int | None],
+        wait: float | None = ARENA_WAIT,
     ) -> None:
         # Weakly: the protocol holds the arena (no cycle, both freed without the GC).
         self._protocol = weakref.ref(protocol)
@@ -228,6 +242,7 @@ class Arena(FrameReferences):
         self.size = size
         self.threshold = max(threshold, MIN_THRESHOLD)
         self.peer_offer = peer_offer
+        self.wait = wait
         self._limit: int | None = None  # min(size, the peer's offer), once known
         self.loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
@@ -237,10 +252,12 @@ class Arena(FrameReferences):
         # Writing.
         self._out: _Outgoing | None = None
         self._generation = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[bool]] = []
         #: Buffers sent through the arena, and how many of them had to wait for room.
         self.placed = 0
         self.waited = 0
+        #: Buffers sent on the socket because the reader released no room in time.
+        self.spilled = 0
         # Reading.
         self._fd: int | None = None  # of the peer's current arena
         self._in_generation = 0
@@ -284,11 +301,15 @@ class Arena(FrameReferences):
         limit = self._limit or 0
         if need > limit or self.broken is not None:
             return None  # larger than any arena: on the socket
+        wait = self.wait
+        deadline = None if wait is None or wait == math.inf else self.loop.time() + wait
         out = self._out
         if out is None or need > out.size:
             if out is not None:  # too small: replace it once the reader released it all
                 while out.slots:
-                    await self._room()
+                    if not await self._room(deadline):
+                        self.spilled += 1
+                        return None  # the reader keeps some: this one on the socket
                 out.close()
                 self._out = None
             out = await self._new_arena(_arena_size(need, limit))
@@ -298,26 +319,37 @@ class Arena(FrameReferences):
         if offset is None:
             self.waited += 1
             while offset is None:
-                await self._room()
+                if not await self._room(deadline):
+                    self.spilled += 1
+                    return None  # the reader keeps its slots: this one on the socket
                 offset = out.find(need) if len(out.slots) < MAX_SLOTS else None
         out.view[offset : offset + size] = frame
         out.slots[offset] = need
         self.placed += 1
         return _RECORD.pack(out.generation, 0, offset)
 
-    async def _room(self) -> None:
-        """Wait for a release (or the end of the connection).
+    async def _room(self, deadline: float | None) -> bool:
+        """Wait for a release (or the end of the connection); ``False`` if none came by
+        *deadline* (the loop's clock; ``None``: no limit).
 
         Raises:
             CommClosedError: the comm is closed.
         """
         if self.closed:
             raise self.protocol.closed_error() from self.protocol.error
-        waiter = self.loop.create_future()
+        if deadline is not None and deadline <= self.loop.time():
+            return False
+        waiter: asyncio.Future[bool] = self.loop.create_future()
         self._waiters.append(waiter)
-        await waiter
+        timer = None if deadline is None else self.loop.call_at(deadline, _expire, waiter)
+        try:
+            released = await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
         if self.closed:
             raise self.protocol.closed_error() from self.protocol.error
+        return released
 
     async def _new_arena(self, size: int) -> _Outgoing | None:
         try:
@@ -347,7 +379,7 @@ class Arena(FrameReferences):
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
 
     # -- reading --------------------------------------------------------------------------
 

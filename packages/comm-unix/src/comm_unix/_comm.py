@@ -13,7 +13,14 @@ from typing import Any
 from comm_core import ProtocolError
 from comm_core.stream import StreamComm, StreamProtocol
 from comm_unix._address import SCHEME, address_of
-from comm_unix._arena import ARENA_SIZE, ARENA_THRESHOLD, Arena, default_size, unavailable
+from comm_unix._arena import (
+    ARENA_SIZE,
+    ARENA_THRESHOLD,
+    ARENA_WAIT,
+    Arena,
+    default_size,
+    unavailable,
+)
 from comm_unix._credentials import PeerCredentials, peer_credentials
 
 __all__ = ["ARENA_OFFER", "SEND_BUFFER", "UnixComm", "UnixProtocol"]
@@ -49,6 +56,8 @@ class UnixProtocol(StreamProtocol):
     arena_size: int = ARENA_SIZE
     #: Out-of-band buffers at least this long go through the arena.
     arena_threshold: int = ARENA_THRESHOLD
+    #: Seconds a write waits for room in the arena before the buffer goes on the socket.
+    arena_wait: float = ARENA_WAIT
     #: The arena of this connection, once connected, if it may have one.
     arena: Arena | None = None
     #: Reads the largest arena the peer accepts from its handshake (set by the comm).
@@ -110,6 +119,7 @@ class UnixProtocol(StreamProtocol):
             size=self.arena_size,
             threshold=self.arena_threshold,
             peer_offer=self.peer_offer or (lambda: 0),
+            wait=self.arena_wait,
         )
         self.references = self.decoder.references = arena
         sock.receive_descriptors(self._descriptors)
@@ -156,6 +166,10 @@ class UnixComm(StreamComm):
         arena_size: the largest arena per direction, in bytes; 0: no arena.
             Default: ``COMM_UNIX_ARENA_SIZE`` from the environment, else 256 MiB.
         arena_threshold: the smallest buffer that goes through the arena.
+        arena_wait: the longest, in seconds, a write waits for the reader to
+            release room in a full arena before the buffer goes on the socket
+            (a reader that keeps what it received holds its slots for good);
+            ``math.inf``: for ever.
         kwargs: as :class:`~comm_core.stream.StreamComm`.
     """
 
@@ -169,6 +183,7 @@ class UnixComm(StreamComm):
         send_buffer: int = SEND_BUFFER,
         arena_size: int | None = None,
         arena_threshold: int = ARENA_THRESHOLD,
+        arena_wait: float = ARENA_WAIT,
         **kwargs: Any,
     ) -> None:
         super().__init__(scheme=SCHEME, on_established=on_established, **kwargs)
@@ -176,6 +191,7 @@ class UnixComm(StreamComm):
         protocol.send_buffer = send_buffer
         protocol.arena_size = default_size() if arena_size is None else arena_size
         protocol.arena_threshold = arena_threshold
+        protocol.arena_wait = arena_wait
         ref = weakref.ref(self)
 
         def peer_offer() -> int | None:

@@ -22,6 +22,7 @@ COMM_OPTIONS = (
     "send_buffer",
     "arena_size",
     "arena_threshold",
+    "arena_wait",
 )
 
 
@@ -30,7 +31,8 @@ def comm_options(connection_args: dict[str, Any]) -> dict[str, Any]:
 
     Raises:
         ValueError: ``send_buffer``, ``arena_size`` or ``arena_threshold`` is not a
-            whole number of bytes, 0 or more.
+            whole number of bytes, 0 or more, or ``arena_wait`` not a number of
+            seconds, 0 or more.
     """
     options = {
         name: connection_args[name]
@@ -41,6 +43,9 @@ def comm_options(connection_args: dict[str, Any]) -> dict[str, Any]:
         value = options.get(name, 0)
         if type(value) is not int or value < 0:
             raise ValueError(f"{name} must be a number of bytes, 0 or more: {value!r}")
+    wait = options.get("arena_wait", 0.0)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:
+        raise ValueError(f"arena_wait must be a number of seconds, 0 or more: {wait!r}")
     return options
 
 
