@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from comm_core._compat import timeout_after
+from comm_core._compat import TimeoutScope, timeout_after
 from comm_core._options import Options
 from comm_core._ratelimit import LogLimiter
 from comm_core._text import peer_text
@@ -321,8 +321,9 @@ async def connect_until(
                     return chosen
     while True:
         attempts += 1
+        scope: TimeoutScope | None = None
         try:
-            async with timeout_after(max(deadline - loop.time(), 0.0)):
+            async with timeout_after(max(deadline - loop.time(), 0.0)) as scope:
                 comm = await connector.connect(
                     loc, deserialize=deserialize, options=options, **connection_args
                 )
@@ -330,7 +331,9 @@ async def connect_until(
             raise
         except (ConnectError, CommClosedError, TimeoutError, asyncio.TimeoutError) as exc:
             # An attempt cut short by the budget says less than the failure before it.
-            if last_exc is None or loop.time() < deadline:
+            # (Asked of the scope, not the clock: uvloop's timers fire up to a
+            # millisecond before the deadline its clock reports.)
+            if last_exc is None or scope is None or not scope.expired():
                 last_exc = exc
         except OSError as exc:  # a backend that let an OS error through: still transient
             last_exc = exc
