@@ -63,6 +63,9 @@ BACKENDS: dict[str, BackendSpec] = {
     # listener's Unix socket; one process stays on TCP.
     "tcp+select": BackendSpec("tcp://127.0.0.1:0", dask=False, same_host=True, needs=("unix",)),
     "tls": BackendSpec("tls://127.0.0.1:0", baseline=True),
+    # tls:// addresses with same-host selection on: two processes take the listener's
+    # Unix socket behind the token its TLS greeting gave; one process stays on TLS.
+    "tls+select": BackendSpec("tls://127.0.0.1:0", dask=False, same_host=True, needs=("unix",)),
     "inproc": BackendSpec("inproc://", cross_process=False),
     # A fresh socket path in a private directory per listener; Dask has no unix scheme.
     "unix": BackendSpec("unix://", raw=True, dask=False),

@@ -659,6 +659,9 @@ def test_doctor_tls_healthy(serve: type[Served], credentials: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert set(_doctor_lines(result.stdout).values()) == {"✓"}
     assert "TLS handshake" in _doctor_lines(result.stdout)
+    # The listener (another process of this user) offers its Unix socket behind a token.
+    assert "the listener's own Unix socket" in result.stdout
+    assert "behind the token its TLS greeting gave" in result.stdout
 
 
 @needs_tls
@@ -683,6 +686,7 @@ def test_doctor_tls_wrong_ca(serve: type[Served], credentials: Path, other_ca: P
         "TCP connect": "✓",
         "TLS handshake": "✗",
         "comm handshake": "-",
+        "same host": "-",
     }
     assert "certificate verify failed" in result.stdout
     assert "The TLS handshake step failed" in result.stdout

@@ -55,13 +55,25 @@ CHILD = textwrap.dedent(
         async def handler(comm):
             seen.append(comm.local_address.partition("://")[0])
             async for msg in comm:
-                await comm.write(list(seen) if msg == "seen" else msg)
+                if msg == "seen":
+                    msg = list(seen)
+                elif msg == "who":  # what the listener's side knows of its peer
+                    info = comm.extra_info
+                    msg = [info.get("authenticated"), info.get("peercert", {}).get("subject")]
+                await comm.write(msg)
 
+        args = {}
+        if "security" in config:
+            from comm_tls import Security
+
+            args["security"] = Security(**config["security"])
         listener = comm_core.listen(
             config.get("address", "tcp://127.0.0.1:0"),
             handler,
             handshake_overrides=config.get("overrides"),
             same_host=config.get("same_host"),
+            require_encryption=config.get("require_encryption"),
+            **args,
         )
         async with listener:
             print(json.dumps([listener.contact_address]), flush=True)
@@ -134,9 +146,9 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     selection.forget_paths()
 
 
-async def seen_by(address: str) -> list[str]:
+async def seen_by(address: str, **args: Any) -> list[str]:
     """The schemes of the comms the child's handler was handed so far (asked over tcp)."""
-    comm = await comm_core.connect(address, timeout=10, same_host=False)
+    comm = await comm_core.connect(address, timeout=10, same_host=False, **args)
     try:
         await comm.write("seen")
         seen: list[str] = await comm.read()
@@ -335,17 +347,177 @@ async def test_require_encryption_is_not_bypassed(loop_name: str) -> None:
         await comm_core.connect(address, timeout=10, require_encryption=True)
 
 
-async def test_a_tls_listener_offers_nothing() -> None:
+# -- tls:// listeners: the Unix socket behind a token ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_credentials() -> dict[str, str]:
+    """Temporary mutual-TLS credentials, as PEM text (for the child too)."""
     pytest.importorskip("comm_tls")
     from comm_tls import Security
 
     security = Security.temporary()
+    return {"ca": security.ca, "cert": security.cert, "key": security.key}
 
-    async def handler(comm: comm_core.Comm) -> None:
+
+def _security(credentials: dict[str, str]) -> Any:
+    from comm_tls import Security
+
+    return Security(**credentials)
+
+
+async def test_tls_to_a_listener_in_another_process_takes_its_unix_socket_behind_a_token(
+    loop_name: str, tls_credentials: dict[str, str]
+) -> None:
+    security = _security(tls_credentials)
+    with child_listener(loop_name, address="tls://127.0.0.1:0", security=tls_credentials) as (
+        pid,
+        address,
+        stderr,
+    ):
+        comm = await comm_core.connect(address, timeout=10, security=security)
+        try:
+            info = comm.extra_info
+            assert info["path"] == "unix"
+            assert info["requested"] == address
+            assert info["peer_pid"] == pid
+            assert comm.peer_address.startswith("unix://@")
+            # The listener's side knows who its peer is: the certificate it showed over TLS.
+            await comm.write("who")
+            authenticated, subject = await comm.read()
+            assert authenticated == "tls"
+            assert subject  # the client certificate's subject, as TLS verified it
+            await round_trip(comm, {"x": b"y" * 100_000})
+        finally:
+            await comm.close()
+        # The handler saw one comm, over unix: the TLS connection never reached it.
+        assert await seen_by(address, security=security) == ["unix"]
+    assert not [line for line in stderr if "WARNING" in line or "ERROR" in line], stderr
+
+
+async def test_later_tls_connects_go_straight_to_unix_with_a_fresh_token(
+    loop_name: str, tls_credentials: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    security = _security(tls_credentials)
+    with child_listener(loop_name, address="tls://127.0.0.1:0", security=tls_credentials) as (
+        _,
+        address,
+        _stderr,
+    ):
+        comm = await comm_core.connect(address, timeout=10, security=security)
         await comm.close()
+        tokens = [selection.known_offer(address)["same_host_token"]]  # type: ignore[index]
+        tls = comm_core.get_backend("tls").get_connector()
 
-    async with comm_core.listen("tls://127.0.0.1:0", handler, security=security) as listener:
-        comm = await comm_core.connect(listener.contact_address, timeout=10, security=security)
+        async def no_tls(*args: Any, **kwargs: Any) -> comm_core.Comm:
+            raise AssertionError("dialled tls although a verified path was known")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(tls, "connect", no_tls)
+            for n in range(3):
+                comm = await comm_core.connect(address, timeout=10, security=security)
+                try:
+                    assert comm.extra_info["path"] == "unix"
+                    await round_trip(comm, n)
+                finally:
+                    await comm.close()
+                # Each answer brings a fresh token, remembered for the next connect.
+                tokens.append(selection.known_offer(address)["same_host_token"])  # type: ignore[index]
+        assert len(set(tokens)) == 4
+        assert await seen_by(address, security=security) == ["unix"] * 4
+
+
+async def test_a_token_the_listener_does_not_know_falls_back_to_tls_and_loses_nothing(
+    loop_name: str, tls_credentials: dict[str, str]
+) -> None:
+    """As with an expired token: the companion socket drops the comm before saying
+    anything; connect() dials TLS again, gets a fresh token, and takes the socket."""
+    security = _security(tls_credentials)
+    with child_listener(loop_name, address="tls://127.0.0.1:0", security=tls_credentials) as (
+        _,
+        address,
+        stderr,
+    ):
+        comm = await comm_core.connect(address, timeout=10, security=security)
+        offer = selection.offer_of(comm.handshake_info)
+        await comm.close()
+        selection.remember_offer(address, {**offer, "same_host_token": "0" * 32})
+        comm = await comm_core.connect(address, timeout=10, security=security)
+        try:
+            assert comm.extra_info["path"] == "unix"
+            await round_trip(comm, "again")
+        finally:
+            await comm.close()
+        known = selection.known_offer(address)
+        assert known is not None
+        assert known["same_host_token"] != "0" * 32
+        assert await seen_by(address, security=security) == ["unix", "unix"]
+    assert not [line for line in stderr if "WARNING" in line or "ERROR" in line], stderr
+
+
+@pytest.mark.parametrize("token", [None, "0" * 32, "z" * 32, "short", 12345, ["0" * 32]])
+async def test_the_companion_of_a_tls_listener_serves_no_one_without_a_valid_token(
+    loop_name: str, tls_credentials: dict[str, str], token: Any
+) -> None:
+    """A process of the same user that dials the offered socket directly, without a
+    token the listener gave over TLS (or with a forged one), gets no comm: the
+    listener says nothing to it and drops it; its handler never sees it."""
+    security = _security(tls_credentials)
+    with child_listener(loop_name, address="tls://127.0.0.1:0", security=tls_credentials) as (
+        _,
+        address,
+        _stderr,
+    ):
+        comm = await comm_core.connect(address, timeout=10, security=security, same_host=False)
+        companion = comm.handshake_info["same_host_unix"]
+        assert comm.handshake_info["same_host_token"]
+        await comm.close()
+        overrides = None if token is None else {"same_host_token": token}
+        with pytest.raises(comm_core.ConnectTimeoutError) as info:
+            await comm_core.connect(companion, timeout=1, handshake_overrides=overrides)
+        # Refused before the listener said a word of the comm protocol: the connection
+        # closed under the dialer's handshake.
+        assert isinstance(info.value.__cause__, comm_core.CommClosedError)
+        # The listener serves its clients all the same.
+        comm = await comm_core.connect(address, timeout=10, security=security)
+        try:
+            assert comm.extra_info["path"] == "unix"
+            await round_trip(comm, "still serving")
+        finally:
+            await comm.close()
+        assert await seen_by(address, security=security) == ["tls", "unix"]
+
+
+async def test_require_encryption_keeps_tls(
+    loop_name: str, tls_credentials: dict[str, str]
+) -> None:
+    security = _security(tls_credentials)
+    with child_listener(loop_name, address="tls://127.0.0.1:0", security=tls_credentials) as (
+        _,
+        address,
+        _stderr,
+    ):
+        comm = await comm_core.connect(
+            address, timeout=10, security=security, require_encryption=True
+        )
+        try:
+            assert "path" not in comm.extra_info
+            assert comm.peer_address == address
+            await round_trip(comm, "encrypted")
+        finally:
+            await comm.close()
+        assert selection.known_offer(address) is None
+        assert await seen_by(address, security=security) == ["tls"]
+
+
+async def test_a_tls_listener_that_requires_encryption_offers_nothing(
+    tls_credentials: dict[str, str],
+) -> None:
+    security = _security(tls_credentials)
+    with child_listener(
+        address="tls://127.0.0.1:0", security=tls_credentials, require_encryption=True
+    ) as (_, address, _stderr):
+        comm = await comm_core.connect(address, timeout=10, security=security)
         try:
             assert not selection.offer_of(comm.handshake_info)
             assert "path" not in comm.extra_info
@@ -575,7 +747,8 @@ TLS_DIALER = textwrap.dedent(
 def test_temporary_credentials_work_from_another_host() -> None:
     """``Security.temporary()`` names the host's own addresses (issue 19, point 4's aside):
     a dialer in another network namespace verifies the listener's certificate by the
-    listener's primary address; and a tls:// listener offers no same-host path."""
+    listener's primary address; and the tls:// listener's Unix socket, which it offers, is
+    not taken from there (another network namespace: its abstract name is out of reach)."""
     pytest.importorskip("comm_tls")
     with two_namespaces() as (ns_a, ip_a, ns_b):
         listener = subprocess.Popen(

@@ -235,10 +235,14 @@ def comm_same_host_offer(
     listener stops. An offer that fails to start is logged and left out; the
     listener starts all the same.
 
-    Return ``None`` for a listener whose guarantees the path would not keep:
-    comm's own plugins offer nothing to a listener whose backend encrypts
-    (*encrypted*: tls://), since their paths neither encrypt nor authenticate
-    as TLS does.
+    Return ``None`` for a listener whose guarantees the path would not keep.
+    For a listener whose backend encrypts (*encrypted*: tls://), a path must
+    at least authenticate both ends as the listener does: comm-unix offers
+    its Unix socket to a tls:// listener only behind a token that each TLS
+    greeting hands out (see :attr:`Offer.per_comm
+    <comm_core.selection.Offer.per_comm>` and :meth:`ServerSession.companion
+    <comm_core.session.ServerSession.companion>`), and nothing to one whose
+    session requires encryption.
 
     Not ``firstresult``: each plugin may offer its own path (comm-inproc and
     comm-unix both do).

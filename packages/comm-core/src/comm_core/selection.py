@@ -94,6 +94,21 @@ class Offer(ABC):
     def stop(self) -> None:
         """Stop serving the path (comms already made stay open). Idempotent; never raises."""
 
+    #: Whether :meth:`entries_for` adds entries of its own to each comm's greeting
+    #: (the listener then makes every greeting when its comm's connection is up).
+    per_comm: bool = False
+
+    def entries_for(self, comm: Comm) -> Mapping[str, Any]:
+        """Entries for the greeting of *comm* alone, such as a credential for that peer.
+
+        Asked only if :attr:`per_comm`, once for each comm the listener accepts,
+        when its connection is up (a tls:// comm: after the TLS handshake, so
+        ``comm.extra_info`` holds the peer's certificate) and just before its
+        greeting leaves. Keys follow the rules of :meth:`start`'s. The default
+        adds nothing. Must not raise.
+        """
+        return {}
+
 
 class Path(ABC):
     """A connection to a listener's offered path, opened and verified, not yet a comm.
@@ -133,6 +148,15 @@ class Path(ABC):
     @abstractmethod
     def discard(self) -> None:
         """Close the connection: another path was chosen, or none. Idempotent."""
+
+    def handshake_entries(self) -> Mapping[str, Any]:
+        """Entries this side's comm handshake over the path adds (a credential the
+        listener asks for, such as a token its greeting handed out); default none.
+
+        The listener's reply may renew ``same_host_*`` entries (a fresh token):
+        comm-core remembers the offer with them for the next ``connect()``.
+        """
+        return {}
 
 
 # -- the listener's side --------------------------------------------------------------

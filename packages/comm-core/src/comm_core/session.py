@@ -64,6 +64,7 @@ __all__ = [
     "HANDSHAKE_MAX_KEY",
     "HANDSHAKE_MAX_TEXT",
     "HANDSHAKE_MAX_VALUES",
+    "Admit",
     "ServerSession",
     "UserHandler",
     "check_handshake",
@@ -75,6 +76,11 @@ __all__ = [
 
 #: A user's comm handler: a coroutine function or a plain function taking the comm.
 UserHandler = Callable[[Comm], Any]
+
+#: Checks a peer's handshake message before a listener answers it (see
+#: :attr:`ServerSession.admit`): returns the entries to add to the answer, or
+#: raises :class:`~comm_core.HandshakeError` saying why the peer is refused.
+Admit = Callable[[Comm, Mapping[str, Any]], Mapping[str, Any] | None]
 
 logger = logging.getLogger("comm_core")
 
@@ -191,6 +197,7 @@ async def handshake(
     who: str | Callable[[], str],
     *,
     limit: float | None = None,
+    admit: Admit | None = None,
 ) -> None:
     """Send our info and read the peer's; abort *comm* on any failure.
 
@@ -205,17 +212,25 @@ async def handshake(
     (it may be 0); *limit*, the whole time allowed, which a timeout's message
     names (default: *timeout*).
 
+    With *admit* (a listener that checks who its peer is before saying
+    anything: see :attr:`ServerSession.admit`), this side reads the peer's
+    message first, and sends its own, with the entries *admit* returns, only
+    if *admit* accepts the peer.
+
     Raises:
         HandshakeTimeoutError: the peer's handshake did not arrive in time.
         IncompatibleProtocolError: the peer speaks another protocol version.
         HandshakeError: the peer is not a comm endpoint (the message says what
             it looks like), or its handshake is malformed, too large, holds a
             value this side cannot decode, or breaks the limits of
-            :func:`check_handshake`.
+            :func:`check_handshake`; or *admit* refused the peer.
         CommClosedError: the connection closed first.
     """
     sent = comm.early_handshake
     local = local_handshake(comm, overrides) if sent is None else sent
+    if admit is not None and sent is None:
+        await _admit(comm, local, admit, timeout, who, limit)
+        return
     try:
         if sent is not None and comm.message_waiting():
             peer = await _read_handshake(comm, who)
@@ -233,6 +248,44 @@ async def handshake(
     except BaseException:
         comm.abort()
         raise
+    _check_peer(comm, peer, who)
+    comm._set_handshake(local, peer)
+
+
+async def _admit(
+    comm: Comm,
+    local: Mapping[str, Any],
+    admit: Admit,
+    timeout: float,
+    who: str | Callable[[], str],
+    limit: float | None,
+) -> None:
+    """The handshake of a listener that admits its peer before it says anything."""
+    try:
+        async with timeout_after(max(timeout, 0.0)):
+            peer = await _read_handshake(comm, who)
+        _check_peer(comm, peer, who)
+        try:
+            more = admit(comm, peer)
+        except HandshakeError as exc:
+            raise HandshakeError(f"{_name(who)}: refused the peer: {exc}") from None
+        if more:
+            local = {**local, **more}
+        await comm.send_handshake(local)
+    except TimeoutError as exc:
+        comm.abort()
+        raise HandshakeTimeoutError(
+            f"{_name(who)}: the peer did not complete the comm handshake within "
+            f"{timeout if limit is None else limit:g}s"
+        ) from exc
+    except BaseException:
+        comm.abort()
+        raise
+    comm._set_handshake(local, peer)
+
+
+def _check_peer(comm: Comm, peer: Any, who: str | Callable[[], str]) -> None:
+    """Refuse (aborting *comm*) a *peer* message that is no comm handshake of ours."""
     if not isinstance(peer, dict) or type(peer.get("protocol")) is not int:
         comm.abort()
         raise HandshakeError(
@@ -252,7 +305,6 @@ async def handshake(
     if problem is not None:
         comm.abort()
         raise HandshakeError(f"{_name(who)}: refused the peer's comm handshake: {problem}")
-    comm._set_handshake(local, peer)
 
 
 async def _read_handshake(comm: Comm, who: str | Callable[[], str]) -> Any:
@@ -344,7 +396,10 @@ async def connect_until(
             except HandshakeTimeoutError as exc:
                 if remaining >= hs_timeout:
                     raise
-                last_exc = exc  # the connect budget ran out, not the handshake's own
+                # The connect budget ran out, not the handshake's own: this says less
+                # than the failure before it.
+                if last_exc is None:
+                    last_exc = exc
             except FatalCommClosedError:
                 raise
             except CommClosedError as exc:  # the peer went away during the handshake
@@ -415,7 +470,8 @@ async def _take_path(
         async with timeout_after(budget):
             comm = await path.open(addr, deserialize, options, connection_args)
         left = min(deadline - loop.time(), options.handshake_timeout)
-        await handshake(comm, overrides, left, who)
+        entries = path.handshake_entries()
+        await handshake(comm, {**overrides, **entries} if overrides else entries, left, who)
     except Exception as exc:
         if comm is None:
             path.discard()
@@ -433,7 +489,8 @@ async def _take_path(
         else:
             comm.abort()
         raise
-    remember_offer(addr, offer)
+    renewed = offer_of(comm.handshake_info)  # the path's listener may renew its offer
+    remember_offer(addr, {**offer, **renewed} if renewed else offer)
     logger.debug("connect to %r: took the %s path %s", addr, path.name, path.address)
     return comm
 
@@ -518,7 +575,47 @@ class ServerSession:
         self.options = Options() if options is None else options
         #: The listener served, once :meth:`attach` ran.
         self.listener: Listener | None = None
+        #: If set, the listener's comms say nothing before the peer's handshake
+        #: message came and this accepted it (see :data:`Admit`): no greeting
+        #: ahead of the handshake; a refused peer is dropped (logged like a
+        #: failed handshake) without having heard a byte of the comm protocol
+        #: from this side. For a listener whose peers must prove something
+        #: first, such as a same-host path's companion listener.
+        self.admit: Admit | None = None
+        # The offers whose entries differ for each comm (Offer.per_comm).
+        self._per_comm: list[Offer] = []
         self._dropped = LogLimiter(logger, "comms dropped for failing their handshake")
+
+    def companion(self, admit: Admit | None = None) -> ServerSession:
+        """A session that serves the same handler with the same settings, for a
+        companion listener (a same-host path's), with *admit* as its :attr:`admit`.
+
+        It offers nothing itself; :meth:`attach` it to the companion listener.
+        """
+        twin = ServerSession(
+            self.address,
+            self.handler,
+            self.overrides,
+            self.options,
+            deserialize=self.deserialize,
+            connection_args=self.connection_args,
+        )
+        twin.admit = admit
+        return twin
+
+    @property
+    def greets_early(self) -> bool:
+        """Whether the listener's comms send :meth:`greeting` before hearing from the
+        peer (not with an :attr:`admit` check)."""
+        return self.admit is None
+
+    @property
+    def greets_alike(self) -> bool:
+        """Whether :meth:`greeting` is the same for every comm (as far as this session
+        decides it): no offer adds entries for each comm. A stream listener then
+        encodes it once, when it accepts its first comm; otherwise for each comm,
+        once the comm's connection is up."""
+        return not self._per_comm
 
     def attach(self, listener: Listener) -> None:
         """Serve *listener*: it is named in log lines, and its settings are :attr:`options`.
@@ -552,6 +649,7 @@ class ServerSession:
         )
         if entries:
             self._announced = {**entries, **(self.overrides or {})}
+        self._per_comm = [offer for offer in self.offers if offer.per_comm]
 
     def stopped(self, listener: Listener) -> None:
         """*listener* stopped: stop the paths offered for it. Never raises."""
@@ -559,6 +657,7 @@ class ServerSession:
             return
         self._offering = False
         self._announced = self.overrides
+        self._per_comm = []
         offers, self.offers = self.offers, []
         for offer in offers:
             try:
@@ -603,10 +702,21 @@ class ServerSession:
         the handshake only reads the peer's.
 
         The same for every comm whose class adds nothing to it
-        (:meth:`~comm_core.Comm.handshake_options`), so that a listener may
-        encode it once.
+        (:meth:`~comm_core.Comm.handshake_options`) while :attr:`greets_alike`,
+        so that a listener may encode it once. Otherwise it holds the entries
+        the offers make for *comm* (:meth:`Offer.entries_for
+        <comm_core.selection.Offer.entries_for>`): ask for it when *comm*'s
+        connection is up.
         """
-        return local_handshake(comm, self._announced)
+        if not self._per_comm:
+            return local_handshake(comm, self._announced)
+        own: dict[str, Any] = {}
+        for offer in self._per_comm:
+            try:
+                own.update(offer.entries_for(comm))
+            except Exception:  # a plugin's bug: this comm is offered less, nothing fails
+                logger.exception("the same-host path %r failed making a comm's entries", offer)
+        return local_handshake(comm, {**(self._announced or {}), **own, **(self.overrides or {})})
 
     async def __call__(self, comm: Comm) -> None:
         """:meth:`serve` *comm*, with :attr:`timeout` from now."""
@@ -640,6 +750,7 @@ class ServerSession:
                 deadline - loop.time(),
                 lambda: self._who(comm),
                 limit=self.timeout,
+                admit=self.admit,
             )
         except (ProtocolError, CommClosedError) as exc:
             level = logging.WARNING if isinstance(exc, IncompatibleProtocolError) else logging.INFO

@@ -24,6 +24,7 @@ import logging
 import socket
 import struct
 import sys
+import weakref
 from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, cast
@@ -128,6 +129,12 @@ class StreamProtocol(asyncio.BufferedProtocol):
     #: Called with the protocol when its connection is lost, once; set by
     #: :class:`StreamAcceptor` until the comm is done with its handshake.
     on_lost: Callable[[StreamProtocol], None] | None = None
+    #: Whether this side's handshake message may wait to leave with the first write
+    #: (see :meth:`queue_handshake`): a dialer's may, since a comm listener sends its
+    #: own without waiting for it. ``False`` where the listener reads the dialer's
+    #: first (a same-host path behind a token), at both ends: this side's then leaves
+    #: at the end of the loop iteration.
+    peer_speaks_first: bool = True
 
     def __init__(
         self,
@@ -171,6 +178,9 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.greeting: bytes | None = None
         #: What send_greeting() left for connection_made() to send (``b""``: nothing).
         self.greeting_rest: bytes | None = None
+        #: Makes :attr:`greeting` when the connection is made, if it is made for each
+        #: comm then (see StreamAcceptor.accept).
+        self.greet_when_made: Callable[[], None] | None = None
         # The preamble waits in self.out for the first write (or read, or close),
         # so that it leaves with it in one system call.
         self.preamble_pending = False
@@ -216,12 +226,17 @@ class StreamProtocol(asyncio.BufferedProtocol):
         self.loop = asyncio.get_running_loop()
         self.lost = self.loop.create_future()
         if self.closing:  # aborted before its transport came (a listener dropped it)
+            self.greet_when_made = None
             self.transport.abort()
             return
         self.local = format_sockaddr(self.scheme, transport.get_extra_info("sockname"))
         self.peer = format_sockaddr(self.scheme, transport.get_extra_info("peername"))
         self.decoder.peer = self.peer
         self.transport.set_write_buffer_limits(high=self.write_high_water)
+        late = self.greet_when_made
+        if late is not None:
+            self.greet_when_made = None
+            late()  # sets self.greeting
         if self.greeting is not None:
             self.transport.write(PREAMBLE + self.greeting)
             self.greeting = None
@@ -749,7 +764,7 @@ class StreamProtocol(asyncio.BufferedProtocol):
             return False
         self.out.extend(buffers)
         self.out_size += nbytes
-        if not self.ready:
+        if not self.ready and self.peer_speaks_first:
             self.hold_handshake = True  # next_message() sees to the rest
         elif self.flush_handle is None:  # the listener's is here: the read will not wait
             assert self.loop is not None
@@ -1140,6 +1155,24 @@ def _progressing(protocol: StreamProtocol) -> bool:
     return unread != bytearray(4)
 
 
+class _LateGreeting:
+    """Greets a comm with its session's greeting once its connection is made.
+
+    Holds the comm weakly: its protocol holds this until then.
+    """
+
+    __slots__ = ("comm", "session")
+
+    def __init__(self, session: ServerSession, comm: StreamComm) -> None:
+        self.session = session
+        self.comm = weakref.ref(comm)
+
+    def __call__(self) -> None:
+        comm = self.comm()
+        if comm is not None:
+            comm.greet(self.session.greeting(comm))
+
+
 class StreamAcceptor:
     """What a stream listener does with each connection it accepts.
 
@@ -1226,15 +1259,24 @@ class StreamAcceptor:
         their handshake, the oldest of them is dropped.
         """
         cached = self._greeting
-        # The same for every comm unless the comm's class adds to it.
-        shared = type(comm).handshake_options is Comm.handshake_options
         protocol = comm.protocol
-        if cached is not None and shared:
+        session = self.session
+        if session is None:
+            pass  # no comm handshake of comm-core's
+        elif not session.greets_early:
+            # The handshake sends this side's message, once the peer's came: at once.
+            protocol.peer_speaks_first = False
+        elif not session.greets_alike:
+            # Entries made for this comm alone: once its connection is up (after a
+            # TLS handshake, say), just before the greeting leaves.
+            protocol.greet_when_made = _LateGreeting(session, comm)
+        elif cached is not None and type(comm).handshake_options is Comm.handshake_options:
             comm.greet(cached[0], cached[1])
-        elif self.session is not None:
-            info = self.session.greeting(comm)
+        else:
+            info = session.greeting(comm)
             greeting = comm.greet(info)  # None: unsendable overrides, the handshake says so
-            if greeting is not None and shared:
+            # The same for every comm unless the comm's class adds to it.
+            if greeting is not None and type(comm).handshake_options is Comm.handshake_options:
                 self._greeting = (info, greeting, PREAMBLE + greeting)
         loop = asyncio.get_running_loop()
         deadline = protocol.deadline = loop.time() + self.listener.handshake_timeout

@@ -77,7 +77,7 @@ UNIX_CONNECT = DoctorStep("unix connect", _connect, Stage.CONNECT)
 
 
 def _same_host(context: DoctorContext) -> str:
-    """Which path a ``connect()`` to a tcp:// address takes from here, and why."""
+    """Which path a ``connect()`` to a tcp:// or tls:// address takes from here, and why."""
     import asyncio
     import logging
 
@@ -116,26 +116,37 @@ def _same_host(context: DoctorContext) -> str:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+    kept = context.address.partition("://")[0].upper()  # TCP or TLS
     if info.get("path") == "unix":
-        return f"{context.arrow} {peer}: the listener's own Unix socket (pid {info['peer_pid']})"
+        token = " behind the token its TLS greeting gave" if kept == "TLS" else ""
+        return (
+            f"{context.arrow} {peer}: the listener's own Unix socket (pid {info['peer_pid']})"
+            f"{token}"
+        )
     if not any(key.startswith("same_host_") for key in handshake):
         return (
-            "the listener offers no same-host path (another comm version, a tls:// or "
-            "same_host=False listener): TCP"
+            "the listener offers no same-host path (another comm version, a listener with "
+            f"same_host=False or require_encryption): {kept}"
         )
-    why = reasons[-1].split(": kept: ", 1)[-1] if reasons else "another host"
-    return f"TCP: the listener's Unix socket was not taken: {why}"
+    if reasons:
+        why = reasons[-1].split(": kept: ", 1)[-1]
+    elif comm_core.get_setting("require_encryption"):
+        why = "require_encryption is on here, and the Unix socket does not encrypt"
+    else:
+        why = "another host"
+    return f"{kept}: the listener's Unix socket was not taken: {why}"
 
 
-#: Which path ``connect()`` takes to a tcp:// address (after the comm handshake step).
+#: Which path ``connect()`` takes to a tcp:// or tls:// address (after the comm
+#: handshake step).
 SAME_HOST = DoctorStep("same host", _same_host, Stage.HANDSHAKE + 50)
 
 
 def doctor_steps(scheme: str) -> list[DoctorStep] | None:
     """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``, ``same
-    host`` for ``tcp://``."""
+    host`` for ``tcp://`` and ``tls://``."""
     if scheme == "unix":
         return [UNIX_CONNECT]
-    if scheme == "tcp":
+    if scheme in ("tcp", "tls"):
         return [SAME_HOST]
     return None

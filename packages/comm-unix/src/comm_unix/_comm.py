@@ -8,6 +8,7 @@ import os
 import socket
 import weakref
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from comm_core import ProtocolError
@@ -175,6 +176,10 @@ class UnixComm(StreamComm):
 
     protocol_class = UnixProtocol
     protocol: UnixProtocol
+    #: What another, authenticated channel established about the peer, added to
+    #: ``extra_info``: a tls:// listener's same-host path sets the TLS peer's
+    #: ``peercert`` here (see :mod:`comm_unix._select`).
+    vouched: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(
         self,
@@ -255,4 +260,5 @@ class UnixComm(StreamComm):
             "send_buffer": protocol.send_buffer,
             "arena": off is None,
             "arena_off": off,
+            **self.vouched,
         }

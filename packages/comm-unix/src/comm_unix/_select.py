@@ -9,6 +9,21 @@ greeting says so, in four entries: ``same_host_boot_id`` (this kernel's boot
 id), ``same_host_unix`` (the socket's address), ``same_host_pid`` and
 ``same_host_uid`` (the listening process and its user).
 
+A ``tls://`` listener offers one too, behind a token (:class:`Tokens`): the
+greeting of each of its comms, sent once the TLS handshake has authenticated
+the peer (and, with mutual TLS, the peer this side), also holds
+``same_host_token``, a fresh random credential valid for :data:`TOKEN_LIFETIME`
+seconds. Its companion socket says nothing to a connection until it has read
+a comm handshake holding a valid token (:attr:`ServerSession.admit
+<comm_core.session.ServerSession.admit>`); others are dropped. So only a peer
+that passed TLS with this listener, and runs on this host as this user, gets a
+comm there; its ``extra_info`` carries the certificate that peer presented
+over TLS (``peercert``). The answer holds a fresh token, which the dialer
+remembers for its next ``connect()``. The bytes themselves are not encrypted
+on the Unix socket (they never leave the kernel, and only this user's
+processes can be at either end), so a dialer with ``require_encryption``
+keeps TLS, and a listener with it offers nothing.
+
 A dialer that reads such a greeting (:func:`find_path`) goes on only if the
 boot id is its own kernel's and the user id its own (different users never
 switch); it then connects a non-blocking Unix socket to the address (a
@@ -23,14 +38,18 @@ socket (a container without the host's abstract namespace or files), refused
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import secrets
 import socket
 import sys
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from comm_core import ConnectError, Options
+from comm_core import ConnectError, HandshakeError, Options
 from comm_core.abc import Comm, Listener
 from comm_core.selection import Offer, Path
 from comm_core.session import ServerSession
@@ -42,7 +61,9 @@ from comm_unix._transport import UnixSocket, UnixTransport, drives_sockets
 
 __all__ = [
     "OFFER_KEYS",
+    "TOKEN_LIFETIME",
     "SelectedUnixComm",
+    "Tokens",
     "UnixOffer",
     "UnixPath",
     "boot_id",
@@ -55,8 +76,19 @@ logger = logging.getLogger("comm_unix.select")
 #: The handshake entries of a unix offer.
 OFFER_KEYS = ("same_host_boot_id", "same_host_unix", "same_host_pid", "same_host_uid")
 
-#: The schemes whose listeners get a companion Unix socket (not tls://: see offer_for()).
+#: The schemes whose listeners get a companion Unix socket.
 _OFFERED_FOR = frozenset({"tcp"})
+#: The encrypted schemes whose listeners get one behind a token (see the module's docstring).
+_VOUCHED_FOR = frozenset({"tls"})
+
+#: The handshake entry holding a token.
+TOKEN_KEY = "same_host_token"
+#: Seconds a token handed out by a tls:// listener may be used.
+TOKEN_LIFETIME = 60.0
+#: Most tokens a listener keeps; the oldest go first.
+TOKEN_LIMIT = 4096
+#: Length of a token: 32 hex digits (128 random bits).
+_TOKEN_LENGTH = 32
 
 _boot_id: str | None = None
 _boot_id_read = False
@@ -100,15 +132,100 @@ def boot_id() -> str | None:
 # -- the listener's side --------------------------------------------------------------
 
 
+class Tokens:
+    """The same-host tokens a listener handed out, each with what it vouches for.
+
+    A token may be used any number of times within *lifetime* seconds of
+    being issued; at most *limit* are kept (the oldest go first: their
+    holders take TLS again, and get a new one). Tokens are kept by their
+    SHA-256 digest, so that looking one up takes no time that depends on how
+    much of it an attacker guessed.
+    """
+
+    def __init__(self, lifetime: float = TOKEN_LIFETIME, limit: int = TOKEN_LIMIT) -> None:
+        self.lifetime = lifetime
+        self.limit = limit
+        # digest -> (expiry in time.monotonic(), identity), oldest first
+        self._tokens: OrderedDict[bytes, tuple[float, Mapping[str, Any]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def issue(self, identity: Mapping[str, Any]) -> str:
+        """A new token vouching for *identity* (what a comm that shows it is told about
+        its peer)."""
+        now = time.monotonic()
+        tokens = self._tokens
+        while tokens:  # drop the expired, oldest first
+            digest, (expiry, _) = next(iter(tokens.items()))
+            if expiry > now:
+                break
+            del tokens[digest]
+        token = secrets.token_hex(_TOKEN_LENGTH // 2)
+        tokens[hashlib.sha256(token.encode("ascii")).digest()] = (now + self.lifetime, identity)
+        while len(tokens) > self.limit:
+            tokens.popitem(last=False)
+        return token
+
+    def redeem(self, token: object) -> Mapping[str, Any] | None:
+        """What *token* vouches for, if it is one of ours and not expired; else ``None``."""
+        if type(token) is not str or len(token) != _TOKEN_LENGTH or not token.isascii():
+            return None
+        entry = self._tokens.get(hashlib.sha256(token.encode("ascii")).digest())
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
+
+
 class UnixOffer(Offer):
-    """A companion Unix socket listener serving *session*, started with the listener."""
+    """A companion Unix socket listener serving *session*, started with the listener.
+
+    With *vouching* (the scheme of an encrypted listener, ``"tls"``), each comm's
+    greeting carries a token and the companion admits only comms that show one
+    (see the module's docstring).
+    """
 
     name: ClassVar[str] = "unix"
 
-    def __init__(self, session: ServerSession, boot: str) -> None:
+    def __init__(self, session: ServerSession, boot: str, vouching: str | None = None) -> None:
         self.session = session
         self.boot = boot
         self.listener: Listener | None = None
+        self.vouching = vouching
+        self.tokens = Tokens() if vouching is not None else None
+        self.per_comm = vouching is not None
+
+    def entries_for(self, comm: Comm) -> Mapping[str, Any]:
+        """A fresh token for *comm*, whose connection is up (its TLS handshake done)."""
+        if self.tokens is None:
+            return {}
+        try:
+            cert = comm.extra_info.get("peercert")
+        except Exception:  # a transport that cannot say: vouch for no certificate
+            cert = None
+        identity = {"path": "unix", "authenticated": self.vouching, "peercert": cert or {}}
+        return {TOKEN_KEY: self.tokens.issue(identity)}
+
+    def admit(self, comm: Comm, peer: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Admit a comm on the companion socket that shows a valid token; answer with a
+        fresh one.
+
+        Raises:
+            HandshakeError: no token, or not one of ours, or expired.
+        """
+        assert self.tokens is not None
+        token = peer.get(TOKEN_KEY)
+        if token is None:
+            raise HandshakeError(
+                f"it showed no {TOKEN_KEY}: this socket serves only clients that passed "
+                f"the {self.vouching}:// listener's handshake"
+            )
+        identity = self.tokens.redeem(token)
+        if identity is None:
+            raise HandshakeError(f"its {TOKEN_KEY} is not one this listener gave, or expired")
+        if isinstance(comm, UnixComm):
+            comm.vouched = identity
+        return {TOKEN_KEY: self.tokens.issue(identity)}
 
     async def start(self) -> Mapping[str, Any]:
         from comm_unix._backend import UnixBackend
@@ -122,10 +239,16 @@ class UnixOffer(Offer):
         # Linux: a name the kernel picks in the abstract namespace; elsewhere a socket
         # file in a fresh directory of mode 0700.
         loc = ABSTRACT if ABSTRACT_NAMESPACE else ""
-        listener = UnixBackend().get_listener(loc, session, session.deserialize, **args)
-        # Serves the same session, without becoming its listener (the session names the
-        # tcp listener in its log lines, and offers nothing for this one).
-        listener.session = session
+        if self.tokens is None:
+            listener = UnixBackend().get_listener(loc, session, session.deserialize, **args)
+            # Serves the same session, without becoming its listener (the session names
+            # the tcp listener in its log lines, and offers nothing for this one).
+            listener.session = session
+        else:
+            # A session of its own, which admits token holders only and offers nothing.
+            companion = session.companion(admit=self.admit)
+            listener = UnixBackend().get_listener(loc, companion, session.deserialize, **args)
+            companion.attach(listener)
         await listener.start()
         self.listener = listener
         return {
@@ -148,15 +271,23 @@ class UnixOffer(Offer):
 def offer_for(session: ServerSession, scheme: str, encrypted: bool) -> UnixOffer | None:
     """The offer for a listener on *scheme*, or ``None``.
 
-    Only for tcp:// listeners: a tls:// listener authenticates and encrypts,
-    which a plain Unix socket would not (``encrypted``, any scheme: none).
+    For tcp:// listeners; for tls:// listeners behind a token (see the module's
+    docstring), unless the listener has ``require_encryption`` (the Unix socket
+    does not encrypt). No other encrypted scheme gets one.
     """
-    if encrypted or scheme not in _OFFERED_FOR or not hasattr(socket, "AF_UNIX"):
+    if not hasattr(socket, "AF_UNIX"):
+        return None
+    vouching: str | None = None
+    if encrypted:
+        if scheme not in _VOUCHED_FOR or session.options.require_encryption:
+            return None
+        vouching = scheme
+    elif scheme not in _OFFERED_FOR:
         return None
     boot = boot_id()
     if boot is None:
         return None
-    return UnixOffer(session, boot)
+    return UnixOffer(session, boot, vouching)
 
 
 # -- the dialer's side ----------------------------------------------------------------
@@ -184,10 +315,21 @@ class UnixPath(Path):
     scheme: ClassVar[str] = SCHEME
     rank: ClassVar[int] = 10
 
-    def __init__(self, sock: socket.socket, address: str, credentials: PeerCredentials) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        address: str,
+        credentials: PeerCredentials,
+        token: str | None = None,
+    ) -> None:
         self.sock: socket.socket | None = sock
         self.address = address
         self.credentials = credentials
+        self.token = token
+
+    def handshake_entries(self) -> Mapping[str, Any]:
+        """The token a tls:// listener's greeting gave, if any."""
+        return {TOKEN_KEY: self.token} if self.token is not None else {}
 
     async def open(
         self,
@@ -208,6 +350,8 @@ class UnixPath(Path):
             )
             protocol = comm.protocol
             protocol.credentials = self.credentials
+            if self.token is not None:  # the listener reads our handshake before it answers
+                protocol.peer_speaks_first = False
             protocol.tune(sock)
             loop = asyncio.get_running_loop()
             if drives_sockets(loop):
@@ -241,6 +385,11 @@ def find_path(requested: str, offer: Mapping[str, Any]) -> UnixPath | None:
     uid = _value(offer, "same_host_uid", int)
     if address is None or boot is None or pid is None or uid is None:
         return None  # no unix offer (or a malformed one)
+    token: str | None = None
+    if TOKEN_KEY in offer:
+        token = _value(offer, TOKEN_KEY, str)
+        if token is None or len(token) != _TOKEN_LENGTH or not token.isascii():
+            return None
     if not hasattr(socket, "AF_UNIX"):
         return None
     if pid == os.getpid():
@@ -283,4 +432,4 @@ def find_path(requested: str, offer: Mapping[str, Any]) -> UnixPath | None:
             uid,
         )
         return None
-    return UnixPath(sock, address, credentials)
+    return UnixPath(sock, address, credentials, token)
