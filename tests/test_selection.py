@@ -406,7 +406,8 @@ async def test_later_tls_connects_go_straight_to_unix_with_a_fresh_token(
     ):
         comm = await comm_core.connect(address, timeout=10, security=security)
         await comm.close()
-        tokens = [selection.known_offer(address)["same_host_token"]]  # type: ignore[index]
+        args = {"security": security}
+        tokens = [selection.known_offer(address, args)["same_host_token"]]  # type: ignore[index]
         tls = comm_core.get_backend("tls").get_connector()
 
         async def no_tls(*args: Any, **kwargs: Any) -> comm_core.Comm:
@@ -422,9 +423,49 @@ async def test_later_tls_connects_go_straight_to_unix_with_a_fresh_token(
                 finally:
                     await comm.close()
                 # Each answer brings a fresh token, remembered for the next connect.
-                tokens.append(selection.known_offer(address)["same_host_token"])  # type: ignore[index]
+                tokens.append(selection.known_offer(address, args)["same_host_token"])  # type: ignore[index]
         assert len(set(tokens)) == 4
         assert await seen_by(address, security=security) == ["unix"] * 4
+
+
+async def test_a_remembered_tls_path_serves_only_connects_with_the_same_security(
+    tls_credentials: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token was given to one client identity, after one verification of the
+    listener: a connect() with other TLS settings (another client certificate, another
+    trust) dials TLS itself, and gets a token of its own."""
+    from comm_tls import Security
+
+    first = _security(tls_credentials)
+    other = Security(**tls_credentials, resume_sessions=False)  # other settings
+    same = _security(tls_credentials)  # equal settings, another object
+    with child_listener(address="tls://127.0.0.1:0", security=tls_credentials) as (
+        _,
+        address,
+        _stderr,
+    ):
+        tls = comm_core.get_backend("tls").get_connector()
+        dialled: list[Any] = []
+        real = tls.connect
+
+        async def counting(*args: Any, **kwargs: Any) -> comm_core.Comm:
+            dialled.append(kwargs.get("security"))
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(tls, "connect", counting)
+        for security in (first, same, other, first):
+            comm = await comm_core.connect(address, timeout=10, security=security)
+            try:
+                assert comm.extra_info["path"] == "unix"
+                await round_trip(comm, "x")
+            finally:
+                await comm.close()
+        # first: dialled; same: remembered; other: dialled; first again: dialled (the
+        # remembered offer is other's now).
+        assert [d is first for d in dialled] == [True, False, True]
+        assert dialled[1] is other
+        assert selection.known_offer(address, {"security": first}) is not None
+        assert selection.known_offer(address, {"security": other}) is None
 
 
 async def test_a_token_the_listener_does_not_know_falls_back_to_tls_and_loses_nothing(
@@ -441,7 +482,9 @@ async def test_a_token_the_listener_does_not_know_falls_back_to_tls_and_loses_no
         comm = await comm_core.connect(address, timeout=10, security=security)
         offer = selection.offer_of(comm.handshake_info)
         await comm.close()
-        selection.remember_offer(address, {**offer, "same_host_token": "0" * 32})
+        selection.remember_offer(
+            address, {**offer, "same_host_token": "0" * 32}, {"security": security}
+        )
         comm = await comm_core.connect(address, timeout=10, security=security)
         try:
             assert comm.extra_info["path"] == "unix"

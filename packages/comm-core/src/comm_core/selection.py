@@ -21,7 +21,11 @@ hooks (see :mod:`comm_core.hookspecs`):
 
 A verified offer is remembered per requested address, so the next
 ``connect()`` to it asks the plugins for a path before dialling at all (they
-verify it again each time); a path that fails is forgotten.
+verify it again each time); a path that fails is forgotten. It is remembered
+with the connection arguments it was learnt with, and only a ``connect()``
+with the same ones (the same objects, or equal ones) uses it: an offer that a
+tls:// listener made to one client identity (``security=``) is never used by
+another, nor by a ``connect()`` that would not have trusted that listener.
 
 Only comm-core calls these functions; plugins implement :class:`Offer` and
 :class:`Path`.
@@ -63,7 +67,9 @@ OFFER_PREFIX = "same_host_"
 
 #: Most requested addresses whose verified offers are remembered.
 _CACHE_SIZE = 1024
-_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+# requested address -> (offer, the connection arguments it was learnt with: held, so
+# that no other object takes their identity while they are remembered)
+_cache: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
 _cache_lock = threading.Lock()  # connect() may run on loops of several threads
 
 
@@ -213,16 +219,43 @@ def offer_of(info: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in info.items() if key.startswith(OFFER_PREFIX)}
 
 
-def known_offer(requested: str) -> dict[str, Any] | None:
-    """The offer remembered for *requested*, if a path to it was verified before."""
-    with _cache_lock:
-        return _cache.get(requested)
+def _same_args(remembered: Mapping[str, Any], given: Mapping[str, Any]) -> bool:
+    if remembered.keys() != given.keys():
+        return False
+    for name, value in given.items():
+        known = remembered[name]
+        if known is value:
+            continue
+        try:
+            if not bool(known == value):
+                return False
+        except Exception:  # a value that cannot say: not the same
+            return False
+    return True
 
 
-def remember_offer(requested: str, offer: dict[str, Any]) -> None:
-    """Remember *offer*, which led to a verified path, for the next ``connect()`` to *requested*."""
+def known_offer(
+    requested: str, connection_args: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The offer remembered for *requested*, if a path to it was verified before with
+    *connection_args* (``None``: with any)."""
     with _cache_lock:
-        _cache[requested] = offer
+        entry = _cache.get(requested)
+    if entry is None:
+        return None
+    offer, remembered = entry
+    if connection_args is not None and not _same_args(remembered, connection_args):
+        return None
+    return offer
+
+
+def remember_offer(
+    requested: str, offer: dict[str, Any], connection_args: Mapping[str, Any] | None = None
+) -> None:
+    """Remember *offer*, which led to a verified path, for the next ``connect()`` to
+    *requested* with the same *connection_args*."""
+    with _cache_lock:
+        _cache[requested] = (offer, dict(connection_args or {}))
         _cache.move_to_end(requested)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)

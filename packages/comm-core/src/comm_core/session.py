@@ -358,7 +358,7 @@ async def connect_until(
     # Same-host selection (comm_core.selection): a path verified before is tried first.
     select = options.same_host
     if select:
-        known = known_offer(addr)
+        known = known_offer(addr, connection_args)
         if known is not None:
             path = choose_path(addr, known, options, connection_args)
             if path is None:
@@ -490,7 +490,7 @@ async def _take_path(
             comm.abort()
         raise
     renewed = offer_of(comm.handshake_info)  # the path's listener may renew its offer
-    remember_offer(addr, {**offer, **renewed} if renewed else offer)
+    remember_offer(addr, {**offer, **renewed} if renewed else offer, connection_args)
     logger.debug("connect to %r: took the %s path %s", addr, path.name, path.address)
     return comm
 
