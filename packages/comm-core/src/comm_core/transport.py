@@ -43,6 +43,8 @@ import warnings
 from collections.abc import Iterable
 from typing import Any, ClassVar, Generic, TypeVar
 
+from comm_core.exceptions import CommClosedError
+
 __all__ = ["SocketTransport", "StreamTransportBase"]
 
 logger = logging.getLogger("comm_core.transport")
@@ -334,6 +336,8 @@ class SocketTransport(StreamTransportBase[socket.socket]):
         self._eof_pending = False  # write_eof() was called: shut down once the queue is sent
         self._eof_written = False
         self._at_eof = False  # the peer shut its side down
+        # send_ancillary() calls waiting for the queue to empty (or the socket to take more).
+        self._sent_waiters: list[asyncio.Future[None]] | None = None
 
     def start(self) -> None:
         """Connect the protocol (``connection_made()``, now) and start reading."""
@@ -595,10 +599,58 @@ class SocketTransport(StreamTransportBase[socket.socket]):
         if queue:
             return
         self._update_writer(False)
+        if self._sent_waiters:
+            self._wake_senders()
         if self._eof_pending:
             self._shutdown_write()
         if self._closing:
             self._finish(None)
+
+    async def send_ancillary(self, data: bytes, ancdata: list[tuple[int, int, Any]]) -> None:
+        """Send *data* with ancillary data (:meth:`socket.socket.sendmsg`'s *ancdata*,
+        such as descriptors with ``SCM_RIGHTS``), after everything written before.
+
+        Waits while earlier writes are queued or the socket takes nothing; the
+        ancillary data goes with the first byte of *data*, and whatever of
+        *data* the kernel did not take then is queued as a write.
+
+        Raises:
+            CommClosedError: the transport is closed, or closes while waiting, or
+                the kernel refused (the transport is then closed too).
+        """
+        while True:
+            if self._queue and not self._closing:  # what was written before goes first
+                await self._wait_sent()
+                continue
+            sock = self._sock
+            if self._closing or sock is None:
+                raise CommClosedError(f"connection to {self._info.get('peername')!r} is closed")
+            try:
+                sent = sock.sendmsg([data], ancdata)
+                break
+            except (BlockingIOError, InterruptedError):
+                self._update_writer(True)  # _write_ready() wakes us once it is writable
+                await self._wait_sent()
+            except OSError as exc:
+                self._fatal(exc, "sending ancillary data failed")
+                raise CommClosedError(
+                    f"connection to {self._info.get('peername')!r} failed: {exc}"
+                ) from exc
+        if sent < len(data):
+            self.write(data[sent:])
+
+    async def _wait_sent(self) -> None:
+        waiter = self._loop.create_future()
+        if self._sent_waiters is None:
+            self._sent_waiters = []
+        self._sent_waiters.append(waiter)
+        await waiter
+
+    def _wake_senders(self) -> None:
+        waiters, self._sent_waiters = self._sent_waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     def can_write_eof(self) -> bool:
         return True
@@ -659,6 +711,8 @@ class SocketTransport(StreamTransportBase[socket.socket]):
         self._update_writer(False)
         self._queue.clear()
         self._tail = None
+        if self._sent_waiters:
+            self._wake_senders()
         self._release(exc)
 
     # -- the rest of the transport interface --------------------------------------------------

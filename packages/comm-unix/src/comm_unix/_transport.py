@@ -23,7 +23,6 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
-from comm_core import CommClosedError
 from comm_core.transport import SocketTransport
 from comm_unix._arena import ANCILLARY_SPACE, descriptors_in
 from comm_unix._comm import UnixProtocol
@@ -70,16 +69,6 @@ class UnixTransport(SocketTransport):
 
     _logger = logger
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: asyncio.BaseProtocol,
-        extra: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(loop, sock, protocol, extra)
-        self._sent_waiters: list[asyncio.Future[None]] = []
-
     async def send_fds(self, data: bytes, fds: list[int]) -> None:
         """Send *data* with *fds* attached (``SCM_RIGHTS``), after everything written before.
 
@@ -88,45 +77,7 @@ class UnixTransport(SocketTransport):
                 the kernel refused (the transport is then closed too).
         """
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", fds))]
-        while True:
-            if self._queue and not self._closing:  # what was written before goes first
-                await self._sent()
-                continue
-            if self._closing or self._sock is None:
-                raise CommClosedError(f"connection to {self._info.get('peername')!r} is closed")
-            try:
-                sent = self._sock.sendmsg([data], rights)
-                break
-            except (BlockingIOError, InterruptedError):
-                self._update_writer(True)  # _write_ready() wakes us once it is writable
-                await self._sent()
-            except OSError as exc:
-                self._fatal(exc, "sending descriptors failed")
-                raise CommClosedError(
-                    f"connection to {self._info.get('peername')!r} failed: {exc}"
-                ) from exc
-        if sent < len(data):  # the descriptors went with the first byte; queue the rest
-            self.write(data[sent:])
-
-    async def _sent(self) -> None:
-        waiter = self._loop.create_future()
-        self._sent_waiters.append(waiter)
-        await waiter
-
-    def _wake_sent(self) -> None:
-        waiters, self._sent_waiters = self._sent_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def _write_ready(self) -> None:
-        super()._write_ready()
-        if self._sent_waiters and not self._queue:
-            self._wake_sent()
-
-    def _finish(self, exc: BaseException | None) -> None:
-        super()._finish(exc)
-        self._wake_sent()
+        await self.send_ancillary(data, rights)
 
 
 def drives_sockets(loop: asyncio.AbstractEventLoop) -> bool:
