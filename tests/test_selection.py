@@ -517,7 +517,7 @@ async def test_the_companion_of_a_tls_listener_serves_no_one_without_a_valid_tok
         await comm.close()
         overrides = None if token is None else {"same_host_token": token}
         with pytest.raises(comm_core.ConnectTimeoutError) as info:
-            await comm_core.connect(companion, timeout=1, handshake_overrides=overrides)
+            await comm_core.connect(companion, timeout=2, handshake_overrides=overrides)
         # Refused before the listener said a word of the comm protocol: the connection
         # closed under the dialer's handshake.
         assert isinstance(info.value.__cause__, comm_core.CommClosedError)
