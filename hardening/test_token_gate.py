@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import os
 import socket
 import struct
 from pathlib import Path
@@ -28,6 +27,7 @@ from comm_core import selection
 from comm_core.protocol import PREAMBLE
 from hostile_msgpack import handshake
 from support import KiB, Transport, linux_only, within
+from test_arena_live import _descriptors
 from test_hostile_live import GoodClient, listener_child
 
 pytestmark = [
@@ -67,10 +67,6 @@ ATTACKS: dict[str, bytes | None] = {
     "garbage frame header": PREAMBLE + b"\xff" * 64,
     "silence": None,
 }
-
-
-def _descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 async def _attack(address: str, data: bytes | None) -> bytes:

@@ -228,50 +228,25 @@ async def handshake(
     """
     sent = comm.early_handshake
     local = local_handshake(comm, overrides) if sent is None else sent
-    if admit is not None and sent is None:
-        await _admit(comm, local, admit, timeout, who, limit)
-        return
+    gated = admit is not None and sent is None  # read the peer's first, then answer
     try:
         if sent is not None and comm.message_waiting():
             peer = await _read_handshake(comm, who)
         else:
             async with timeout_after(max(timeout, 0.0)):
-                if sent is None:
+                if sent is None and not gated:
                     await comm.send_handshake(local)
                 peer = await _read_handshake(comm, who)
-    except TimeoutError as exc:
-        comm.abort()
-        raise HandshakeTimeoutError(
-            f"{_name(who)}: the peer did not complete the comm handshake within "
-            f"{timeout if limit is None else limit:g}s"
-        ) from exc
-    except BaseException:
-        comm.abort()
-        raise
-    _check_peer(comm, peer, who)
-    comm._set_handshake(local, peer)
-
-
-async def _admit(
-    comm: Comm,
-    local: Mapping[str, Any],
-    admit: Admit,
-    timeout: float,
-    who: str | Callable[[], str],
-    limit: float | None,
-) -> None:
-    """The handshake of a listener that admits its peer before it says anything."""
-    try:
-        async with timeout_after(max(timeout, 0.0)):
-            peer = await _read_handshake(comm, who)
         _check_peer(comm, peer, who)
-        try:
-            more = admit(comm, peer)
-        except HandshakeError as exc:
-            raise HandshakeError(f"{_name(who)}: refused the peer: {exc}") from None
-        if more:
-            local = {**local, **more}
-        await comm.send_handshake(local)
+        if gated:
+            assert admit is not None
+            try:
+                more = admit(comm, peer)
+            except HandshakeError as exc:
+                raise HandshakeError(f"{_name(who)}: refused the peer: {exc}") from None
+            if more:
+                local = {**local, **more}
+            await comm.send_handshake(local)
     except TimeoutError as exc:
         comm.abort()
         raise HandshakeTimeoutError(
