@@ -76,8 +76,12 @@ def _connect(context: DoctorContext) -> str:
 UNIX_CONNECT = DoctorStep("unix connect", _connect, Stage.CONNECT)
 
 
+#: What a dialer keeps when it takes no same-host path, by the scheme it dialled.
+_KEPT = {"tcp": "TCP", "ws": "WebSocket"}
+
+
 def _same_host(context: DoctorContext) -> str:
-    """Which path a ``connect()`` to a tcp:// address takes from here, and why."""
+    """Which path a ``connect()`` to a tcp:// or ws:// address takes from here, and why."""
     import asyncio
     import logging
 
@@ -118,24 +122,25 @@ def _same_host(context: DoctorContext) -> str:
         logger.propagate = propagate
     if info.get("path") == "unix":
         return f"{context.arrow} {peer}: the listener's own Unix socket (pid {info['peer_pid']})"
+    kept = _KEPT.get(context.address.partition("://")[0], "the address given")
     if not any(key.startswith("same_host_") for key in handshake):
         return (
             "the listener offers no same-host path (another comm version, a tls:// or "
-            "same_host=False listener): TCP"
+            f"same_host=False listener): {kept}"
         )
     why = reasons[-1].split(": kept: ", 1)[-1] if reasons else "another host"
-    return f"TCP: the listener's Unix socket was not taken: {why}"
+    return f"{kept}: the listener's Unix socket was not taken: {why}"
 
 
-#: Which path ``connect()`` takes to a tcp:// address (after the comm handshake step).
+#: Which path ``connect()`` takes to a tcp:// or ws:// address (after the comm handshake step).
 SAME_HOST = DoctorStep("same host", _same_host, Stage.HANDSHAKE + 50)
 
 
 def doctor_steps(scheme: str) -> list[DoctorStep] | None:
     """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``, ``same
-    host`` for ``tcp://``."""
+    host`` for ``tcp://`` and ``ws://`` (the schemes whose listeners offer a Unix socket)."""
     if scheme == "unix":
         return [UNIX_CONNECT]
-    if scheme == "tcp":
+    if scheme in _KEPT:
         return [SAME_HOST]
     return None

@@ -1,6 +1,6 @@
 """Same-host selection: a tcp listener's companion Unix socket, and the dialer's way to it.
 
-A ``tcp://`` listener made by ``comm_core.listen()`` (with the ``same_host``
+A ``tcp://`` (or ``ws://``) listener made by ``comm_core.listen()`` (with the ``same_host``
 setting on) also listens on a fresh Unix socket (:class:`UnixOffer`): an
 abstract name on Linux (``unix://@<5 hex digits>``, picked by the kernel),
 elsewhere a socket file in a new directory only this user may enter. It
@@ -55,8 +55,10 @@ logger = logging.getLogger("comm_unix.select")
 #: The handshake entries of a unix offer.
 OFFER_KEYS = ("same_host_boot_id", "same_host_unix", "same_host_pid", "same_host_uid")
 
-#: The schemes whose listeners get a companion Unix socket (not tls://: see offer_for()).
-_OFFERED_FOR = frozenset({"tcp"})
+#: The schemes whose listeners get a companion Unix socket (not tls:// nor wss://: see
+#: offer_for()). A ws:// dialer reads the greeting with the upgrade's response, before its
+#: own comm handshake leaves, as a tcp:// one does.
+_OFFERED_FOR = frozenset({"tcp", "ws"})
 
 _boot_id: str | None = None
 _boot_id_read = False
@@ -148,7 +150,7 @@ class UnixOffer(Offer):
 def offer_for(session: ServerSession, scheme: str, encrypted: bool) -> UnixOffer | None:
     """The offer for a listener on *scheme*, or ``None``.
 
-    Only for tcp:// listeners: a tls:// listener authenticates and encrypts,
+    Only for tcp:// and ws:// listeners: a tls:// listener authenticates and encrypts,
     which a plain Unix socket would not (``encrypted``, any scheme: none).
     """
     if encrypted or scheme not in _OFFERED_FOR or not hasattr(socket, "AF_UNIX"):
