@@ -225,3 +225,24 @@ async def test_a_client_that_breaks_the_protocol_after_the_upgrade_is_still_logg
                 break
             await asyncio.sleep(0.01)
     assert any("failed its handshake" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_comm_closed_right_after_connect_still_says_hello_and_goodbye() -> None:
+    """What the dialer held (its comm handshake) leaves on close(), with the close frame:
+    the handler gets the comm, and reads a clean close."""
+    got: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def handler(comm: comm_core.Comm) -> None:
+        try:
+            await comm.read()
+        except Exception as exc:
+            got.set_result(exc)
+        else:
+            got.set_result(None)
+
+    async with comm_core.listen("ws://127.0.0.1:0", handler, same_host=False) as listener:
+        comm = await comm_core.connect(listener.contact_address, timeout=EVENT_TIMEOUT)
+        await comm.close()  # in the step connect() returned in: the handshake is held
+        error = await asyncio.wait_for(got, EVENT_TIMEOUT)
+    assert isinstance(error, comm_core.CommClosedError)
+    assert "lost" not in str(error), error  # the peer closed, with a close frame

@@ -1111,6 +1111,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._closed_here = True
         if self.state is OPEN:
             self._send_control(OP_CLOSE, _U16.pack(NORMAL))
+            if self._held is not None:
+                self._uncork()  # what cork() held (a comm handshake) goes before the close
             self.state = CLOSING
             if not self._ended:
                 self._ended = True
