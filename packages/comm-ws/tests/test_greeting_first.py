@@ -246,3 +246,34 @@ async def test_a_comm_closed_right_after_connect_still_says_hello_and_goodbye() 
         error = await asyncio.wait_for(got, EVENT_TIMEOUT)
     assert isinstance(error, comm_core.CommClosedError)
     assert "lost" not in str(error), error  # the peer closed, with a close frame
+
+
+async def test_a_client_silent_after_the_upgrade_is_dropped_at_the_handshake_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Waiting for a first message is bounded by the handshake timeout, as before: the
+    listener then closes the connection, and says why."""
+    caplog.set_level(logging.INFO, logger="comm_core")
+
+    async def handler(comm: comm_core.Comm) -> None:
+        raise AssertionError("a silent client reached the handler")
+
+    async with comm_core.listen(
+        "ws://127.0.0.1:0", handler, same_host=False, handshake_timeout=0.3
+    ) as listener:
+        sock = await _upgraded(listener.contact_address)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        try:
+            while await asyncio.wait_for(loop.sock_recv(sock, 4096), EVENT_TIMEOUT):
+                pass  # until the listener closes
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        assert 0.2 < loop.time() - start < 0.3 + 5
+        for _ in range(1000):  # bounded: until the line is there
+            if caplog.records:
+                break
+            await asyncio.sleep(0.01)
+    assert any("did not complete the comm handshake" in r.getMessage() for r in caplog.records)
