@@ -1152,6 +1152,10 @@ class WSProtocol(asyncio.BufferedProtocol):
             self._error = CommClosedError(f"the comm with {self.peer} was aborted")
         self._wake()
         self._stop_timers()
+        corked, self._corked = self._corked, None
+        if corked is not None:  # what cork() held is dropped too
+            corked.cancel()
+            self._held = None
         if self.state is not CLOSED:
             self.state = CLOSING if self.transport is not None else CLOSED
             if self.transport is not None:
