@@ -439,14 +439,22 @@ async def _take_path(
 ) -> Comm | None:
     """The comm over *path*, handshake done; ``None`` (logged at debug level) if it fails."""
     loop = asyncio.get_running_loop()
-    budget = max(min(deadline - loop.time(), options.handshake_timeout), 0.0)
+    # Half the time left at most: a path that fails (a socket that accepts and then says
+    # nothing) leaves the other half for dialling the address again.
+    budget = max(min((deadline - loop.time()) / 2, options.handshake_timeout), 0.0)
+    until = loop.time() + budget
     comm: Comm | None = None
     try:
         async with timeout_after(budget):
             comm = await path.open(addr, deserialize, options, connection_args)
-        left = min(deadline - loop.time(), options.handshake_timeout)
         entries = path.handshake_entries()
-        await handshake(comm, {**overrides, **entries} if overrides else entries, left, who)
+        await handshake(
+            comm,
+            {**overrides, **entries} if overrides else entries,
+            until - loop.time(),
+            who,
+            limit=budget,
+        )
     except Exception as exc:
         if comm is None:
             path.discard()

@@ -76,8 +76,13 @@ def _connect(context: DoctorContext) -> str:
 UNIX_CONNECT = DoctorStep("unix connect", _connect, Stage.CONNECT)
 
 
+#: What a dialer keeps when it takes no same-host path, by the scheme it dialled.
+_KEPT = {"tcp": "TCP", "tls": "TLS", "ws": "WebSocket"}
+
+
 def _same_host(context: DoctorContext) -> str:
-    """Which path a ``connect()`` to a tcp:// or tls:// address takes from here, and why."""
+    """Which path a ``connect()`` to a tcp://, tls:// or ws:// address takes from here, and
+    why."""
     import asyncio
     import logging
 
@@ -116,7 +121,7 @@ def _same_host(context: DoctorContext) -> str:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
-    kept = context.address.partition("://")[0].upper()  # TCP or TLS
+    kept = _KEPT.get(context.address.partition("://")[0], "the address given")
     if info.get("path") == "unix":
         token = " behind the token its TLS greeting gave" if kept == "TLS" else ""
         return (
@@ -137,16 +142,16 @@ def _same_host(context: DoctorContext) -> str:
     return f"{kept}: the listener's Unix socket was not taken: {why}"
 
 
-#: Which path ``connect()`` takes to a tcp:// or tls:// address (after the comm
+#: Which path ``connect()`` takes to a tcp://, tls:// or ws:// address (after the comm
 #: handshake step).
 SAME_HOST = DoctorStep("same host", _same_host, Stage.HANDSHAKE + 50)
 
 
 def doctor_steps(scheme: str) -> list[DoctorStep] | None:
     """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``, ``same
-    host`` for ``tcp://`` and ``tls://``."""
+    host`` for ``tcp://``, ``tls://`` and ``ws://``."""
     if scheme == "unix":
         return [UNIX_CONNECT]
-    if scheme in ("tcp", "tls"):
+    if scheme in ("tcp", "tls", "ws"):
         return [SAME_HOST]
     return None

@@ -36,7 +36,8 @@ def comm_cli_doctor_steps(scheme: str, backend: Backend) -> Sequence[DoctorStep]
 
 @comm_core.hookimpl
 def comm_same_host_offer(session: ServerSession, scheme: str, encrypted: bool) -> Offer | None:
-    """A tcp:// listener also listens on a fresh Unix socket serving the same handler."""
+    """A tcp:// or ws:// listener also listens on a fresh Unix socket serving the same
+    handler."""
     from comm_unix._select import offer_for
 
     return offer_for(session, scheme, encrypted)

@@ -1,6 +1,6 @@
 """Same-host selection: a tcp listener's companion Unix socket, and the dialer's way to it.
 
-A ``tcp://`` listener made by ``comm_core.listen()`` (with the ``same_host``
+A ``tcp://`` (or ``ws://``) listener made by ``comm_core.listen()`` (with the ``same_host``
 setting on) also listens on a fresh Unix socket (:class:`UnixOffer`): an
 abstract name on Linux (``unix://@<5 hex digits>``, picked by the kernel),
 elsewhere a socket file in a new directory only this user may enter. It
@@ -76,8 +76,10 @@ logger = logging.getLogger("comm_unix.select")
 #: The handshake entries of a unix offer.
 OFFER_KEYS = ("same_host_boot_id", "same_host_unix", "same_host_pid", "same_host_uid")
 
-#: The schemes whose listeners get a companion Unix socket.
-_OFFERED_FOR = frozenset({"tcp"})
+#: The schemes whose listeners get a companion Unix socket. A ws:// dialer reads the
+#: greeting with the upgrade's response, before its own comm handshake leaves, as a
+#: tcp:// one does.
+_OFFERED_FOR = frozenset({"tcp", "ws"})
 #: The encrypted schemes whose listeners get one behind a token (see the module's docstring).
 _VOUCHED_FOR = frozenset({"tls"})
 
@@ -271,7 +273,7 @@ class UnixOffer(Offer):
 def offer_for(session: ServerSession, scheme: str, encrypted: bool) -> UnixOffer | None:
     """The offer for a listener on *scheme*, or ``None``.
 
-    For tcp:// listeners; for tls:// listeners behind a token (see the module's
+    For tcp:// and ws:// listeners; for tls:// listeners behind a token (see the module's
     docstring), unless the listener has ``require_encryption`` (the Unix socket
     does not encrypt). No other encrypted scheme gets one.
     """

@@ -349,7 +349,26 @@ class WSListener(Listener):
         info, buffers, size = greeting
         comm.set_early_handshake(info)
         protocol.write_message(buffers, size)
-        self._spawn(session.serve(comm, deadline, self._handshake_over))
+        self._spawn(self._serve(session, comm, deadline))
+
+    async def _serve(self, session: ServerSession, comm: WSComm, deadline: float | None) -> None:
+        """Hand *comm* to *session* once the client's first message came; drop it without a
+        word if the client went away before sending any (as comm-core's stream listeners
+        drop a connection closed before its preamble): a dialer on this host that read the
+        greeting and took the same-host path it offers."""
+        protocol = comm.protocol
+        if deadline is None:
+            deadline = self._deadline(asyncio.get_running_loop())
+        try:
+            await protocol.first_message(deadline)
+        except BaseException:  # cancelled
+            comm.abort()
+            raise
+        if protocol.left_silently():
+            self._pending.pop(protocol, None)
+            comm.abort()
+            return
+        await session.serve(comm, deadline, self._handshake_over)
 
     def _handshake_over(self, comm: Any) -> None:
         if isinstance(comm, WSComm):

@@ -119,6 +119,10 @@ HUGE_FROM: Final = 4 * 1024 * 1024
 #: unmasked while in the cache), and unmasked in slices of UNMASK bytes.
 RECV_SLICE: Final = 256 * 1024
 UNMASK: Final = 64 * 1024
+#: Seconds a client holds its comm handshake while it waits for the listener's first
+#: message (a comm listener sends its handshake with its upgrade response); then it goes
+#: out anyway, for a peer that waits to be spoken to.
+HOLD_HANDSHAKE: Final = 0.05
 #: Messages shorter than this are sent as one joined buffer (one system call).
 _JOIN: Final = 64 * 1024
 #: Seconds close() waits for what is queued to leave before it aborts.
@@ -293,6 +297,7 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._fragments: bytearray | None = None  # a message in fragments, so far
         self._fragment_count = 0
         self._first = first_limit is not None
+        self._received = False  # a message came (the first one may still be queued)
         self._queue: collections.deque[Any] = collections.deque()
         self._queued = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -307,6 +312,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._drain: asyncio.Future[None] | None = None
         self._held: list[Any] | None = None  # written with the upgrade's response
         self._corked: asyncio.Handle | None = None  # sends what cork() held
+        self._cork_first = False  # the next message written is the one cork() holds
+        self._holding = False  # cork() waits for the peer's first message (a client)
         self._close_sent = False
         self._closed_here = False  # close() or abort() was called
         self._sending = False  # a large message's frame is going out in slices
@@ -348,15 +355,28 @@ class WSProtocol(asyncio.BufferedProtocol):
                 transport.write(rest)
 
     def cork(self) -> None:
-        """Hold what is written until the next message is written, or the end of this loop
-        iteration, then send it in one write: a client's comm handshake leaves with its
-        first message."""
+        """Hold the next message written (the comm handshake) until another is written,
+        or the end of this loop iteration, then send them in one write: a client's comm
+        handshake leaves with its first message.
+
+        A client that has not heard from the listener yet holds it until the
+        listener's first message (its comm handshake) has come and its reader
+        has run, for at most :data:`HOLD_HANDSHAKE` seconds: what the reader
+        decides on reading it (such as aborting, to take a same-host path instead)
+        happens before anything of this side's comm has left.
+        """
         if self._held is None and self._loop is not None and self.state is OPEN:
             self._held = []
-            self._corked = self._loop.call_soon(self._uncork)
+            self._cork_first = True
+            if self.client and not self._received and not self._ended:
+                self._holding = True
+                self._corked = self._loop.call_later(HOLD_HANDSHAKE, self._uncork)
+            else:
+                self._corked = self._loop.call_soon(self._uncork)
 
     def _uncork(self) -> None:
         held, self._held = self._held, None
+        self._cork_first = self._holding = False
         if self._corked is not None:
             self._corked.cancel()
             self._corked = None
@@ -793,6 +813,7 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._first = False
         if self.state is not OPEN:
             return  # after our close, the peer's messages are not read
+        self._received = True
         self._queue.append(message)
         self._queued += len(message) + HELD
         waiter = self._waiter
@@ -800,6 +821,14 @@ class WSProtocol(asyncio.BufferedProtocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        if self._holding:
+            # The listener's handshake came while this side's was held (see cork()): it
+            # leaves after the reader's wake-up, scheduled just now.
+            self._holding = False
+            if self._corked is not None:
+                self._corked.cancel()
+            assert self._loop is not None
+            self._corked = self._loop.call_soon(self._uncork)
         if self._queued > self.read_high_water and not self._reading_paused:
             self._reading_paused = True
             if self.transport is not None:
@@ -864,6 +893,32 @@ class WSProtocol(asyncio.BufferedProtocol):
         raises why)."""
         return isinstance(self._error, ProtocolError)
 
+    async def first_message(self, deadline: float) -> None:
+        """Wait until a message is here, the connection ended, or the loop's clock is at
+        *deadline*, whichever comes first."""
+        if self._queue or self._ended or self._loop is None:
+            return
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_at(deadline, self._wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def left_silently(self) -> bool:
+        """Whether the connection ended before the peer sent any message, without breaking
+        the protocol and without this side closing it: a peer that went away (a dialer
+        that took another path, once it read the listener's greeting)."""
+        return (
+            self._ended
+            and not self._received
+            and not self._closed_here
+            and not isinstance(self._error, ProtocolError)
+        )
+
     async def receive(self) -> Any:
         """The next message, ``None`` once the peer closed cleanly and all were read.
 
@@ -924,7 +979,9 @@ class WSProtocol(asyncio.BufferedProtocol):
         held = self._held
         if held is not None:
             held.extend(parts)
-            if self._corked is not None:
+            if self._cork_first:
+                self._cork_first = False  # the handshake: held
+            elif self._corked is not None:
                 self._uncork()  # the handshake leaves with this first message, now
             return
         transport = self.transport
@@ -1054,6 +1111,8 @@ class WSProtocol(asyncio.BufferedProtocol):
         self._closed_here = True
         if self.state is OPEN:
             self._send_control(OP_CLOSE, _U16.pack(NORMAL))
+            if self._held is not None:
+                self._uncork()  # what cork() held (a comm handshake) goes before the close
             self.state = CLOSING
             if not self._ended:
                 self._ended = True
@@ -1093,6 +1152,10 @@ class WSProtocol(asyncio.BufferedProtocol):
             self._error = CommClosedError(f"the comm with {self.peer} was aborted")
         self._wake()
         self._stop_timers()
+        corked, self._corked = self._corked, None
+        if corked is not None:  # what cork() held is dropped too
+            corked.cancel()
+            self._held = None
         if self.state is not CLOSED:
             self.state = CLOSING if self.transport is not None else CLOSED
             if self.transport is not None:
