@@ -2,7 +2,7 @@
 socket as a tcp one does, and ``connect("ws://...")`` from another process of this host
 and user takes it; the listener's handler sees exactly one comm per ``connect()``, and
 the WebSocket connection dialled first goes away without a log line. ``wss://`` offers
-nothing.
+it behind a token, as ``tls://`` does.
 
 The listener runs in a child process (the pid check means something), logging at INFO
 level; the dialer runs here. See ``test_selection.py`` for the tcp tests, whose shape
@@ -58,12 +58,23 @@ CHILD = textwrap.dedent(
         async def handler(comm):
             seen.append(comm.local_address.partition("://")[0])
             async for msg in comm:
-                await comm.write(list(seen) if msg == "seen" else msg)
+                if msg == "seen":
+                    msg = list(seen)
+                elif msg == "who":  # what the listener's side knows of its peer
+                    info = comm.extra_info
+                    msg = [info.get("authenticated"), bool(info.get("peercert"))]
+                await comm.write(msg)
 
+        args = {}
+        if "security" in config:
+            from comm_tls import Security
+
+            args["security"] = Security(**config["security"])
         listener = comm_core.listen(
-            "ws://127.0.0.1:0/comm",
+            config.get("address", "ws://127.0.0.1:0/comm"),
             handler,
             handshake_overrides=config.get("overrides"),
+            **args,
         )
         async with listener:
             print(json.dumps([listener.contact_address]), flush=True)
@@ -81,11 +92,11 @@ CHILD = textwrap.dedent(
 
 @contextmanager
 def child_listener(
-    loop: str = "asyncio", overrides: dict[str, Any] | None = None
+    loop: str = "asyncio", overrides: dict[str, Any] | None = None, **more: Any
 ) -> Iterator[tuple[int, str, list[str]]]:
     """A ws listener in a child process: its pid, contact address, and (after the block)
-    the lines it logged."""
-    config = {"loop": loop, "overrides": overrides}
+    the lines it logged. *more*: ``address``, ``security`` (PEM texts) for wss."""
+    config = {"loop": loop, "overrides": overrides, **more}
     environment = {**os.environ, "COMM_SAME_HOST": "1"}
     stderr: list[str] = []
     with subprocess.Popen(
@@ -135,9 +146,9 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     selection.forget_paths()
 
 
-async def seen_by(address: str) -> list[str]:
+async def seen_by(address: str, **args: Any) -> list[str]:
     """The schemes of the comms the child's handler was handed so far (asked over ws)."""
-    comm = await comm_core.connect(address, timeout=10, same_host=False)
+    comm = await comm_core.connect(address, timeout=10, same_host=False, **args)
     try:
         await comm.write("seen")
         seen: list[str] = await comm.read()
@@ -332,10 +343,48 @@ async def test_a_greeting_late_after_the_upgrade_still_comes_first(
     assert not said(stderr), stderr
 
 
-# -- wss offers nothing ------------------------------------------------------------------------
+# -- wss: the Unix socket behind a token ---------------------------------------------------------
 
 
-async def test_a_wss_listener_offers_nothing() -> None:
+async def test_wss_takes_the_unix_socket_behind_a_token_and_require_encryption_keeps_wss(
+    loop_name: str,
+) -> None:
+    pytest.importorskip("comm_tls")
+    from comm_tls import Security
+
+    security = Security.temporary()
+    pem = {"ca": security.ca, "cert": security.cert, "key": security.key}
+    with child_listener(loop_name, address="wss://127.0.0.1:0/comm", security=pem) as (
+        pid,
+        address,
+        stderr,
+    ):
+        assert address.startswith("wss://")
+        comm = await comm_core.connect(address, timeout=10, security=security)
+        try:
+            info = comm.extra_info
+            assert info["requested"] == address
+            assert info["peer_pid"] == pid
+            assert comm.peer_address.startswith("unix://@")
+            await comm.write("who")
+            assert await comm.read() == ["wss", True]  # the certificate shown over TLS
+            await round_trip(comm, {"x": b"y" * 100_000})
+        finally:
+            await comm.close()
+        comm = await comm_core.connect(
+            address, timeout=10, security=security, require_encryption=True
+        )
+        try:
+            assert "requested" not in comm.extra_info  # (its "path" is the HTTP path)
+            assert comm.peer_address.startswith("wss://")
+        finally:
+            await comm.close()
+        # One comm per connect: the wss connection dialled first never reached the handler.
+        assert await seen_by(address, security=security) == ["unix", "wss"]
+    assert not said(stderr), stderr
+
+
+async def test_a_ws_listener_offers_the_socket_itself_a_wss_one_behind_a_token() -> None:
     pytest.importorskip("comm_tls")
     from comm_tls import Security
 
@@ -346,16 +395,11 @@ async def test_a_wss_listener_offers_nothing() -> None:
 
     async with comm_core.listen("wss://127.0.0.1:0", handler, security=security) as listener:
         assert listener.session is not None
-        assert listener.session.offers == []  # type: ignore[attr-defined]
-        comm = await comm_core.connect(listener.contact_address, timeout=10, security=security)
-        try:
-            assert not selection.offer_of(comm.handshake_info)
-            assert "requested" not in comm.extra_info  # (its "path" is the HTTP path)
-        finally:
-            await comm.close()
-    # ... while a ws listener, here, does.
+        offers = listener.session.offers  # type: ignore[attr-defined]
+        assert [(offer.name, offer.per_comm) for offer in offers] == [("unix", True)]
     async with comm_core.listen("ws://127.0.0.1:0", handler) as listener:
-        assert [offer.name for offer in listener.session.offers] == ["unix"]  # type: ignore[union-attr]
+        offers = listener.session.offers  # type: ignore[union-attr]
+        assert [(offer.name, offer.per_comm) for offer in offers] == [("unix", False)]
 
 
 # -- comm doctor -------------------------------------------------------------------------------

@@ -77,12 +77,12 @@ UNIX_CONNECT = DoctorStep("unix connect", _connect, Stage.CONNECT)
 
 
 #: What a dialer keeps when it takes no same-host path, by the scheme it dialled.
-_KEPT = {"tcp": "TCP", "tls": "TLS", "ws": "WebSocket"}
+_KEPT = {"tcp": "TCP", "tls": "TLS", "ws": "WebSocket", "wss": "WebSocket over TLS"}
 
 
 def _same_host(context: DoctorContext) -> str:
-    """Which path a ``connect()`` to a tcp://, tls:// or ws:// address takes from here, and
-    why."""
+    """Which path a ``connect()`` to a tcp://, tls://, ws:// or wss:// address takes from
+    here, and why."""
     import asyncio
     import logging
 
@@ -123,7 +123,7 @@ def _same_host(context: DoctorContext) -> str:
         logger.propagate = propagate
     kept = _KEPT.get(context.address.partition("://")[0], "the address given")
     if info.get("path") == "unix":
-        token = " behind the token its TLS greeting gave" if kept == "TLS" else ""
+        token = " behind the token its TLS greeting gave" if "TLS" in kept else ""
         return (
             f"{context.arrow} {peer}: the listener's own Unix socket (pid {info['peer_pid']})"
             f"{token}"
@@ -142,16 +142,16 @@ def _same_host(context: DoctorContext) -> str:
     return f"{kept}: the listener's Unix socket was not taken: {why}"
 
 
-#: Which path ``connect()`` takes to a tcp://, tls:// or ws:// address (after the comm
-#: handshake step).
+#: Which path ``connect()`` takes to a tcp://, tls://, ws:// or wss:// address (after the
+#: comm handshake step).
 SAME_HOST = DoctorStep("same host", _same_host, Stage.HANDSHAKE + 50)
 
 
 def doctor_steps(scheme: str) -> list[DoctorStep] | None:
     """``comm doctor``'s steps for *scheme*: ``unix connect`` for ``unix://``, ``same
-    host`` for ``tcp://``, ``tls://`` and ``ws://``."""
+    host`` for ``tcp://``, ``tls://``, ``ws://`` and ``wss://``."""
     if scheme == "unix":
         return [UNIX_CONNECT]
-    if scheme in ("tcp", "tls", "ws"):
+    if scheme in ("tcp", "tls", "ws", "wss"):
         return [SAME_HOST]
     return None

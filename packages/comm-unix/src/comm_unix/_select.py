@@ -9,7 +9,7 @@ greeting says so, in four entries: ``same_host_boot_id`` (this kernel's boot
 id), ``same_host_unix`` (the socket's address), ``same_host_pid`` and
 ``same_host_uid`` (the listening process and its user).
 
-A ``tls://`` listener offers one too, behind a token (:class:`Tokens`): the
+A ``tls://`` or ``wss://`` listener offers one too, behind a token (:class:`Tokens`): the
 greeting of each of its comms, sent once the TLS handshake has authenticated
 the peer (and, with mutual TLS, the peer this side), also holds
 ``same_host_token``, a fresh random credential valid for :data:`TOKEN_LIFETIME`
@@ -81,7 +81,7 @@ OFFER_KEYS = ("same_host_boot_id", "same_host_unix", "same_host_pid", "same_host
 #: tcp:// one does.
 _OFFERED_FOR = frozenset({"tcp", "ws"})
 #: The encrypted schemes whose listeners get one behind a token (see the module's docstring).
-_VOUCHED_FOR = frozenset({"tls"})
+_VOUCHED_FOR = frozenset({"tls", "wss"})
 
 #: The handshake entry holding a token.
 TOKEN_KEY = "same_host_token"
@@ -273,9 +273,9 @@ class UnixOffer(Offer):
 def offer_for(session: ServerSession, scheme: str, encrypted: bool) -> UnixOffer | None:
     """The offer for a listener on *scheme*, or ``None``.
 
-    For tcp:// and ws:// listeners; for tls:// listeners behind a token (see the module's
-    docstring), unless the listener has ``require_encryption`` (the Unix socket
-    does not encrypt). No other encrypted scheme gets one.
+    For tcp:// and ws:// listeners; for tls:// and wss:// listeners behind a token
+    (see the module's docstring), unless the listener has ``require_encryption``
+    (the Unix socket does not encrypt). No other encrypted scheme gets one.
     """
     if not hasattr(socket, "AF_UNIX"):
         return None
