@@ -72,6 +72,9 @@ BACKENDS: dict[str, BackendSpec] = {
     # Dask's ws:// and wss:// are distributed.comm.ws (tornado's WebSocket).
     "ws": BackendSpec("ws://127.0.0.1:0"),
     "wss": BackendSpec("wss://127.0.0.1:0"),
+    # ws:// and wss:// with same-host selection on (wss's socket behind a token).
+    "ws+select": BackendSpec("ws://127.0.0.1:0", dask=False, same_host=True, needs=("unix",)),
+    "wss+select": BackendSpec("wss://127.0.0.1:0", dask=False, same_host=True, needs=("unix",)),
 }
 
 #: Our implementation first: the report's ratios are "comm / other".
