@@ -33,12 +33,25 @@ WORKLOADS_FILE = ROOT / "packages" / "comm-dask" / "tests" / "workloads.py"
 #: Dask's own first: the report's ratios are "Dask's ÷ comm-dask's" time (above 1: comm faster).
 #: ``comm+tcp+select`` is ``comm+tcp://`` with comm's same-host selection on (the worker
 #: processes and the scheduler take each other's Unix sockets, and large buffers the
-#: shared-memory arena); every other run has it off.
-PROTOCOLS = ("tcp://", "comm+tcp://", "comm+tcp+select", "tls://", "comm+tls://")
+#: shared-memory arena); ``comm+tls+select`` the same behind TLS's tokens; every other
+#: run has it off.
+PROTOCOLS = (
+    "tcp://",
+    "comm+tcp://",
+    "comm+tcp+select",
+    "tls://",
+    "comm+tls://",
+    "comm+tls+select",
+)
 #: Run -> the one it is compared with.
-COMPARED = {"comm+tcp://": "tcp://", "comm+tcp+select": "tcp://", "comm+tls://": "tls://"}
+COMPARED = {
+    "comm+tcp://": "tcp://",
+    "comm+tcp+select": "tcp://",
+    "comm+tls://": "tls://",
+    "comm+tls+select": "tls://",
+}
 #: Runs that are not a protocol of their own: the protocol, and whether selection is on.
-VARIANTS = {"comm+tcp+select": ("comm+tcp://", True)}
+VARIANTS = {"comm+tcp+select": ("comm+tcp://", True), "comm+tls+select": ("comm+tls://", True)}
 #: What each run reports, in the report's order.
 FIGURES = (
     ("start", "cluster start"),
