@@ -289,3 +289,27 @@ def test_importing_the_helpers_does_not_import_pytest() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# -- the waiting helpers ------------------------------------------------------------------------
+
+
+async def test_within_fails_naming_what_never_came() -> None:
+    from comm_core.testing import within
+
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    expected = r"timed out after 0\.01s waiting for the reply"
+    with pytest.raises(pytest.fail.Exception, match=expected):
+        await within(never, "the reply", 0.01)
+    assert never.cancelled()
+
+
+async def test_within_lets_a_timeout_error_of_the_awaited_call_through() -> None:
+    """A connect() that gives up is the test's subject, not a hang of the test."""
+    from comm_core.testing import within
+
+    async def gives_up() -> None:
+        raise comm_core.ConnectTimeoutError("timed out connecting to 'x://y'", address="x://y")
+
+    with pytest.raises(comm_core.ConnectTimeoutError, match="timed out connecting"):
+        await within(gives_up(), "connect()", 10)

@@ -305,6 +305,10 @@ class Registry:
         self._code_backends: dict[str, BackendInfo] = {}
         self._instances: dict[str, Backend] = {}
         self._families: Mapping[str, SerializerFamily] | None = None
+        # implementations() per hook, until a plugin is registered (connect() asks for
+        # comm_same_host_path's on every call).
+        self._implementations: dict[str, tuple[HookImplementation, ...]] = {}
+        self._generation = 0  # plugins registered in code so far
 
     # -- building -------------------------------------------------------------------
 
@@ -472,6 +476,8 @@ class Registry:
             plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
             where = f"plugin {plugin_name!r} (registered in code)"
             self._register(pm, plugin, _PluginOrigin(plugin_name, None, None), where)
+            self._implementations.clear()
+            self._generation += 1
             self._infos = None
             self._families = None
             self._instances.clear()
@@ -583,8 +589,12 @@ class Registry:
         Raises:
             ValueError: *hook* is not the name of a comm hook.
         """
+        known = self._implementations.get(hook)
+        if known is not None:
+            return known
         if hook not in _hook_names():
             raise ValueError(f"no comm hook is named {hook!r}; hooks: {', '.join(_hook_names())}")
+        generation = self._generation
         pm = self._plugin_manager()
         found = []
         for impl in reversed(getattr(pm.hook, hook).get_hookimpls()):
@@ -600,6 +610,9 @@ class Registry:
                     tuple(impl.argnames),
                 )
             )
+        with self._lock:
+            if self._generation == generation:  # no plugin registered meanwhile
+                self._implementations[hook] = tuple(found)
         return tuple(found)
 
     def get_backend(self, scheme: str, *, address: str | None = None) -> Backend:

@@ -365,7 +365,7 @@ async def connect_until(
         except OSError as exc:  # a backend that let an OS error through: still transient
             last_exc = exc
         else:
-            remaining = deadline - loop.time()
+            remaining = max(deadline - loop.time(), 0.0)
             try:
                 await handshake(comm, handshake_overrides, min(hs_timeout, remaining), who)
             except HandshakeTimeoutError as exc:

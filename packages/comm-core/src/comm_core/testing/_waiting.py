@@ -12,6 +12,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
+from comm_core._compat import TimeoutScope, timeout_after
+
 __all__ = ["until", "within"]
 
 _T = TypeVar("_T")
@@ -30,12 +32,18 @@ async def within(aw: Awaitable[_T], what: str, timeout: float = 10.0) -> _T:
     """Await *aw* for at most *timeout* seconds; fail the test naming *what* otherwise.
 
     ``await within(comm.read(), "the server's reply")`` reads as what the test
-    expects, and a hang becomes a failure that says what never came.
+    expects, and a hang becomes a failure that says what never came. A
+    :class:`TimeoutError` that *aw* raises itself (such as
+    :class:`~comm_core.ConnectTimeoutError`) goes through as it is.
     """
+    scope: TimeoutScope | None = None
     try:
-        return await asyncio.wait_for(aw, timeout)
-    except asyncio.TimeoutError:
-        fail(f"timed out after {timeout:g}s waiting for {what}")
+        async with timeout_after(timeout) as scope:
+            return await aw
+    except TimeoutError:
+        if scope is not None and scope.expired():
+            fail(f"timed out after {timeout:g}s waiting for {what}")
+        raise
 
 
 async def until(
