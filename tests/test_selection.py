@@ -27,6 +27,7 @@ import pytest
 
 import comm_core
 from comm_core import selection
+from selection_support import CHILD, child_listener, doctor_same_host, round_trip, seen_by
 
 pytestmark = [
     pytest.mark.skipif(
@@ -40,126 +41,10 @@ pytestmark = [
     ),
 ]
 
-_UVLOOP = importlib.util.find_spec("uvloop") is not None
-
-CHILD = textwrap.dedent(
-    """
-    import asyncio, json, sys
-    import comm_core
-
-    config = json.loads(sys.argv[1])
-
-    async def main():
-        seen = []
-
-        async def handler(comm):
-            seen.append(comm.local_address.partition("://")[0])
-            async for msg in comm:
-                if msg == "seen":
-                    msg = list(seen)
-                elif msg == "who":  # what the listener's side knows of its peer
-                    info = comm.extra_info
-                    msg = [info.get("authenticated"), info.get("peercert", {}).get("subject")]
-                await comm.write(msg)
-
-        args = {}
-        if "security" in config:
-            from comm_tls import Security
-
-            args["security"] = Security(**config["security"])
-        listener = comm_core.listen(
-            config.get("address", "tcp://127.0.0.1:0"),
-            handler,
-            handshake_overrides=config.get("overrides"),
-            same_host=config.get("same_host"),
-            require_encryption=config.get("require_encryption"),
-            **args,
-        )
-        async with listener:
-            print(json.dumps([listener.contact_address]), flush=True)
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, sys.stdin.read)
-
-    if config.get("loop") == "uvloop":
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
-    """
-)
-
-
-@contextmanager
-def child_listener(
-    loop: str = "asyncio", env: dict[str, str] | None = None, **config: Any
-) -> Iterator[tuple[int, str, list[str]]]:
-    """A tcp listener in a child process: its pid, contact address, and (after the block)
-    the lines of its stderr."""
-    config["loop"] = loop
-    environment = {**os.environ, **(env or {})}
-    stderr: list[str] = []
-    with subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    ) as child:
-        try:
-            assert child.stdout is not None
-            line = child.stdout.readline()
-            assert line, "the child listener did not start"
-            (address,) = json.loads(line)
-            yield child.pid, address, stderr
-        finally:
-            # communicate() closes the child's stdin: the child stops then.
-            _, err = child.communicate(timeout=30)
-            stderr.extend(err.splitlines())
-            assert child.returncode == 0, err
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", marks=pytest.mark.comm_loop("asyncio")),
-        pytest.param(
-            "uvloop",
-            marks=[
-                pytest.mark.comm_loop("uvloop"),
-                pytest.mark.skipif(not _UVLOOP, reason="uvloop is not installed"),
-            ],
-        ),
-    ]
-)
-def loop_name(request: pytest.FixtureRequest) -> str:
-    """The dialer's loop (this process), and the child listener's."""
-    name: str = request.param
-    return name
-
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for setting in comm_core.SETTINGS.values():
-        monkeypatch.delenv(setting.env, raising=False)
-    selection.forget_paths()
-    yield
-    selection.forget_paths()
-
-
-async def seen_by(address: str, **args: Any) -> list[str]:
-    """The schemes of the comms the child's handler was handed so far (asked over tcp)."""
-    comm = await comm_core.connect(address, timeout=10, same_host=False, **args)
-    try:
-        await comm.write("seen")
-        seen: list[str] = await comm.read()
-    finally:
-        await comm.close()
-    return seen[:-1]  # without the comm that asked
-
-
-async def round_trip(comm: comm_core.Comm, msg: Any) -> None:
-    await comm.write(msg)
-    assert await comm.read() == msg
+def _clean(selection_clean: None) -> None:
+    """Each test starts without settings from the environment or remembered offers."""
 
 
 # -- the path is taken -------------------------------------------------------------------------
@@ -831,32 +716,19 @@ def test_socket_module_has_abstract_namespace() -> None:
 # -- comm doctor -------------------------------------------------------------------------------
 
 
-def _doctor(address: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "comm_core", "doctor", address],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("COMM_")},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    (line,) = [line for line in done.stdout.splitlines() if "same host" in line]
-    return line
-
-
 def test_comm_doctor_says_which_path_a_tcp_address_takes() -> None:
     with child_listener() as (pid, address, _stderr):
-        line = _doctor(address)
+        line = doctor_same_host(address)
     assert "the listener's own Unix socket" in line
     assert f"(pid {pid})" in line
 
 
 def test_comm_doctor_says_why_an_offer_was_not_taken() -> None:
     with child_listener(overrides=FAKES["absent"]) as (_, address, _stderr):
-        line = _doctor(address)
+        line = doctor_same_host(address)
     assert "was not taken: connecting to the offered" in line, line
     with child_listener(same_host=False) as (_, address, _stderr):
-        line = _doctor(address)
+        line = doctor_same_host(address)
     assert "offers no same-host path" in line, line
 
 

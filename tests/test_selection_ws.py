@@ -14,11 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-import json
-import os
-import subprocess
 import sys
-import textwrap
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +23,8 @@ import pytest
 
 import comm_core
 from comm_core import selection
+from selection_support import child_listener as _child_listener
+from selection_support import doctor_same_host, round_trip, seen_by
 
 pytestmark = [
     pytest.mark.skipif(
@@ -40,126 +38,24 @@ pytestmark = [
     ),
 ]
 
-_UVLOOP = importlib.util.find_spec("uvloop") is not None
-
-CHILD = textwrap.dedent(
-    """
-    import asyncio, json, logging, sys
-    import comm_core
-
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
-    )
-    config = json.loads(sys.argv[1])
-
-    async def main():
-        seen = []
-
-        async def handler(comm):
-            seen.append(comm.local_address.partition("://")[0])
-            async for msg in comm:
-                if msg == "seen":
-                    msg = list(seen)
-                elif msg == "who":  # what the listener's side knows of its peer
-                    info = comm.extra_info
-                    msg = [info.get("authenticated"), bool(info.get("peercert"))]
-                await comm.write(msg)
-
-        args = {}
-        if "security" in config:
-            from comm_tls import Security
-
-            args["security"] = Security(**config["security"])
-        listener = comm_core.listen(
-            config.get("address", "ws://127.0.0.1:0/comm"),
-            handler,
-            handshake_overrides=config.get("overrides"),
-            **args,
-        )
-        async with listener:
-            print(json.dumps([listener.contact_address]), flush=True)
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, sys.stdin.read)
-
-    if config.get("loop") == "uvloop":
-        import uvloop
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
-    """
-)
-
 
 @contextmanager
 def child_listener(
     loop: str = "asyncio", overrides: dict[str, Any] | None = None, **more: Any
 ) -> Iterator[tuple[int, str, list[str]]]:
-    """A ws listener in a child process: its pid, contact address, and (after the block)
-    the lines it logged. *more*: ``address``, ``security`` (PEM texts) for wss."""
-    config = {"loop": loop, "overrides": overrides, **more}
-    environment = {**os.environ, "COMM_SAME_HOST": "1"}
-    stderr: list[str] = []
-    with subprocess.Popen(
-        [sys.executable, "-c", CHILD, json.dumps(config)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
+    """A ws listener (``ws://127.0.0.1:0/comm`` unless *more* has an ``address``) in a
+    child process with selection on, logging comm's lines at INFO: its pid, contact
+    address, and (after the block) the lines it logged."""
+    more.setdefault("address", "ws://127.0.0.1:0/comm")
+    with _child_listener(
+        loop, env={"COMM_SAME_HOST": "1"}, overrides=overrides, log=True, **more
     ) as child:
-        try:
-            assert child.stdout is not None
-            line = child.stdout.readline()
-            assert line, "the child listener did not start"
-            (address,) = json.loads(line)
-            yield child.pid, address, stderr
-        finally:
-            _, err = child.communicate(timeout=30)
-            stderr.extend(err.splitlines())
-            assert child.returncode == 0, err
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("asyncio", marks=pytest.mark.comm_loop("asyncio")),
-        pytest.param(
-            "uvloop",
-            marks=[
-                pytest.mark.comm_loop("uvloop"),
-                pytest.mark.skipif(not _UVLOOP, reason="uvloop is not installed"),
-            ],
-        ),
-    ]
-)
-def loop_name(request: pytest.FixtureRequest) -> str:
-    """The dialer's loop (this process), and the child listener's."""
-    name: str = request.param
-    return name
+        yield child
 
 
 @pytest.fixture(autouse=True)
-def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for setting in comm_core.SETTINGS.values():
-        monkeypatch.delenv(setting.env, raising=False)
-    selection.forget_paths()
-    yield
-    selection.forget_paths()
-
-
-async def seen_by(address: str, **args: Any) -> list[str]:
-    """The schemes of the comms the child's handler was handed so far (asked over ws)."""
-    comm = await comm_core.connect(address, timeout=10, same_host=False, **args)
-    try:
-        await comm.write("seen")
-        seen: list[str] = await comm.read()
-    finally:
-        await comm.close()
-    return seen[:-1]  # without the comm that asked
-
-
-async def round_trip(comm: comm_core.Comm, msg: Any) -> None:
-    await comm.write(msg)
-    assert await comm.read() == msg
+def _clean(selection_clean: None) -> None:
+    """Each test starts without settings from the environment or remembered offers."""
 
 
 def said(stderr: list[str]) -> list[str]:
@@ -367,7 +263,9 @@ async def test_wss_takes_the_unix_socket_behind_a_token_and_require_encryption_k
             assert info["peer_pid"] == pid
             assert comm.peer_address.startswith("unix://@")
             await comm.write("who")
-            assert await comm.read() == ["wss", True]  # the certificate shown over TLS
+            authenticated, subject = await comm.read()
+            assert authenticated == "wss"
+            assert subject  # the certificate shown over TLS
             await round_trip(comm, {"x": b"y" * 100_000})
         finally:
             await comm.close()
@@ -405,25 +303,12 @@ async def test_a_ws_listener_offers_the_socket_itself_a_wss_one_behind_a_token()
 # -- comm doctor -------------------------------------------------------------------------------
 
 
-def _doctor(address: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "comm_core", "doctor", address],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("COMM_")},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    (line,) = [line for line in done.stdout.splitlines() if "same host" in line]
-    return line
-
-
 def test_comm_doctor_says_which_path_a_ws_address_takes() -> None:
     with child_listener() as (pid, address, _stderr):
-        line = _doctor(address)
+        line = doctor_same_host(address)
     assert "the listener's own Unix socket" in line, line
     assert f"(pid {pid})" in line
     with child_listener(overrides={"same_host_pid": 1}) as (_, address, _stderr):
-        line = _doctor(address)
+        line = doctor_same_host(address)
     assert "WebSocket: the listener's Unix socket was not taken: " in line, line
     assert "is not the listener's" in line, line
