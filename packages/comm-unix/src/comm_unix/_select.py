@@ -1,4 +1,4 @@
-"""Same-host selection: a tcp listener's companion Unix socket, and the dialer's way to it.
+"""Same-host selection: a listener's companion Unix socket, and the dialer's way to it.
 
 A ``tcp://`` (or ``ws://``) listener made by ``comm_core.listen()`` (with the ``same_host``
 setting on) also listens on a fresh Unix socket (:class:`UnixOffer`): an
@@ -85,7 +85,7 @@ _VOUCHED_FOR = frozenset({"tls", "wss"})
 
 #: The handshake entry holding a token.
 TOKEN_KEY = "same_host_token"
-#: Seconds a token handed out by a tls:// listener may be used.
+#: Seconds a token handed out by a tls:// or wss:// listener may be used.
 TOKEN_LIFETIME = 60.0
 #: Most tokens a listener keeps; the oldest go first.
 TOKEN_LIMIT = 4096
@@ -182,9 +182,9 @@ class Tokens:
 class UnixOffer(Offer):
     """A companion Unix socket listener serving *session*, started with the listener.
 
-    With *vouching* (the scheme of an encrypted listener, ``"tls"``), each comm's
-    greeting carries a token and the companion admits only comms that show one
-    (see the module's docstring).
+    With *vouching* (the scheme of an encrypted listener, ``"tls"`` or ``"wss"``),
+    each comm's greeting carries a token and the companion admits only comms that
+    show one (see the module's docstring).
     """
 
     name: ClassVar[str] = "unix"
