@@ -91,6 +91,16 @@ def _descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+async def _descriptors_back(pid: int, before: int, client: GoodClient) -> bool:
+    """Whether the child *pid* holds at most *before* descriptors again, waiting on the
+    good client's round trips (at most 200) for the connections it closed to go."""
+    for _ in range(200):
+        if _descriptors(pid) <= before:
+            return True
+        await client.more(1, "the descriptors to close")
+    return _descriptors(pid) <= before
+
+
 def _what(pid: int) -> list[str]:
     out = []
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -150,11 +160,7 @@ async def test_arena_attacks_cost_no_descriptors(tmp_path: Path) -> None:
                 await client.more(5, name)
                 assert child.death() is None, child.death()
             # The listener sees each connection end soon after: wait on its round trips.
-            for _ in range(200):
-                if _descriptors(child.pid) <= before:
-                    break
-                await client.more(1, "the descriptors to close")
-            assert _descriptors(child.pid) <= before, (held, _what(child.pid))
+            assert await _descriptors_back(child.pid, before, client), (held, _what(child.pid))
             await large.write({"data": payload})
             echo = await within(large.read(), "the echo of a large message")
             assert echo["data"] == payload

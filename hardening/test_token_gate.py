@@ -27,7 +27,7 @@ from comm_core import selection
 from comm_core.protocol import PREAMBLE
 from hostile_msgpack import handshake
 from support import KiB, Transport, linux_only, within
-from test_arena_live import _descriptors
+from test_arena_live import _descriptors, _descriptors_back
 from test_hostile_live import GoodClient, listener_child
 
 pytestmark = [
@@ -116,11 +116,7 @@ async def test_the_token_gate_holds_against_hostile_peers(
                     assert answer == b"", (name, answer[:64])
                 await client.more(5, name)
                 assert child.death() is None, child.death()
-            for _ in range(200):
-                if _descriptors(child.pid) <= before:
-                    break
-                await client.more(1, "the descriptors to close")
-            assert _descriptors(child.pid) <= before
+            assert await _descriptors_back(child.pid, before, client)
             # The handler saw none of them: only the stats comm asked over TLS was new.
             after = await _stats(child.address, tls_transport)
             assert after["comms"] == stats["comms"] + 1
